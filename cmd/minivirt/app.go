@@ -1,0 +1,73 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/minivirt/minivirt/pkg/store"
+)
+
+const defaultLockTimeout = 10 * time.Second
+
+// app is the state one command line shares between its flags and its verbs.
+type app struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+
+	stateDir, runDir string
+	lockTimeout      time.Duration
+}
+
+func (a *app) resolveDirs() error {
+	d, err := resolveDirs(a.stateDir, a.runDir, os.Getenv, os.Geteuid())
+	if err != nil {
+		return err
+	}
+	a.stateDir, a.runDir = d.state, d.run
+	return nil
+}
+
+// withStore opens the state database for the duration of fn.
+func (a *app) withStore(fn func(*store.Store) error) error {
+	s, err := store.Open(a.stateDir, a.lockTimeout)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	return fn(s)
+}
+
+func (a *app) warn(format string, args ...any) {
+	fmt.Fprintf(a.stderr, "minivirt: warning: %s\n", oneLine(fmt.Sprintf(format, args...)))
+}
+
+func (a *app) printJSON(v any) error {
+	enc := json.NewEncoder(a.stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// userError words store errors for the command line.
+func userError(err error) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("%w; see `minivirt list --all`", err)
+	}
+	return err
+}
+
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", " ")), " ")
+}
+
+// outputFormat checks the -o flag.
+func outputFormat(o string) error {
+	if o != "" && o != "json" && o != "table" {
+		return fmt.Errorf("output format %q: use table or json", o)
+	}
+	return nil
+}

@@ -1,0 +1,148 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/store"
+)
+
+func (a *app) defineCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "define FILE|-",
+		Short: "Define a domain from domain XML (redefining keeps its uuid)",
+		Args:  exactArgs("FILE|-"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			d, err := readDomain(args[0], a.stdin)
+			if err != nil {
+				return err
+			}
+			for _, w := range d.Warnings() {
+				a.warn("domain %s: %s", d.Name, w)
+			}
+			return a.withStore(func(s *store.Store) error {
+				if _, err := s.Define(d); err != nil {
+					return err
+				}
+				fmt.Fprintf(a.stdout, "Domain %s defined\n", d.Name)
+				if rt, err := s.GetRuntime(d.Name); err == nil && rt.Active() {
+					a.warn("domain %s is %s: the new definition takes effect at its next start", d.Name, rt.State)
+				}
+				return nil
+			})
+		},
+	}
+}
+
+// readDomain reads, normalises and validates domain XML from a file or "-".
+func readDomain(path string, stdin io.Reader) (*domain.Domain, error) {
+	r, name := stdin, "standard input"
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("define: %w", unwrapPathError(err))
+		}
+		defer f.Close()
+		r, name = f, path
+	}
+	d, err := domain.Parse(r)
+	if err == nil {
+		err = d.Validate()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return d, nil
+}
+
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return fmt.Errorf("%s: %w", pe.Path, pe.Err)
+	}
+	return err
+}
+
+func (a *app) undefineCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "undefine NAME",
+		Short: "Remove a domain's definition (refused while it runs)",
+		Args:  exactArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			name := args[0]
+			return a.withStore(func(s *store.Store) error {
+				rt, err := s.GetRuntime(name)
+				if err != nil {
+					return userError(err)
+				}
+				if rt.Active() {
+					return fmt.Errorf("domain %s is %s; destroy it first: minivirt destroy %s", name, rt.State, name)
+				}
+				if err := s.Undefine(name); err != nil {
+					return userError(err)
+				}
+				fmt.Fprintf(a.stdout, "Domain %s has been undefined\n", name)
+				return nil
+			})
+		},
+	}
+}
+
+func (a *app) dumpxmlCommand() *cobra.Command {
+	var libvirt bool
+	cmd := &cobra.Command{
+		Use:   "dumpxml NAME",
+		Short: "Write a domain's XML (minivirt's form, or libvirt's with --libvirt)",
+		Args:  exactArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return a.withStore(func(s *store.Store) error {
+				d, err := s.Get(args[0])
+				if err != nil {
+					return userError(err)
+				}
+				out, err := d.XML()
+				if libvirt {
+					out, err = d.LibvirtXML()
+				}
+				if err != nil {
+					return err
+				}
+				_, err = a.stdout.Write(out)
+				return err
+			})
+		},
+	}
+	cmd.Flags().BoolVar(&libvirt, "libvirt", false, "write libvirt's form: vmchannels as guestfwd <channel> elements")
+	return cmd
+}
+
+// exactArgs is cobra.ExactArgs with a message that names what is missing.
+func exactArgs(names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != len(names) {
+			return fmt.Errorf("%s: want %d argument(s) (%s), got %d; see `%s --help`", cmd.Name(), len(names), joinNames(names), len(args), cmd.CommandPath())
+		}
+		for i, a := range args {
+			if a == "" {
+				return fmt.Errorf("%s: %s is empty", cmd.Name(), names[i])
+			}
+		}
+		return nil
+	}
+}
+
+func joinNames(n []string) string {
+	s := ""
+	for i, x := range n {
+		if i > 0 {
+			s += " "
+		}
+		s += x
+	}
+	return s
+}

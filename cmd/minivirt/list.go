@@ -1,0 +1,61 @@
+package main
+
+import (
+	"fmt"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/minivirt/minivirt/pkg/store"
+)
+
+// listItem is one row of `list -o json`.
+type listItem struct {
+	Name   string `json:"name"`
+	UUID   string `json:"uuid"`
+	State  string `json:"state"`
+	Reason string `json:"reason,omitempty"`
+}
+
+func (a *app) listCommand() *cobra.Command {
+	var all bool
+	var output string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List running domains, or all with --all",
+		Args:  exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := outputFormat(output); err != nil {
+				return err
+			}
+			var entries []store.Entry
+			err := a.withStore(func(s *store.Store) error {
+				var err error
+				entries, err = s.List()
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			items := []listItem{}
+			for _, e := range entries {
+				if all || e.Runtime.Active() {
+					items = append(items, listItem{Name: e.Name, UUID: e.UUID, State: e.Runtime.State, Reason: e.Runtime.Reason})
+				}
+			}
+			if output == "json" {
+				return a.printJSON(items)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 3, ' ', 0)
+			fmt.Fprintln(tw, " Name\tState")
+			fmt.Fprintln(tw, "------\t-------")
+			for _, it := range items {
+				fmt.Fprintf(tw, " %s\t%s\n", it.Name, it.State)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&all, "all", false, "list defined domains that are shut off too")
+	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: table or json")
+	return cmd
+}

@@ -1,0 +1,166 @@
+package main
+
+import (
+	"fmt"
+	"net/netip"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/store"
+)
+
+func (a *app) vmchannelCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "vmchannel",
+		Short: "Add, remove and list a domain's vmchannels",
+	}
+	cmd.AddCommand(a.vmchannelAddCommand(), a.vmchannelRemoveCommand(), a.vmchannelListCommand())
+	return cmd
+}
+
+func (a *app) vmchannelAddCommand() *cobra.Command {
+	var port uint
+	var path, address, proxy string
+	var maxConns int
+	cmd := &cobra.Command{
+		Use:   "add NAME --port P --path PATH [--address A]",
+		Short: "Add a vmchannel to a domain's definition",
+		Args:  exactArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !cmd.Flags().Changed("port") || path == "" {
+				return fmt.Errorf("vmchannel add: --port and --path are required")
+			}
+			if port < 1 || port > 65535 {
+				return fmt.Errorf("vmchannel port %d: must be 1-65535", port)
+			}
+			vc := domain.VMChannel{Port: uint16(port), Path: path, Proxy: proxy, MaxConnections: maxConns}
+			if address != "" {
+				if err := domain.CheckAddress(address, fmt.Sprint(port)); err != nil {
+					return err
+				}
+				vc.Address = netip.MustParseAddr(address)
+			}
+			if cmd.Flags().Changed("max-connections") && (maxConns < 1 || maxConns > 65535) {
+				return fmt.Errorf("vmchannel port %d max-connections %d: must be 1-65535", port, maxConns)
+			}
+			return a.changeDomain(args[0], func(d *domain.Domain) error { return d.AddVMChannel(vc) },
+				fmt.Sprintf("vmchannel %s:%d -> %s added", orDefault(vc.Address), port, path))
+		},
+	}
+	f := cmd.Flags()
+	f.UintVar(&port, "port", 0, "guest TCP port, 1-65535")
+	f.StringVar(&path, "path", "", "host Unix socket the guest's connections are relayed to (absolute)")
+	f.StringVar(&address, "address", "", "guest-side address in the user network (default 10.0.2.4)")
+	f.StringVar(&proxy, "proxy", "", "write a PROXY protocol header on each host connection: v2")
+	f.IntVar(&maxConns, "max-connections", 0, fmt.Sprintf("most concurrent guest connections (default %d)", domain.DefaultMaxConnections))
+	return cmd
+}
+
+func orDefault(a netip.Addr) netip.Addr {
+	if a.IsValid() {
+		return a
+	}
+	return domain.DefaultVMChannelAddress
+}
+
+func (a *app) vmchannelRemoveCommand() *cobra.Command {
+	var port uint
+	var address string
+	cmd := &cobra.Command{
+		Use:   "remove NAME --port P [--address A]",
+		Short: "Remove a vmchannel from a domain's definition",
+		Args:  exactArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if port < 1 || port > 65535 {
+				return fmt.Errorf("vmchannel port %d: must be 1-65535 (give --port)", port)
+			}
+			var addr netip.Addr
+			if address != "" {
+				var err error
+				if addr, err = netip.ParseAddr(address); err != nil {
+					return fmt.Errorf("vmchannel address %q: not an IPv4 address", address)
+				}
+			}
+			return a.changeDomain(args[0], func(d *domain.Domain) error { return d.RemoveVMChannel(uint16(port), addr) },
+				fmt.Sprintf("vmchannel port %d removed", port))
+		},
+	}
+	cmd.Flags().UintVar(&port, "port", 0, "guest TCP port of the vmchannel")
+	cmd.Flags().StringVar(&address, "address", "", "guest-side address, when the port is used on several")
+	return cmd
+}
+
+// changeDomain applies change to a stored definition and stores it again,
+// all under one open of the store.
+func (a *app) changeDomain(name string, change func(*domain.Domain) error, done string) error {
+	return a.withStore(func(s *store.Store) error {
+		d, err := s.Get(name)
+		if err != nil {
+			return userError(err)
+		}
+		if err := change(d); err != nil {
+			return err
+		}
+		if _, err := s.Define(d); err != nil {
+			return err
+		}
+		fmt.Fprintf(a.stdout, "Domain %s: %s\n", name, done)
+		if rt, err := s.GetRuntime(name); err == nil && rt.Active() {
+			a.warn("domain %s is %s: the change takes effect at its next start (QEMU cannot add or remove a guestfwd rule while it runs)", name, rt.State)
+		}
+		return nil
+	})
+}
+
+// vmchannelItem is one row of `vmchannel list -o json`.
+type vmchannelItem struct {
+	Address        string `json:"address"`
+	Port           uint16 `json:"port"`
+	Path           string `json:"path"`
+	Proxy          string `json:"proxy,omitempty"`
+	MaxConnections int    `json:"max_connections"`
+}
+
+func (a *app) vmchannelListCommand() *cobra.Command {
+	var output string
+	cmd := &cobra.Command{
+		Use:   "list NAME",
+		Short: "List a domain's vmchannels",
+		Args:  exactArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := outputFormat(output); err != nil {
+				return err
+			}
+			var d *domain.Domain
+			err := a.withStore(func(s *store.Store) error {
+				var err error
+				d, err = s.Get(args[0])
+				return userError(err)
+			})
+			if err != nil {
+				return err
+			}
+			items := []vmchannelItem{}
+			for _, vc := range d.VMChannels() {
+				items = append(items, vmchannelItem{Address: vc.Address.String(), Port: vc.Port, Path: vc.Path, Proxy: vc.Proxy, MaxConnections: vc.MaxConnections})
+			}
+			if output == "json" {
+				return a.printJSON(items)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 4, 3, ' ', 0)
+			fmt.Fprintln(tw, " Address\tPort\tPath\tProxy\tMax")
+			for _, it := range items {
+				proxy := it.Proxy
+				if proxy == "" {
+					proxy = "-"
+				}
+				fmt.Fprintf(tw, " %s\t%d\t%s\t%s\t%d\n", it.Address, it.Port, it.Path, proxy, it.MaxConnections)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: table or json")
+	return cmd
+}

@@ -1,0 +1,95 @@
+package store
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Domain states, in libvirt's words.
+const (
+	StateRunning    = "running"
+	StatePaused     = "paused"
+	StateInShutdown = "in shutdown"
+	StateShutoff    = "shut off"
+	StateCrashed    = "crashed"
+)
+
+// Process identifies a process across pid reuse and host reboots: a pid is
+// trusted only while the boot id and the process start time still match.
+type Process struct {
+	PID       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"` // clock ticks since boot, /proc/PID/stat field 22
+	BootID    string `json:"boot_id"`
+}
+
+// Runtime is the last known state of a domain.
+type Runtime struct {
+	State      string    `json:"state"`
+	Reason     string    `json:"reason,omitempty"`
+	Detail     string    `json:"detail,omitempty"`
+	Accel      string    `json:"accel,omitempty"`
+	Network    string    `json:"network,omitempty"`
+	RunDir     string    `json:"run_dir,omitempty"`
+	QEMU       Process   `json:"qemu"`
+	Supervisor Process   `json:"supervisor"`
+	Since      time.Time `json:"since"`
+}
+
+// Active reports whether the record says the domain has a QEMU process.
+func (r Runtime) Active() bool { return r.State != StateShutoff && r.State != "" }
+
+// GetRuntime returns the runtime record of name; a domain never started is
+// shut off.
+func (s *Store) GetRuntime(name string) (Runtime, error) {
+	r := Runtime{State: StateShutoff}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketIndex).Get([]byte(name)) == nil {
+			return &NotFoundError{name}
+		}
+		data := tx.Bucket(bucketRuntime).Get([]byte(name))
+		if data == nil {
+			return nil
+		}
+		if err := json.Unmarshal(data, &r); err != nil {
+			return fmt.Errorf("runtime record of %s: %w", name, err)
+		}
+		return nil
+	})
+	return r, err
+}
+
+// SetRuntime records the runtime state of a defined domain.
+func (s *Store) SetRuntime(name string, r Runtime) error {
+	return s.UpdateRuntime(name, func(old *Runtime) error { *old = r; return nil })
+}
+
+// UpdateRuntime reads, changes and writes the runtime record of name in one
+// transaction, so that two processes cannot interleave.
+func (s *Store) UpdateRuntime(name string, change func(*Runtime) error) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketIndex).Get([]byte(name)) == nil {
+			return &NotFoundError{name}
+		}
+		b := tx.Bucket(bucketRuntime)
+		r := Runtime{State: StateShutoff}
+		if data := b.Get([]byte(name)); data != nil {
+			if err := json.Unmarshal(data, &r); err != nil {
+				return fmt.Errorf("runtime record of %s: %w", name, err)
+			}
+		}
+		if err := change(&r); err != nil {
+			return err
+		}
+		if r.Since.IsZero() {
+			r.Since = time.Now().UTC()
+		}
+		data, err := json.Marshal(r)
+		if err != nil {
+			return err
+		}
+		return b.Put([]byte(name), data)
+	})
+}

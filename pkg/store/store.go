@@ -1,0 +1,187 @@
+// Package store keeps domain definitions and the last known runtime record of
+// each domain in one bbolt file.
+//
+// bbolt allows one writer process at a time and holds its file lock for as
+// long as the file is open, so callers open the store, do one short piece of
+// work and close it again. Open waits up to a lock timeout for another
+// minivirt process to finish.
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/minivirt/minivirt/pkg/domain"
+)
+
+// FileName is the name of the database inside the state directory.
+const FileName = "minivirt.db"
+
+var (
+	bucketDefs    = []byte("definitions") // name -> domain XML (minivirt's form)
+	bucketIndex   = []byte("index")       // name -> uuid
+	bucketUUIDs   = []byte("uuids")       // uuid -> name
+	bucketRuntime = []byte("runtime")     // name -> Runtime as JSON
+)
+
+// ErrNotFound is returned for a domain name that is not defined.
+var ErrNotFound = errors.New("domain not found")
+
+// NotFoundError names the domain that was not found.
+type NotFoundError struct{ Name string }
+
+func (e *NotFoundError) Error() string { return fmt.Sprintf("domain %q not found", e.Name) }
+
+// Is makes errors.Is(err, ErrNotFound) true.
+func (e *NotFoundError) Is(target error) bool { return target == ErrNotFound }
+
+// Store is an open state database.
+type Store struct {
+	db   *bolt.DB
+	path string
+}
+
+// Open opens (creating it when needed) the database in dir, waiting up to
+// lockTimeout for another process that holds it.
+func Open(dir string, lockTimeout time.Duration) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	path := filepath.Join(dir, FileName)
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("state database %s is held by another minivirt process for over %s; try again when it has finished", path, lockTimeout)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state database %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketDefs, bucketIndex, bucketUUIDs, bucketRuntime} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("state database %s: %w", path, err)
+	}
+	return &Store{db: db, path: path}, nil
+}
+
+// Close releases the database and its lock.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Path is the database file.
+func (s *Store) Path() string { return s.path }
+
+// Define stores d, replacing any definition of the same name. A redefinition
+// keeps the stored uuid when d's was generated rather than given; a given uuid
+// must match the stored one, and no two domains share a uuid. On success
+// d.UUID is the uuid stored. created reports a new name.
+func (s *Store) Define(d *domain.Domain) (created bool, err error) {
+	err = s.db.Update(func(tx *bolt.Tx) error {
+		index, uuids := tx.Bucket(bucketIndex), tx.Bucket(bucketUUIDs)
+		if old := index.Get([]byte(d.Name)); old != nil {
+			switch {
+			case d.UUIDGenerated():
+				d.UUID = string(old)
+			case d.UUID != string(old):
+				return fmt.Errorf("domain %s already exists with uuid %s; omit <uuid> or give that one", d.Name, old)
+			}
+		} else {
+			created = true
+		}
+		if owner := uuids.Get([]byte(d.UUID)); owner != nil && string(owner) != d.Name {
+			return fmt.Errorf("uuid %s is already used by domain %s", d.UUID, owner)
+		}
+		data, err := d.XML()
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketDefs).Put([]byte(d.Name), data); err != nil {
+			return err
+		}
+		if err := index.Put([]byte(d.Name), []byte(d.UUID)); err != nil {
+			return err
+		}
+		return uuids.Put([]byte(d.UUID), []byte(d.Name))
+	})
+	return created, err
+}
+
+// Get returns the stored definition of name.
+func (s *Store) Get(name string) (*domain.Domain, error) {
+	var data []byte
+	err := s.db.View(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketDefs).Get([]byte(name))
+		if v == nil {
+			return &NotFoundError{name}
+		}
+		data = bytes.Clone(v)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	d, err := domain.Parse(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("stored definition of %s: %w", name, err)
+	}
+	return d, nil
+}
+
+// Undefine removes the definition and runtime record of name.
+func (s *Store) Undefine(name string) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		index := tx.Bucket(bucketIndex)
+		uuid := index.Get([]byte(name))
+		if uuid == nil {
+			return &NotFoundError{name}
+		}
+		if err := tx.Bucket(bucketUUIDs).Delete(uuid); err != nil {
+			return err
+		}
+		for _, b := range [][]byte{bucketDefs, bucketIndex, bucketRuntime} {
+			if err := tx.Bucket(b).Delete([]byte(name)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Entry is one domain as List sees it: no XML is parsed to list domains.
+type Entry struct {
+	Name    string
+	UUID    string
+	Runtime Runtime
+}
+
+// List returns every defined domain, sorted by name.
+func (s *Store) List() ([]Entry, error) {
+	var out []Entry
+	err := s.db.View(func(tx *bolt.Tx) error {
+		rt := tx.Bucket(bucketRuntime)
+		return tx.Bucket(bucketIndex).ForEach(func(k, v []byte) error {
+			e := Entry{Name: string(k), UUID: string(v), Runtime: Runtime{State: StateShutoff}}
+			if data := rt.Get(k); data != nil {
+				if err := json.Unmarshal(data, &e.Runtime); err != nil {
+					return fmt.Errorf("runtime record of %s: %w", k, err)
+				}
+			}
+			out = append(out, e)
+			return nil
+		})
+	})
+	return out, err // bbolt iterates keys in byte order: sorted by name
+}

@@ -1,6 +1,7 @@
 package domain
 
 import (
+	"encoding/xml"
 	"fmt"
 	"net"
 	"net/netip"
@@ -37,12 +38,54 @@ func ValidName(name string) error {
 // Validate checks every rule of the model. The error names the element and
 // the value at fault; when several rules fail, the first is reported.
 func (d *Domain) Validate() error {
-	for _, check := range []func() error{d.validateTop, d.validateOS, d.validateDisks, d.validateInterfaces, d.validateChannels, d.validateCharDevs} {
+	for _, check := range []func() error{d.validateKept, d.validateTop, d.validateOS, d.validateDisks, d.validateInterfaces, d.validateChannels, d.validateCharDevs} {
 		if err := check(); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// xmlName is what encoding/xml writes back unchanged as an element or
+// attribute name.
+var xmlName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9._-]*$`)
+
+// validateKept refuses what minivirt cannot keep verbatim: namespaced
+// elements and attributes (such as qemu:commandline, which would change
+// QEMU's argv besides) do not survive encoding/xml's writer.
+func (d *Domain) validateKept() error {
+	attrs := func(where string, as []xml.Attr) error {
+		for _, a := range as {
+			if a.Name.Space != "" || !xmlName.MatchString(a.Name.Local) {
+				return fmt.Errorf("%s attribute %q: namespaced or unusual attributes are not supported", where, qualified(a.Name))
+			}
+		}
+		return nil
+	}
+	if err := attrs("domain", d.ExtraAttrs); err != nil {
+		return err
+	}
+	if err := attrs("vcpu", d.VCPU.ExtraAttrs); err != nil {
+		return err
+	}
+	for _, group := range [][]Raw{d.Extra, d.OS.Extra, d.Devices.Extra} {
+		for _, r := range group {
+			if r.XMLName.Space != "" || !xmlName.MatchString(r.XMLName.Local) {
+				return fmt.Errorf("element <%s>: namespaced elements are not supported", qualified(r.XMLName))
+			}
+			if err := attrs("<"+r.XMLName.Local+">", r.Attrs); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func qualified(n xml.Name) string {
+	if n.Space == "" {
+		return n.Local
+	}
+	return n.Space + ":" + n.Local
 }
 
 func (d *Domain) validateTop() error {

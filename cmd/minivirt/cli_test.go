@@ -1,0 +1,367 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/minivirt/minivirt/pkg/store"
+)
+
+var binary string
+
+// TestMain builds the real binary once: the store is shared between
+// processes, so the tests run minivirt as separate processes.
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "minivirt-cli-test")
+	if err != nil {
+		panic(err)
+	}
+	binary = filepath.Join(dir, "minivirt")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building minivirt: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type env struct {
+	t        *testing.T
+	stateDir string
+	runDir   string
+}
+
+func newEnv(t *testing.T) *env {
+	dir := t.TempDir()
+	return &env{t: t, stateDir: filepath.Join(dir, "state"), runDir: filepath.Join(dir, "run")}
+}
+
+func (e *env) cmd(stdin string, args ...string) *exec.Cmd {
+	c := exec.Command(binary, args...)
+	c.Env = append(os.Environ(), "MINIVIRT_STATE_DIR="+e.stateDir, "MINIVIRT_RUN_DIR="+e.runDir)
+	c.Stdin = strings.NewReader(stdin)
+	return c
+}
+
+// run runs minivirt and returns stdout, stderr and the exit status.
+func (e *env) run(stdin string, args ...string) (string, string, int) {
+	e.t.Helper()
+	c := e.cmd(stdin, args...)
+	var out, errb bytes.Buffer
+	c.Stdout, c.Stderr = &out, &errb
+	err := c.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatalf("minivirt %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func (e *env) ok(stdin string, args ...string) string {
+	e.t.Helper()
+	out, errs, code := e.run(stdin, args...)
+	if code != 0 {
+		e.t.Fatalf("minivirt %s: exit %d: %s", strings.Join(args, " "), code, errs)
+	}
+	return out
+}
+
+func domainXML(name, devices string) string {
+	return `<domain type='qemu'><name>` + name + `</name><memory unit='MiB'>64</memory>
+<os><kernel>/boot/vmlinuz</kernel></os><devices>` + devices + `</devices></domain>`
+}
+
+func TestDefineDumpxmlRoundTrip(t *testing.T) {
+	e := newEnv(t)
+	out := e.ok("", "define", "../../examples/libvirt-style.xml")
+	if out != "Domain libvirt-style defined\n" {
+		t.Errorf("define printed %q", out)
+	}
+	first := e.ok("", "dumpxml", "libvirt-style")
+	e.ok(first, "define", "-")
+	second := e.ok("", "dumpxml", "libvirt-style")
+	if first != second {
+		t.Errorf("define -> dumpxml -> define -> dumpxml differs:\n%s\n---\n%s", first, second)
+	}
+}
+
+func TestRedefineKeepsUUID(t *testing.T) {
+	e := newEnv(t)
+	e.ok(domainXML("keep", ""), "define", "-")
+	uuid := listed(t, e)["keep"]
+	e.ok(domainXML("keep", `<interface type='user'/>`), "define", "-")
+	if got := listed(t, e)["keep"]; got != uuid {
+		t.Errorf("redefine changed uuid %s to %s", uuid, got)
+	}
+	other := strings.Replace(domainXML("keep", ""), "<os>", "<uuid>6c3b1f0e-8a4d-4f6b-9c2e-1d7a5b3e9f40</uuid><os>", 1)
+	if _, errs, code := e.run(other, "define", "-"); code == 0 || !strings.Contains(errs, "already exists with uuid "+uuid) {
+		t.Errorf("redefining with another uuid: exit %d, %q", code, errs)
+	}
+}
+
+func listed(t *testing.T, e *env) map[string]string {
+	t.Helper()
+	out := e.ok("", "list", "--all", "-o", "json")
+	var items []listItem
+	if err := jsonUnmarshal(out, &items); err != nil {
+		t.Fatalf("list -o json: %v: %s", err, out)
+	}
+	m := map[string]string{}
+	for _, it := range items {
+		if it.State != "shut off" {
+			t.Errorf("%s: state %q", it.Name, it.State)
+		}
+		m[it.Name] = it.UUID
+	}
+	return m
+}
+
+// TestBadInput: every bad command is one "minivirt: " line on stderr, a
+// non-zero exit, and leaves the stored domains byte for byte as they were.
+func TestBadInput(t *testing.T) {
+	e := newEnv(t)
+	e.ok("", "define", "../../examples/demo.xml")
+	e.ok("", "define", "../../examples/channels.xml")
+	before := e.ok("", "list", "--all", "-o", "json")
+	dumpBefore := e.ok("", "dumpxml", "demo")
+	vmc := func(attrs, path string) string {
+		return domainXML("bad", `<interface type='vmchannel'><source `+attrs+`/><target path='`+path+`'/></interface>`)
+	}
+	tests := []struct {
+		name, stdin string
+		args        []string
+		want        string
+	}{
+		{"malformed XML", "<domain><name>x</name>", []string{"define", "-"}, "XML: "},
+		{"no name", domainXML("", ""), []string{"define", "-"}, `name ""`},
+		{"slash name", domainXML("a/b", ""), []string{"define", "-"}, `name "a/b"`},
+		{"65 chars", domainXML(strings.Repeat("x", 65), ""), []string{"define", "-"}, "1-64 characters"},
+		{"port 0", vmc("port='0'", "/s"), []string{"define", "-"}, "vmchannel port 0: must be 1-65535"},
+		{"port 65536", vmc("port='65536'", "/s"), []string{"define", "-"}, "vmchannel port 65536: must be 1-65535"},
+		{"relative path", vmc("port='600'", "rel.sock"), []string{"define", "-"}, "must be an absolute path"},
+		{"long path", vmc("port='600'", "/"+strings.Repeat("p", 120)), []string{"define", "-"}, "longer than the 107"},
+		{"gateway", vmc("address='10.0.2.2' port='600'", "/s"), []string{"define", "-"}, "gateway"},
+		{"outside", vmc("address='10.0.3.4' port='600'", "/s"), []string{"define", "-"}, "outside the user network"},
+		{"duplicate port", domainXML("bad", `<interface type='vmchannel'><source port='1'/><target path='/a'/></interface><interface type='vmchannel'><source port='1'/><target path='/b'/></interface>`), []string{"define", "-"}, "used twice"},
+		{"missing file", "", []string{"define", "/nonexistent.xml"}, "/nonexistent.xml: no such file"},
+		{"redefine demo badly", strings.Replace(mustRead(t, "../../examples/demo.xml"), "port='600'", "port='0'", 1), []string{"define", "-"}, "vmchannel port 0"},
+		{"vmchannel add dup", "", []string{"vmchannel", "add", "demo", "--port", "600", "--path", "/x"}, "used twice"},
+		{"vmchannel add gateway", "", []string{"vmchannel", "add", "demo", "--port", "601", "--path", "/x", "--address", "10.0.2.2"}, "gateway"},
+		{"vmchannel add relative", "", []string{"vmchannel", "add", "demo", "--port", "601", "--path", "x"}, "absolute"},
+		{"vmchannel add port", "", []string{"vmchannel", "add", "demo", "--port", "70000", "--path", "/x"}, "vmchannel port 70000: must be 1-65535"},
+		{"vmchannel add no path", "", []string{"vmchannel", "add", "demo", "--port", "601"}, "--path"},
+		{"vmchannel remove absent", "", []string{"vmchannel", "remove", "demo", "--port", "9"}, "no such vmchannel"},
+		{"unknown domain dumpxml", "", []string{"dumpxml", "nope"}, `domain "nope" not found`},
+		{"unknown domain undefine", "", []string{"undefine", "nope"}, `domain "nope" not found`},
+		{"unknown domain vmchannel list", "", []string{"vmchannel", "list", "nope"}, `domain "nope" not found`},
+		{"unknown domain vmchannel add", "", []string{"vmchannel", "add", "nope", "--port", "1", "--path", "/x"}, `domain "nope" not found`},
+		{"bad output", "", []string{"list", "-o", "yaml"}, `output format "yaml"`},
+		{"unknown verb", "", []string{"frobnicate"}, "unknown command"},
+		{"missing argument", "", []string{"dumpxml"}, "want 1 argument"},
+		{"bad flag", "", []string{"list", "--bogus"}, "unknown flag"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errs, code := e.run(tt.stdin, tt.args...)
+			if code == 0 {
+				t.Fatalf("exit 0; stdout %q", out)
+			}
+			lines := strings.Split(strings.TrimSuffix(errs, "\n"), "\n")
+			if len(lines) != 1 || !strings.HasPrefix(lines[0], "minivirt: ") || !strings.Contains(lines[0], tt.want) {
+				t.Fatalf("stderr %q; want one 'minivirt: ' line containing %q", errs, tt.want)
+			}
+			if strings.Contains(errs, "panic") || strings.Contains(errs, "goroutine") {
+				t.Fatalf("panicked: %s", errs)
+			}
+		})
+	}
+	if after := e.ok("", "list", "--all", "-o", "json"); after != before {
+		t.Errorf("bad input changed the store:\n%s\n---\n%s", before, after)
+	}
+	if after := e.ok("", "dumpxml", "demo"); after != dumpBefore {
+		t.Errorf("bad input changed demo:\n%s\n---\n%s", dumpBefore, after)
+	}
+}
+
+func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+func mustRead(t *testing.T, path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
+}
+
+func TestParallelDefines(t *testing.T) {
+	e := newEnv(t)
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make(chan string, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := e.cmd(domainXML(fmt.Sprintf("par%02d", i), ""), "define", "-")
+			if out, err := c.CombinedOutput(); err != nil {
+				errs <- fmt.Sprintf("define par%02d: %v: %s", i, err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for msg := range errs {
+		t.Error(msg)
+	}
+	got := listed(t, e)
+	if len(got) != n {
+		t.Fatalf("%d domains listed; want %d: %v", len(got), n, got)
+	}
+	seen := map[string]bool{}
+	for name, uuid := range got {
+		if seen[uuid] {
+			t.Errorf("%s: uuid %s shared", name, uuid)
+		}
+		seen[uuid] = true
+	}
+}
+
+// TestKilledDefine kills defines at random points with SIGKILL and checks
+// after each that the file opens and every earlier definition is intact.
+func TestKilledDefine(t *testing.T) {
+	e := newEnv(t)
+	e.ok("", "define", "../../examples/libvirt-style.xml")
+	want := map[string]string{"libvirt-style": e.ok("", "dumpxml", "libvirt-style")}
+	big := strings.Repeat(`<controller type='usb' index='0' model='qemu-xhci'/>`, 2000) // a long write
+	// Calibrate: kill anywhere from start-up to just past the end of a define.
+	start := time.Now()
+	e.ok(domainXML("calibrate", big), "define", "-")
+	window := time.Since(start) * 6 / 5
+	killed := 0
+	for i := 0; i < 30; i++ {
+		name := fmt.Sprintf("k%02d", i)
+		c := e.cmd(domainXML(name, big), "define", "-")
+		if err := c.Start(); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Duration(rand.Int64N(int64(window))))
+		c.Process.Signal(syscall.SIGKILL)
+		err := c.Wait()
+		if err != nil {
+			killed++
+		}
+		s, err := store.Open(e.stateDir, time.Second)
+		if err != nil {
+			t.Fatalf("after killing define %d: %v", i, err)
+		}
+		for n, xml := range want {
+			d, err := s.Get(n)
+			if err != nil {
+				t.Fatalf("after killing define %d: %s: %v", i, n, err)
+			}
+			if got, _ := d.XML(); string(got) != xml {
+				t.Fatalf("after killing define %d: %s changed", i, n)
+			}
+		}
+		if d, err := s.Get(name); err == nil { // it landed before the kill: keep checking it
+			out, _ := d.XML()
+			want[name] = string(out)
+		}
+		s.Close()
+	}
+	if killed == 0 || len(want) < 2 {
+		t.Fatalf("%d defines killed, %d landed: the window %s missed the define's lifetime", killed, len(want)-1, window)
+	}
+	t.Logf("%d of 30 defines killed; %d definitions intact", killed, len(want))
+}
+
+func TestLockTimeout(t *testing.T) {
+	e := newEnv(t)
+	e.ok("", "define", "../../examples/demo.xml")
+	s, err := store.Open(e.stateDir, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, errs, code := e.run("", "--lock-timeout", "300ms", "list", "--all")
+	s.Close()
+	if code == 0 || !strings.Contains(errs, "held by another minivirt process for over 300ms") {
+		t.Errorf("list while the store is held: exit %d, %q", code, errs)
+	}
+	if time.Since(start) > 5*time.Second {
+		t.Errorf("lock timeout of 300ms took %s", time.Since(start))
+	}
+	e.ok("", "list", "--all") // free again
+}
+
+func TestVMChannelCommands(t *testing.T) {
+	e := newEnv(t)
+	e.ok(domainXML("vc", ""), "define", "-")
+	e.ok("", "vmchannel", "add", "vc", "--port", "600", "--path", "/run/a b.sock")
+	e.ok("", "vmchannel", "add", "vc", "--port", "601", "--path", "/run/b.sock", "--address", "10.0.2.5", "--proxy", "v2", "--max-connections", "8")
+	var items []vmchannelItem
+	if err := jsonUnmarshal(e.ok("", "vmchannel", "list", "vc", "-o", "json"), &items); err != nil {
+		t.Fatal(err)
+	}
+	want := []vmchannelItem{{"10.0.2.4", 600, "/run/a b.sock", "", 256}, {"10.0.2.5", 601, "/run/b.sock", "v2", 8}}
+	if fmt.Sprint(items) != fmt.Sprint(want) {
+		t.Errorf("vmchannel list = %+v; want %+v", items, want)
+	}
+	dump := e.ok("", "dumpxml", "vc", "--libvirt")
+	if !strings.Contains(dump, `<target type="guestfwd" address="10.0.2.5" port="601"/>`) || !strings.Contains(dump, `<interface type="user">`) {
+		t.Errorf("libvirt form lacks the guestfwd channel or the user NIC:\n%s", dump)
+	}
+	e.ok("", "vmchannel", "remove", "vc", "--port", "600")
+	if err := jsonUnmarshal(e.ok("", "vmchannel", "list", "vc", "-o", "json"), &items); err != nil || len(items) != 1 || items[0].Port != 601 {
+		t.Errorf("after remove: %+v, %v", items, err)
+	}
+	e.ok("", "undefine", "vc")
+	if out := e.ok("", "list", "--all", "-o", "json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("after undefine: %s", out)
+	}
+}
+
+func TestResolveDirs(t *testing.T) {
+	envOf := func(kv ...string) func(string) string {
+		m := map[string]string{}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return func(k string) string { return m[k] }
+	}
+	tests := []struct {
+		name               string
+		stateF, runF       string
+		env                func(string) string
+		uid                int
+		wantState, wantRun string
+	}{
+		{"root defaults", "", "", envOf(), 0, "/var/lib/minivirt", "/run/minivirt"},
+		{"user xdg", "", "", envOf("HOME", "/home/u", "XDG_DATA_HOME", "/d", "XDG_RUNTIME_DIR", "/run/user/1000"), 1000, "/d/minivirt", "/run/user/1000/minivirt"},
+		{"user fallback", "", "", envOf("HOME", "/home/u"), 1000, "/home/u/.local/share/minivirt", "/tmp/minivirt-1000"},
+		{"environment", "", "", envOf("MINIVIRT_STATE_DIR", "/s", "MINIVIRT_RUN_DIR", "/r"), 0, "/s", "/r"},
+		{"flags win", "/fs", "/fr", envOf("MINIVIRT_STATE_DIR", "/s", "MINIVIRT_RUN_DIR", "/r"), 1000, "/fs", "/fr"},
+	}
+	for _, tt := range tests {
+		d, err := resolveDirs(tt.stateF, tt.runF, tt.env, tt.uid)
+		if err != nil || d.state != tt.wantState || d.run != tt.wantRun {
+			t.Errorf("%s: %+v, %v; want %s, %s", tt.name, d, err, tt.wantState, tt.wantRun)
+		}
+	}
+	if _, err := resolveDirs("", "", envOf(), 1000); err == nil {
+		t.Error("no HOME for a user: no error")
+	}
+}

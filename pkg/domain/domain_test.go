@@ -1,0 +1,317 @@
+package domain
+
+import (
+	"bytes"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// minimal returns a valid domain XML with extra placed inside <devices>.
+func minimal(devices string) string {
+	return `<domain type='qemu'><name>t</name><memory unit='MiB'>64</memory>
+<os><kernel>/k</kernel></os><devices>` + devices + `</devices></domain>`
+}
+
+func mustParse(t *testing.T, s string) *Domain {
+	t.Helper()
+	d, err := Parse(strings.NewReader(s))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	if err := d.Validate(); err != nil {
+		t.Fatalf("Validate: %v", err)
+	}
+	return d
+}
+
+func TestRejects(t *testing.T) {
+	long := "/" + strings.Repeat("a", 107) // 108 bytes
+	tests := []struct {
+		name, xml, want string
+	}{
+		{"malformed", `<domain type='qemu'><name>x</name>`, "XML: "},
+		{"empty", ``, "XML: empty document"},
+		{"two roots", minimal("") + `<domain/>`, "more than one root"},
+		{"no name", `<domain type='qemu'><memory>1024</memory><os><kernel>/k</kernel></os></domain>`, `name "": must be`},
+		{"slash in name", strings.Replace(minimal(""), "<name>t</name>", "<name>a/b</name>", 1), `name "a/b"`},
+		{"65 char name", strings.Replace(minimal(""), "<name>t</name>", "<name>"+strings.Repeat("n", 65)+"</name>", 1), "must be 1-64 characters"},
+		{"bad type", strings.Replace(minimal(""), "type='qemu'", "type='xen'", 1), `domain type "xen"`},
+		{"zero memory", strings.Replace(minimal(""), ">64<", ">0<", 1), "memory \"0\" KiB: must be greater than 0"},
+		{"bad unit", strings.Replace(minimal(""), "MiB", "XB", 1), `memory unit "XB": unknown`},
+		{"zero vcpu", strings.Replace(minimal(""), "<os>", "<vcpu>0</vcpu><os>", 1), "vcpu 0: must be 1-255"},
+		{"bad uuid", strings.Replace(minimal(""), "<os>", "<uuid>nope</uuid><os>", 1), `uuid "nope"`},
+		{"relative kernel", strings.Replace(minimal(""), "/k", "vmlinuz", 1), `os kernel "vmlinuz": must be an absolute path`},
+		{"nothing to boot", strings.Replace(minimal(""), "<kernel>/k</kernel>", "", 1), "nothing to boot"},
+		{"bad on_crash", strings.Replace(minimal(""), "<devices>", "<on_crash>explode</on_crash><devices>", 1), `on_crash "explode"`},
+		{"port 0", minimal(`<interface type='vmchannel'><source port='0'/><target path='/s'/></interface>`), "vmchannel port 0: must be 1-65535"},
+		{"port 65536", minimal(`<interface type='vmchannel'><source port='65536'/><target path='/s'/></interface>`), "vmchannel port 65536: must be 1-65535"},
+		{"port 70000", minimal(`<interface type='vmchannel'><source port='70000'/><target path='/s'/></interface>`), "vmchannel port 70000: must be 1-65535"},
+		{"duplicate port", minimal(`<interface type='vmchannel'><source port='600'/><target path='/s'/></interface>
+<channel type='unix'><source mode='connect' path='/t'/><target type='guestfwd' address='10.0.2.4' port='600'/></channel>`), "vmchannel port 600: used twice on address 10.0.2.4"},
+		{"relative path", minimal(`<interface type='vmchannel'><source port='600'/><target path='s.sock'/></interface>`), `vmchannel port 600 path "s.sock": must be an absolute path`},
+		{"long path", minimal(`<interface type='vmchannel'><source port='600'/><target path='` + long + `'/></interface>`), "108 bytes, longer than the 107"},
+		{"gateway", minimal(`<interface type='vmchannel'><source address='10.0.2.2' port='600'/><target path='/s'/></interface>`), "10.0.2.2: is the user network's gateway"},
+		{"dns", minimal(`<interface type='vmchannel'><source address='10.0.2.3' port='600'/><target path='/s'/></interface>`), "DNS server"},
+		{"dhcp range", minimal(`<interface type='vmchannel'><source address='10.0.2.15' port='600'/><target path='/s'/></interface>`), "DHCP range"},
+		{"outside", minimal(`<interface type='vmchannel'><source address='192.168.1.4' port='600'/><target path='/s'/></interface>`), "outside the user network"},
+		{"ipv6", minimal(`<interface type='vmchannel'><source address='::1' port='600'/><target path='/s'/></interface>`), "must be an IPv4 address"},
+		{"bad proxy", minimal(`<interface type='vmchannel'><source port='600'/><target path='/s' proxy='v1'/></interface>`), `proxy "v1"`},
+		{"bad limit", minimal(`<interface type='vmchannel'><source port='600'/><target path='/s' maxconnections='0'/></interface>`), `maxconnections "0"`},
+		{"no target", minimal(`<interface type='vmchannel'><source port='600'/></interface>`), "missing <target path=''/>"},
+		{"bridge", minimal(`<interface type='bridge'><source bridge='br0'/></interface>`), `interface type "bridge": not supported`},
+		{"block disk", minimal(`<disk type='block'><source dev='/dev/sda'/><target dev='vda'/></disk>`), `disk type "block"`},
+		{"pty channel", minimal(`<channel type='pty'><target type='virtio' name='x'/></channel>`), `channel type "pty"`},
+		{"xen channel", minimal(`<channel type='unix'><source path='/s'/><target type='xen' name='x'/></channel>`), `channel target type "xen"`},
+		{"virtio connect", minimal(`<channel type='unix'><source mode='connect' path='/s'/><target type='virtio' name='x'/></channel>`), "must be bind"},
+		{"file serial", minimal(`<serial type='file'><source path='/tmp/x'/></serial>`), `serial/console type "file"`},
+		{"two user nics", minimal(`<interface type='user'/><interface type='user'/>`), "one user-mode NIC"},
+		{"bad mac", minimal(`<interface type='user'><mac address='zz'/></interface>`), `mac address "zz"`},
+		{"bad arch", strings.Replace(minimal(""), "<os>", "<os><type arch='aarch64'>hvm</type>", 1), `arch "aarch64"`},
+		{"machine injection", strings.Replace(minimal(""), "<os>", "<os><type machine='q35,accel=kvm'>hvm</type>", 1), `machine "q35,accel=kvm"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := Parse(strings.NewReader(tt.xml))
+			if err == nil {
+				err = d.Validate()
+			}
+			if err == nil {
+				t.Fatalf("accepted; want an error containing %q", tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %q; want it to contain %q", err, tt.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error %q spans lines", err)
+			}
+		})
+	}
+}
+
+func TestMemoryUnits(t *testing.T) {
+	tests := []struct {
+		unit, value string
+		kib         uint64
+	}{
+		{"", "1024", 1024},
+		{"KiB", "1024", 1024},
+		{"k", "7", 7},
+		{"MiB", "256", 256 * 1024},
+		{"M", "1", 1024},
+		{"GiB", "2", 2 << 20},
+		{"MB", "1", 977}, // 1,000,000 bytes rounds up to 977 KiB
+		{"b", "1", 1},    // rounds up
+		{"bytes", "2048", 2},
+		{"KB", "1024", 1000},
+	}
+	for _, tt := range tests {
+		m := Memory{Unit: tt.unit, Value: tt.value}
+		if err := m.normalise(); err != nil {
+			t.Fatalf("%s %s: %v", tt.value, tt.unit, err)
+		}
+		if m.KiB != tt.kib || m.Unit != "KiB" {
+			t.Errorf("%s %s = %d %s; want %d KiB", tt.value, tt.unit, m.KiB, m.Unit, tt.kib)
+		}
+	}
+}
+
+func TestNormalise(t *testing.T) {
+	d := mustParse(t, minimal(`<interface type='vmchannel'><source port='600'/><target path='/s'/></interface>
+<channel type='unix'><source path='/v'/><target type='virtio' name='org.x.0'/></channel>`))
+	if !d.UUIDGenerated() || len(d.UUID) != 36 {
+		t.Errorf("uuid %q generated=%v; want a generated canonical uuid", d.UUID, d.UUIDGenerated())
+	}
+	if d.VCPU.Count != 1 || d.OnPoweroff != "destroy" || d.OnReboot != "restart" || d.OnCrash != "destroy" {
+		t.Errorf("defaults not applied: vcpu %d, %s/%s/%s", d.VCPU.Count, d.OnPoweroff, d.OnReboot, d.OnCrash)
+	}
+	vcs := d.VMChannels()
+	want := VMChannel{Address: DefaultVMChannelAddress, Port: 600, Path: "/s", MaxConnections: DefaultMaxConnections}
+	if len(vcs) != 1 || vcs[0] != want {
+		t.Errorf("VMChannels = %+v; want [%+v]", vcs, want)
+	}
+	if p := d.VirtioPorts(); len(p) != 1 || p[0] != (VirtioPort{Name: "org.x.0", Path: "/v"}) || d.Devices.Channels[0].Source.Mode != "bind" {
+		t.Errorf("VirtioPorts = %+v, mode %q", p, d.Devices.Channels[0].Source.Mode)
+	}
+	nic, ok := d.UserNIC()
+	if !ok || !nic.Isolated || nic.Model != "virtio" {
+		t.Errorf("UserNIC = %+v, %v; want the implicit isolated virtio NIC", nic, ok)
+	}
+	out, _ := d.XML()
+	if bytes.Contains(out, []byte("type=\"user\"")) {
+		t.Errorf("the implicit NIC was written into the definition:\n%s", out)
+	}
+
+	u := mustParse(t, strings.Replace(minimal(`<interface type='user'/>`), "<os>", "<uuid>6C3B1F0E8A4D4F6B9C2E1D7A5B3E9F40</uuid><os>", 1))
+	if u.UUID != "6c3b1f0e-8a4d-4f6b-9c2e-1d7a5b3e9f40" || u.UUIDGenerated() {
+		t.Errorf("given uuid normalised to %q (generated=%v)", u.UUID, u.UUIDGenerated())
+	}
+	if nic, ok := u.UserNIC(); !ok || nic.Isolated {
+		t.Errorf("explicit user NIC = %+v, %v; want not isolated", nic, ok)
+	}
+	if _, ok := mustParse(t, minimal("")).UserNIC(); ok {
+		t.Error("a domain without interfaces or vmchannels got a NIC")
+	}
+}
+
+func examples(t testing.TB) []string {
+	files, err := filepath.Glob("../../examples/*.xml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no examples: %v", err)
+	}
+	return files
+}
+
+// TestRoundTrip: parse, write, parse, write gives identical bytes, for every
+// example and for both forms.
+func TestRoundTrip(t *testing.T) {
+	for _, f := range examples(t) {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := mustParse(t, string(data))
+		a, err := first.XML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := mustParse(t, string(a)).XML()
+		if !bytes.Equal(a, b) {
+			t.Errorf("%s: round trip differs:\n%s\n---\n%s", f, a, b)
+		}
+		// The libvirt form is a valid minivirt definition too, and stable.
+		l1, _ := first.LibvirtXML()
+		l2, _ := mustParse(t, string(l1)).LibvirtXML()
+		if !bytes.Equal(l1, l2) {
+			t.Errorf("%s: libvirt round trip differs:\n%s\n---\n%s", f, l1, l2)
+		}
+	}
+}
+
+func TestKeepsUnknownElements(t *testing.T) {
+	data, err := os.ReadFile("../../examples/libvirt-style.xml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := mustParse(t, string(data))
+	out, _ := d.XML()
+	for _, s := range []string{`<timer name='rtc' tickpolicy='catchup'/>`, `<graphics type="vnc" port="-1" autoport="yes"/>`, `<vcpu placement="static">2</vcpu>`, `<acpi/>`} {
+		if !bytes.Contains(out, []byte(s)) {
+			t.Errorf("lost %s:\n%s", s, out)
+		}
+	}
+	w := d.Warnings()
+	if len(w) != 1 || !strings.Contains(w[0], "devices/graphics") || !strings.Contains(w[0], "features") {
+		t.Errorf("Warnings = %q; want one line naming devices/graphics and features", w)
+	}
+}
+
+func TestLibvirtExport(t *testing.T) {
+	data, _ := os.ReadFile("../../examples/channels.xml")
+	d := mustParse(t, string(data))
+	out, err := d.LibvirtXML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := mustParse(t, string(out))
+	if got := len(back.Devices.Interfaces); got != 1 || back.Devices.Interfaces[0].Type != "user" {
+		t.Errorf("libvirt form has interfaces %+v; want one type='user'", back.Devices.Interfaces)
+	}
+	if bytes.Contains(out, []byte("proxy=")) || bytes.Contains(out, []byte("maxconnections=")) {
+		t.Errorf("libvirt form carries minivirt-only attributes:\n%s", out)
+	}
+	// Every vmchannel survives as a guestfwd channel with its address, port and path.
+	got, want := back.VMChannels(), d.VMChannels()
+	if len(got) != len(want) {
+		t.Fatalf("vmchannels %+v; want %+v", got, want)
+	}
+	for i := range want {
+		if got[i].Address != want[i].Address || got[i].Port != want[i].Port || got[i].Path != want[i].Path {
+			t.Errorf("vmchannel %d = %+v; want %+v", i, got[i], want[i])
+		}
+	}
+}
+
+// TestLibvirtSchema runs libvirt's own validator on the export of every
+// example and of generated domains. `make deps` installs it.
+func TestLibvirtSchema(t *testing.T) {
+	validator, err := exec.LookPath("virt-xml-validate")
+	if err != nil {
+		t.Fatal("virt-xml-validate not found: run `make deps` (Debian packages libvirt-clients and libxml2-utils)")
+	}
+	var docs [][]byte
+	for _, f := range examples(t) {
+		data, _ := os.ReadFile(f)
+		docs = append(docs, []byte(string(data)))
+	}
+	for i := 0; i < 8; i++ {
+		docs = append(docs, []byte(generated(i)))
+	}
+	dir := t.TempDir()
+	for i, doc := range docs {
+		d := mustParse(t, string(doc))
+		out, err := d.LibvirtXML()
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, d.Name+".xml")
+		if err := os.WriteFile(path, out, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if msg, err := exec.Command(validator, path, "domain").CombinedOutput(); err != nil {
+			t.Errorf("document %d (%s) fails libvirt's schema: %v\n%s\n%s", i, d.Name, err, msg, out)
+		}
+	}
+}
+
+// generated builds the i-th of a family of domains that together use every
+// device form minivirt knows.
+func generated(i int) string {
+	var dev strings.Builder
+	for p := 0; p <= i; p++ {
+		addr := netip.AddrFrom4([4]byte{10, 0, 2, byte(4 + p%8)})
+		dev.WriteString(`<interface type='vmchannel'><source address='` + addr.String() + `' port='` + itoa(600+p) + `'/><target path='/run/g/` + itoa(p) + `.sock' proxy='v2'/></interface>`)
+	}
+	if i%2 == 1 {
+		dev.WriteString(`<interface type='user'><mac address='52:54:00:00:00:0` + itoa(i) + `'/><model type='e1000'/></interface>`)
+	}
+	if i%3 == 0 {
+		dev.WriteString(`<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='/img/` + itoa(i) + `.raw'/><target dev='vda' bus='virtio'/></disk>`)
+		dev.WriteString(`<channel type='unix'><source mode='bind' path='/run/g/agent` + itoa(i) + `.sock'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>`)
+	}
+	dev.WriteString(`<serial type='pty'/><console type='pty'/>`)
+	return `<domain type='kvm'><name>gen` + itoa(i) + `</name><memory unit='GiB'>1</memory><vcpu>` + itoa(1+i%4) + `</vcpu>
+<os><type arch='x86_64' machine='q35'>hvm</type><kernel>/boot/vmlinuz</kernel><initrd>/boot/initrd</initrd><cmdline>console=ttyS0</cmdline></os>
+<on_poweroff>destroy</on_poweroff><on_reboot>restart</on_reboot><on_crash>restart</on_crash><devices>` + dev.String() + `</devices></domain>`
+}
+
+func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestAddRemoveVMChannel(t *testing.T) {
+	d := mustParse(t, minimal(`<channel type='unix'><source mode='connect' path='/c'/><target type='guestfwd' address='10.0.2.5' port='700'/></channel>`))
+	if err := d.AddVMChannel(VMChannel{Port: 700, Path: "/a"}); err != nil {
+		t.Fatalf("add on another address: %v", err)
+	}
+	if err := d.AddVMChannel(VMChannel{Port: 700, Path: "/b"}); err == nil || !strings.Contains(err.Error(), "used twice") {
+		t.Fatalf("duplicate add: %v", err)
+	}
+	if n := len(d.VMChannels()); n != 2 {
+		t.Fatalf("a refused add changed the domain: %d channels", n)
+	}
+	if err := d.RemoveVMChannel(700, netip.Addr{}); err == nil || !strings.Contains(err.Error(), "--address") {
+		t.Fatalf("ambiguous remove: %v", err)
+	}
+	if err := d.RemoveVMChannel(700, netip.MustParseAddr("10.0.2.5")); err != nil {
+		t.Fatal(err)
+	}
+	if vcs := d.VMChannels(); len(vcs) != 1 || vcs[0].Path != "/a" {
+		t.Fatalf("after remove: %+v", vcs)
+	}
+	if err := d.RemoveVMChannel(9, netip.Addr{}); err == nil {
+		t.Fatal("removing an absent port succeeded")
+	}
+}

@@ -10,6 +10,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"github.com/minivirt/minivirt/pkg/launcher"
 )
 
 func main() {
@@ -81,6 +83,18 @@ with end-of-stream carried both ways.`,
 		a.listCommand(),
 		a.dumpxmlCommand(),
 		a.vmchannelCommand(),
+		a.startCommand(),
+		a.shutdownCommand(),
+		a.destroyCommand(),
+		a.stopCommand(),
+		a.simpleCommand("reboot", "Reboot a domain through the ACPI power button", launcher.OpReboot, "is being rebooted"),
+		a.simpleCommand("suspend", "Pause a domain's CPUs", launcher.OpSuspend, "suspended"),
+		a.simpleCommand("resume", "Resume a suspended domain", launcher.OpResume, "resumed"),
+		a.statusCommand(),
+		a.logCommand(),
+		a.consoleCommand(),
+		a.qmpCommand(),
+		a.superviseCommand(),
 	)
 	return root
 }

@@ -123,6 +123,14 @@ type vmchannelItem struct {
 	MaxConnections int    `json:"max_connections"`
 }
 
+func vmchannelItems(d *domain.Domain) []vmchannelItem {
+	items := []vmchannelItem{}
+	for _, vc := range d.VMChannels() {
+		items = append(items, vmchannelItem{Address: vc.Address.String(), Port: vc.Port, Path: vc.Path, Proxy: vc.Proxy, MaxConnections: vc.MaxConnections})
+	}
+	return items
+}
+
 func (a *app) vmchannelListCommand() *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
@@ -142,10 +150,7 @@ func (a *app) vmchannelListCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			items := []vmchannelItem{}
-			for _, vc := range d.VMChannels() {
-				items = append(items, vmchannelItem{Address: vc.Address.String(), Port: vc.Port, Path: vc.Path, Proxy: vc.Proxy, MaxConnections: vc.MaxConnections})
-			}
+			items := vmchannelItems(d)
 			if output == "json" {
 				return a.printJSON(items)
 			}

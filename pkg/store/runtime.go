@@ -6,6 +6,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/minivirt/minivirt/pkg/proc"
 )
 
 // Domain states, in libvirt's words.
@@ -17,14 +19,6 @@ const (
 	StateCrashed    = "crashed"
 )
 
-// Process identifies a process across pid reuse and host reboots: a pid is
-// trusted only while the boot id and the process start time still match.
-type Process struct {
-	PID       int    `json:"pid"`
-	StartTime uint64 `json:"start_time"` // clock ticks since boot, /proc/PID/stat field 22
-	BootID    string `json:"boot_id"`
-}
-
 // Runtime is the last known state of a domain.
 type Runtime struct {
 	State      string    `json:"state"`
@@ -33,8 +27,8 @@ type Runtime struct {
 	Accel      string    `json:"accel,omitempty"`
 	Network    string    `json:"network,omitempty"`
 	RunDir     string    `json:"run_dir,omitempty"`
-	QEMU       Process   `json:"qemu"`
-	Supervisor Process   `json:"supervisor"`
+	QEMU       proc.ID   `json:"qemu"`
+	Supervisor proc.ID   `json:"supervisor"`
 	Since      time.Time `json:"since"`
 }
 

@@ -1,0 +1,129 @@
+// Command minivirt-guest runs inside minivirt's tiny test guest: it powers the
+// guest off on the ACPI power button and acts as a vmchannel client for tests
+// and the demo.
+package main
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+	}
+	var err error
+	switch os.Args[1] {
+	case "powerbutton":
+		err = powerButton()
+	case "request":
+		// request ADDR MESSAGE: send MESSAGE, half-close, print the reply.
+		if len(os.Args) != 4 {
+			usage()
+		}
+		var reply []byte
+		reply, err = request(os.Args[2], []byte(os.Args[3]))
+		fmt.Printf("reply: %s\n", reply)
+	case "parallel":
+		// parallel N ADDR: N connections at once, each its own request.
+		if len(os.Args) != 4 {
+			usage()
+		}
+		n, _ := strconv.Atoi(os.Args[2])
+		err = parallel(n, os.Args[3])
+	default:
+		usage()
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "minivirt-guest: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | parallel N ADDR")
+	os.Exit(2)
+}
+
+// request sends msg on a new connection, closes its writing side, and
+// returns everything the peer sends until it closes.
+func request(addr string, msg []byte) ([]byte, error) {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write(msg); err != nil {
+		return nil, err
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return nil, err
+	}
+	return io.ReadAll(c)
+}
+
+func parallel(n int, addr string) error {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			reply, err := request(addr, []byte(fmt.Sprintf("hello from guest connection %d", i)))
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				fmt.Printf("connection %d: %v\n", i, err)
+				if firstErr == nil {
+					firstErr = err
+				}
+				return
+			}
+			fmt.Printf("connection %d reply: %s\n", i, reply)
+		}()
+	}
+	wg.Wait()
+	return firstErr
+}
+
+// powerButton waits for KEY_POWER on any input device and powers off.
+func powerButton() error {
+	devs, _ := filepath.Glob("/dev/input/event*")
+	if len(devs) == 0 {
+		return fmt.Errorf("no input devices: is evdev loaded?")
+	}
+	pressed := make(chan struct{}, 1)
+	for _, dev := range devs {
+		f, err := os.Open(dev)
+		if err != nil {
+			continue
+		}
+		go func() {
+			// struct input_event on 64-bit: timeval (16 bytes), type, code (u16), value (s32).
+			var ev [24]byte
+			for {
+				if _, err := io.ReadFull(f, ev[:]); err != nil {
+					return
+				}
+				typ, code, value := binary.LittleEndian.Uint16(ev[16:]), binary.LittleEndian.Uint16(ev[18:]), int32(binary.LittleEndian.Uint32(ev[20:]))
+				if typ == 1 && code == 116 && value == 1 { // EV_KEY, KEY_POWER, pressed
+					pressed <- struct{}{}
+				}
+			}
+		}()
+	}
+	<-pressed
+	fmt.Println("minivirt-guest: power button pressed, powering off")
+	syscall.Sync()
+	return syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
+}

@@ -1,0 +1,92 @@
+package launcher
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// Control operations the supervisor answers on its control socket. QMP allows
+// one client per monitor, so every CLI command that acts on a running domain
+// goes through the supervisor.
+const (
+	OpStatus   = "status"
+	OpShutdown = "shutdown"
+	OpReboot   = "reboot"
+	OpDestroy  = "destroy"
+	OpSuspend  = "suspend"
+	OpResume   = "resume"
+	OpQMP      = "qmp"
+)
+
+// Request is one control request; one request per connection.
+type Request struct {
+	Op  string          `json:"op"`
+	QMP json.RawMessage `json:"qmp,omitempty"` // with OpQMP: a whole QMP command
+}
+
+// Response answers a Request.
+type Response struct {
+	Error  string          `json:"error,omitempty"`
+	Status *Status         `json:"status,omitempty"`
+	QMP    json.RawMessage `json:"qmp,omitempty"`
+}
+
+// Status is the supervisor's view of its domain.
+type Status struct {
+	State  string `json:"state"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// Call sends one request to the control socket at path and waits for the
+// answer, at most until ctx ends.
+func Call(ctx context.Context, path string, req Request) (Response, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return Response{}, fmt.Errorf("supervisor: %w", err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return Response{}, fmt.Errorf("supervisor: %w", err)
+	}
+	var resp Response
+	if err := json.NewDecoder(c).Decode(&resp); err != nil {
+		return Response{}, fmt.Errorf("supervisor: no answer: %w", err)
+	}
+	if resp.Error != "" {
+		return resp, errors.New(resp.Error)
+	}
+	return resp, nil
+}
+
+// serveControl answers control requests until l is closed.
+func serveControl(l net.Listener, handle func(context.Context, Request) Response) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			var req Request
+			if err := json.NewDecoder(c).Decode(&req); err != nil {
+				return
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			resp := handle(ctx, req)
+			c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			json.NewEncoder(c).Encode(resp)
+		}()
+	}
+}

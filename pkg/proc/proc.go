@@ -1,0 +1,110 @@
+// Package proc identifies processes across pid reuse and host reboots.
+//
+// A pid alone is not an identity: after the process exits, or after a host
+// reboot, the same number can belong to another process. An ID adds the boot
+// id of the kernel and the process's start time, and Alive trusts a pid only
+// while both still match.
+package proc
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// ID identifies one process of one boot of the host.
+type ID struct {
+	PID       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"` // clock ticks after boot, /proc/PID/stat field 22
+	BootID    string `json:"boot_id"`
+}
+
+// IsZero reports whether id names no process.
+func (id ID) IsZero() bool { return id.PID == 0 }
+
+// BootID returns the kernel's boot id.
+func BootID() (string, error) {
+	b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		return "", fmt.Errorf("reading boot id: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// Lookup returns the identity of the running process pid.
+func Lookup(pid int) (ID, error) {
+	boot, err := BootID()
+	if err != nil {
+		return ID{}, err
+	}
+	start, err := startTime(pid)
+	if err != nil {
+		return ID{}, err
+	}
+	return ID{PID: pid, StartTime: start, BootID: boot}, nil
+}
+
+// Self returns the identity of the calling process.
+func Self() (ID, error) { return Lookup(os.Getpid()) }
+
+// Alive reports whether the process id names is still running (a zombie
+// counts as gone).
+func Alive(id ID) bool {
+	if id.PID <= 0 {
+		return false
+	}
+	boot, err := BootID()
+	if err != nil || boot != id.BootID {
+		return false
+	}
+	start, err := startTime(id.PID)
+	if err != nil || start != id.StartTime {
+		return false
+	}
+	state, err := processState(id.PID)
+	return err == nil && state != 'Z' && state != 'X'
+}
+
+// Signal sends sig to the process id names, only if it is still that process.
+func Signal(id ID, sig syscall.Signal) error {
+	if !Alive(id) {
+		return os.ErrProcessDone
+	}
+	return syscall.Kill(id.PID, sig)
+}
+
+func statFields(pid int) ([]string, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return nil, err
+	}
+	// The command name (field 2) is in parentheses and may hold spaces or ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return nil, errors.New("malformed /proc stat")
+	}
+	return strings.Fields(string(b[i+1:])), nil // fields[0] is field 3 (state)
+}
+
+func startTime(pid int) (uint64, error) {
+	f, err := statFields(pid)
+	if err != nil {
+		return 0, err
+	}
+	if len(f) < 20 {
+		return 0, errors.New("malformed /proc stat")
+	}
+	return strconv.ParseUint(f[19], 10, 64) // field 22
+}
+
+func processState(pid int) (byte, error) {
+	f, err := statFields(pid)
+	if err != nil || len(f) == 0 || len(f[0]) == 0 {
+		return 0, errors.New("no state")
+	}
+	return f[0][0], nil
+}

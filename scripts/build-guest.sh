@@ -32,11 +32,12 @@ cp /bin/busybox "$stage/bin/busybox"
 install -m 0755 "$top/guest/init" "$stage/init"
 install -m 0755 "$top/guest/udhcpc-script" "$stage/bin/udhcpc-script"
 (cd "$top" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags='-s -w' -o "$stage/bin/minivirt-guest" ./guest/minivirt-guest)
-mods="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_console virtio_blk button evdev pvpanic-pci"
+mods="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_console virtio_blk button evdev pvpanic pvpanic-pci"
 for m in $mods; do
   f=$(find "$out/kernel/root/lib/modules/$kver" -name "$m.ko" | head -n1)
   [ -n "$f" ] || { echo "minivirt: module $m.ko not in $pkg" >&2; exit 1; }
   cp "$f" "$stage/lib/modules/"
+  echo "$m" >> "$stage/lib/modules/order"
 done
 (cd "$stage" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -1) > "$out/initrd.gz.tmp"
 mv "$out/initrd.gz.tmp" "$out/initrd.gz"

@@ -91,11 +91,11 @@ func (a *app) startCommand() *cobra.Command {
 				return fmt.Errorf("%s not found: install it with `make deps` (Debian package qemu-system-x86)", qemuBinary)
 			}
 			warnings, err := a.spawnSupervisor(cmd.Context(), name)
-			for _, w := range warnings {
-				a.warn("%s", w)
-			}
 			if err != nil {
 				return fmt.Errorf("start %s: %w", name, err)
+			}
+			for _, w := range warnings {
+				a.warn("%s", w)
 			}
 			fmt.Fprintf(a.stdout, "Domain %s started\n", name)
 			return nil

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/minivirt/minivirt/pkg/launcher"
 	"github.com/minivirt/minivirt/pkg/store"
 )
 
@@ -31,8 +32,25 @@ func (a *app) listCommand() *cobra.Command {
 			var entries []store.Entry
 			err := a.withStore(func(s *store.Store) error {
 				var err error
-				entries, err = s.List()
-				return err
+				if entries, err = s.List(); err != nil {
+					return err
+				}
+				// A record that claims a running domain is checked against its pids.
+				for i, e := range entries {
+					if !e.Runtime.Active() {
+						continue
+					}
+					d, err := s.Get(e.Name)
+					if err != nil {
+						return err
+					}
+					o, err := launcher.Observe(s, d, a.domainRunDir(e.Name))
+					if err != nil {
+						return err
+					}
+					entries[i].Runtime = o.Runtime
+				}
+				return nil
 			})
 			if err != nil {
 				return err

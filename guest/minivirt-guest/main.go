@@ -122,6 +122,7 @@ func powerButton() error {
 			}
 		}()
 	}
+	os.WriteFile("/run/powerbutton.ready", nil, 0o644)
 	<-pressed
 	fmt.Println("minivirt-guest: power button pressed, powering off")
 	syscall.Sync()

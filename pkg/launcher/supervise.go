@@ -151,9 +151,11 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 	}
 	files = nil
 
+	// failed ends a start that went wrong, in QEMU's own words.
 	failed := func(what error) error {
 		select {
 		case <-s.done:
+			what = fmt.Errorf("QEMU %s", exitText(s.waited))
 		case <-time.After(quitGrace):
 			cmd.Process.Kill()
 			<-s.done
@@ -170,20 +172,12 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 		}
 	}()
 	if s.mon, err = qmp.Dial(dialCtx, s.plan.Paths.QMP); err != nil {
-		select {
-		case <-s.done:
-			return failed(fmt.Errorf("QEMU %s", exitText(s.waited)))
-		default:
-			cmd.Process.Kill()
-			return failed(err)
-		}
+		return failed(err)
 	}
-	go s.events()
 
 	callCtx, cancel2 := context.WithTimeout(ctx, qmpCallTimeout)
 	defer cancel2()
 	if err := qmp.Cont(callCtx, s.mon); err != nil {
-		cmd.Process.Kill()
 		return failed(err)
 	}
 	s.st = store.Runtime{
@@ -196,6 +190,7 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 		return err
 	}
 	s.logf("QEMU pid %d running (%s)", s.qemuID.PID, s.plan.Accel)
+	go s.events() // from here on: events queue in pkg/qmp until now
 	return nil
 }
 
@@ -284,10 +279,12 @@ func (s *supervisor) events() {
 		case "SHUTDOWN":
 			s.onShutdown(ev)
 		case "STOP":
+			// Only a running guest becomes paused: a STOP that follows a
+			// SHUTDOWN or GUEST_PANICKED keeps the state those gave.
 			s.mu.Lock()
-			quiet := s.destroyAsked || s.final != nil || s.st.State == store.StateInShutdown
+			running := s.st.State == store.StateRunning && !s.destroyAsked && s.final == nil
 			s.mu.Unlock()
-			if !quiet {
+			if running {
 				s.setState(store.StatePaused, "user")
 			}
 		case "RESUME":

@@ -1,0 +1,320 @@
+// Package integration boots minivirt's tiny guest under real QEMU (TCG on
+// hosts where KVM is not usable) through the real minivirt binary.
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var (
+	binary   string // the minivirt binary under test
+	guestDir string // vmlinuz and initrd.gz of the tiny guest
+)
+
+func TestMain(m *testing.M) {
+	code, err := setup(m)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "integration: %v\n", err)
+		os.Exit(1)
+	}
+	os.Exit(code)
+}
+
+func setup(m *testing.M) (int, error) {
+	root, err := filepath.Abs("..")
+	if err != nil {
+		return 0, err
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		return 0, fmt.Errorf("qemu-system-x86_64 not found: run `make deps` (or `make test`, which does)")
+	}
+	guestDir = os.Getenv("MINIVIRT_GUEST_DIR")
+	if guestDir == "" {
+		guestDir = filepath.Join(root, "build", "guest")
+	}
+	if _, err := os.Stat(filepath.Join(guestDir, "initrd.gz")); err != nil {
+		cmd := exec.Command(filepath.Join(root, "scripts", "build-guest.sh"), guestDir)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return 0, fmt.Errorf("building the tiny guest: %v", err)
+		}
+	}
+	dir, err := os.MkdirTemp("", "minivirt-integration")
+	if err != nil {
+		return 0, err
+	}
+	defer os.RemoveAll(dir)
+	binary = filepath.Join(dir, "minivirt")
+	build := exec.Command("go", "build", "-o", binary, "./cmd/minivirt")
+	build.Dir = root
+	if out, err := build.CombinedOutput(); err != nil {
+		return 0, fmt.Errorf("building minivirt: %v\n%s", err, out)
+	}
+	return m.Run(), nil
+}
+
+// host is one test's private minivirt installation: its own state and
+// runtime directories. The state directory holds a space and a comma, so
+// every test also proves that QEMU option escaping works.
+type host struct {
+	t        *testing.T
+	top      string
+	stateDir string
+	runDir   string
+}
+
+func newHost(t *testing.T) *host {
+	t.Helper()
+	top, err := os.MkdirTemp("", "mv-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &host{t: t, top: top, stateDir: filepath.Join(top, "state dir,1"), runDir: filepath.Join(top, "run")}
+	t.Cleanup(h.cleanup)
+	return h
+}
+
+// cleanup destroys what the test left running, then fails the test if any
+// process that belongs to this host outlived it.
+func (h *host) cleanup() {
+	for _, name := range h.names() {
+		if st := h.status(name); st.State != "shut off" {
+			h.run("", "destroy", name)
+		}
+	}
+	if left := h.processes(); len(left) > 0 {
+		for _, pid := range left {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		h.t.Errorf("processes outlived the test: %v", left)
+	}
+	if h.t.Failed() {
+		h.dumpLogs()
+	}
+	os.RemoveAll(h.top)
+}
+
+// processes lists the pids whose command line names this host's directories.
+func (h *host) processes() []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		if bytes.Contains(cmdline, []byte(h.top)) {
+			if state, _ := os.ReadFile("/proc/" + e.Name() + "/stat"); bytes.Contains(state, []byte(") Z ")) {
+				continue // a zombie: exited, its parent has not reaped it yet
+			}
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+func (h *host) dumpLogs() {
+	logs, _ := filepath.Glob(filepath.Join(h.stateDir, "logs", "*"))
+	for _, l := range logs {
+		data, _ := os.ReadFile(l)
+		if len(data) > 6000 {
+			data = data[len(data)-6000:]
+		}
+		h.t.Logf("--- %s:\n%s", filepath.Base(l), data)
+	}
+}
+
+func (h *host) command(stdin string, args ...string) *exec.Cmd {
+	c := exec.Command(binary, args...)
+	c.Env = append(os.Environ(), "MINIVIRT_STATE_DIR="+h.stateDir, "MINIVIRT_RUN_DIR="+h.runDir, "MINIVIRT_ACCEL=")
+	c.Stdin = strings.NewReader(stdin)
+	return c
+}
+
+// run runs minivirt and returns stdout, stderr and the exit status.
+func (h *host) run(stdin string, args ...string) (string, string, int) {
+	h.t.Helper()
+	c := h.command(stdin, args...)
+	var out, errb bytes.Buffer
+	c.Stdout, c.Stderr = &out, &errb
+	err := c.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		h.t.Fatalf("minivirt %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func (h *host) ok(stdin string, args ...string) string {
+	h.t.Helper()
+	out, errs, code := h.run(stdin, args...)
+	if code != 0 {
+		h.t.Fatalf("minivirt %s: exit %d: %s", strings.Join(args, " "), code, errs)
+	}
+	return out
+}
+
+func (h *host) fails(want string, args ...string) {
+	h.t.Helper()
+	out, errs, code := h.run("", args...)
+	if code == 0 || !strings.HasPrefix(errs, "minivirt: ") || !strings.Contains(errs, want) {
+		h.t.Fatalf("minivirt %s: exit %d, stdout %q, stderr %q; want a failure saying %q", strings.Join(args, " "), code, out, errs, want)
+	}
+}
+
+func (h *host) names() []string {
+	out, _, code := h.run("", "list", "--all", "-o", "json")
+	if code != 0 {
+		return nil
+	}
+	var items []struct{ Name string }
+	json.Unmarshal([]byte(out), &items)
+	var names []string
+	for _, it := range items {
+		names = append(names, it.Name)
+	}
+	return names
+}
+
+// status is `minivirt status -o json`.
+type status struct {
+	Name          string `json:"name"`
+	State         string `json:"state"`
+	Reason        string `json:"reason"`
+	Detail        string `json:"detail"`
+	Accel         string `json:"accel"`
+	QEMUPID       int    `json:"qemu_pid"`
+	SupervisorPID int    `json:"supervisor_pid"`
+	Supervised    bool   `json:"supervised"`
+}
+
+func (h *host) status(name string) status {
+	h.t.Helper()
+	var st status
+	out, errs, code := h.run("", "status", name, "-o", "json")
+	if code != 0 {
+		h.t.Fatalf("status %s: %s", name, errs)
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		h.t.Fatalf("status %s: %v: %s", name, err, out)
+	}
+	return st
+}
+
+// guest is a domain definition of the tiny guest.
+type guest struct {
+	name    string
+	script  string // shell script the guest runs after boot (minivirt.run)
+	cmdline string // extra kernel parameters
+	devices string // extra <devices> content
+	top     string // extra top-level elements
+}
+
+func (g guest) xml() string {
+	cmdline := "console=ttyS0 panic=-1 " + g.cmdline
+	if g.script != "" {
+		cmdline += " minivirt.run=" + base64.StdEncoding.EncodeToString([]byte(g.script))
+	}
+	return `<domain type='kvm'><name>` + g.name + `</name><memory unit='MiB'>192</memory><vcpu>1</vcpu>
+<os><kernel>` + filepath.Join(guestDir, "vmlinuz") + `</kernel><initrd>` + filepath.Join(guestDir, "initrd.gz") + `</initrd>
+<cmdline>` + cmdline + `</cmdline></os>` + g.top + `<devices>` + g.devices + `</devices></domain>`
+}
+
+// boot defines and starts g and waits until its userspace is up. A domain
+// booted before has "ready" in its log already: boot waits for one more.
+func (h *host) boot(g guest) {
+	h.t.Helper()
+	data, _ := os.ReadFile(h.logPath(g.name))
+	before := strings.Count(string(data), readyLine)
+	h.ok(g.xml(), "define", "-")
+	h.ok("", "start", g.name)
+	h.waitLogCount(g.name, readyLine, before+1, 90*time.Second)
+}
+
+const readyLine = "minivirt-guest: ready"
+
+func (h *host) logPath(name string) string { return filepath.Join(h.stateDir, "logs", name+".log") }
+
+// waitLog waits until the serial log of name contains want.
+func (h *host) waitLog(name, want string, timeout time.Duration) string {
+	h.t.Helper()
+	return h.waitLogCount(name, want, 1, timeout)
+}
+
+func (h *host) waitLogCount(name, want string, n int, timeout time.Duration) string {
+	h.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		data, _ := os.ReadFile(h.logPath(name))
+		if strings.Count(string(data), want) >= n {
+			return string(data)
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("%s: %q did not appear %d time(s) in the console log within %s", name, want, n, timeout)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// waitState polls status until the state is want.
+func (h *host) waitState(name, want string, timeout time.Duration) status {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for {
+		st := h.status(name)
+		if st.State == want {
+			return st
+		}
+		select {
+		case <-ctx.Done():
+			h.t.Fatalf("%s: state %q (%s), want %q after %s", name, st.State, st.Reason, want, timeout)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// runDirOf is the domain's runtime directory.
+func (h *host) runDirOf(name string) string { return filepath.Join(h.runDir, name) }
+
+func exists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
+}
+
+func alive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	return err == nil && !bytes.Contains(data, []byte(") Z "))
+}
+
+func waitDead(t *testing.T, pid int, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d still alive after %s", pid, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

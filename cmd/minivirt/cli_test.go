@@ -316,7 +316,8 @@ func TestVMChannelCommands(t *testing.T) {
 	if err := jsonUnmarshal(e.ok("", "vmchannel", "list", "vc", "-o", "json"), &items); err != nil {
 		t.Fatal(err)
 	}
-	want := []vmchannelItem{{"10.0.2.4", 600, "/run/a b.sock", "", 256}, {"10.0.2.5", 601, "/run/b.sock", "v2", 8}}
+	want := []vmchannelItem{{Address: "10.0.2.4", Port: 600, Path: "/run/a b.sock", MaxConnections: 256},
+		{Address: "10.0.2.5", Port: 601, Path: "/run/b.sock", Proxy: "v2", MaxConnections: 8}}
 	if fmt.Sprint(items) != fmt.Sprint(want) {
 		t.Errorf("vmchannel list = %+v; want %+v", items, want)
 	}

@@ -409,7 +409,7 @@ func (a *app) statusCommand() *cobra.Command {
 				return err
 			}
 			r := statusReport{Name: d.Name, UUID: d.UUID, State: o.State, Reason: o.Reason, Detail: o.Detail,
-				Since: o.Since, VMChannels: vmchannelItems(d)}
+				Since: o.Since, VMChannels: a.vmchannelItems(cmd.Context(), d, o)}
 			if o.Active() {
 				r.Accel, r.Network, r.Supervised = o.Accel, o.Network, o.Supervised
 				if o.QEMUAlive {

@@ -15,6 +15,10 @@ import (
 )
 
 func main() {
+	// The vmchannel helper runs before anything that could print.
+	if len(os.Args) > 1 && os.Args[1] == launcher.HelperCommand {
+		os.Exit(vmchannelHelper(os.Args[2:]))
+	}
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 

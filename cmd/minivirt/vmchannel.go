@@ -1,14 +1,18 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/launcher"
 	"github.com/minivirt/minivirt/pkg/store"
+	"github.com/minivirt/minivirt/pkg/vmchannel"
 )
 
 func (a *app) vmchannelCommand() *cobra.Command {
@@ -114,19 +118,35 @@ func (a *app) changeDomain(name string, change func(*domain.Domain) error, done 
 	})
 }
 
-// vmchannelItem is one row of `vmchannel list -o json`.
+// vmchannelItem is one vmchannel in `vmchannel list -o json` and in
+// `status -o json`: its definition, and its counters while the domain runs.
 type vmchannelItem struct {
 	Address        string `json:"address"`
 	Port           uint16 `json:"port"`
 	Path           string `json:"path"`
 	Proxy          string `json:"proxy,omitempty"`
 	MaxConnections int    `json:"max_connections"`
+	vmchannel.Counters
 }
 
-func vmchannelItems(d *domain.Domain) []vmchannelItem {
+// vmchannelItems lists d's vmchannels with the counters of its supervisor,
+// when one runs.
+func (a *app) vmchannelItems(ctx context.Context, d *domain.Domain, o launcher.Observed) []vmchannelItem {
+	counters := map[string]vmchannel.Counters{}
+	if o.Active() && o.Supervised {
+		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if resp, err := a.call(ctx, d.Name, launcher.Request{Op: launcher.OpStatus}); err == nil && resp.Status != nil {
+			for _, c := range resp.Status.VMChannels {
+				counters[c.Channel] = c.Counters
+			}
+		}
+	}
 	items := []vmchannelItem{}
 	for _, vc := range d.VMChannels() {
-		items = append(items, vmchannelItem{Address: vc.Address.String(), Port: vc.Port, Path: vc.Path, Proxy: vc.Proxy, MaxConnections: vc.MaxConnections})
+		ap := netip.AddrPortFrom(vc.Address, vc.Port)
+		items = append(items, vmchannelItem{Address: vc.Address.String(), Port: vc.Port, Path: vc.Path, Proxy: vc.Proxy,
+			MaxConnections: vc.MaxConnections, Counters: counters[ap.String()]})
 	}
 	return items
 }
@@ -141,29 +161,31 @@ func (a *app) vmchannelListCommand() *cobra.Command {
 			if err := outputFormat(output); err != nil {
 				return err
 			}
-			var d *domain.Domain
-			err := a.withStore(func(s *store.Store) error {
-				var err error
-				d, err = s.Get(args[0])
-				return userError(err)
-			})
+			d, o, err := a.observe(args[0])
 			if err != nil {
 				return err
 			}
-			items := vmchannelItems(d)
+			items := a.vmchannelItems(cmd.Context(), d, o)
 			if output == "json" {
 				return a.printJSON(items)
 			}
 			tw := tabwriter.NewWriter(a.stdout, 0, 4, 3, ' ', 0)
-			fmt.Fprintln(tw, " Address\tPort\tPath\tProxy\tMax")
+			fmt.Fprintln(tw, " Address\tPort\tPath\tProxy\tMax\tActive\tTotal\tRefused\tIn\tOut")
 			for _, it := range items {
 				proxy := it.Proxy
 				if proxy == "" {
 					proxy = "-"
 				}
-				fmt.Fprintf(tw, " %s\t%d\t%s\t%s\t%d\n", it.Address, it.Port, it.Path, proxy, it.MaxConnections)
+				fmt.Fprintf(tw, " %s\t%d\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%d\n", it.Address, it.Port, it.Path, proxy, it.MaxConnections,
+					it.Active, it.Total, it.Refused, it.BytesIn, it.BytesOut)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if len(items) > 0 {
+				fmt.Fprintln(a.stdout, "Network: QEMU's user network (slirp); one helper process per guest connection, handed to the supervisor")
+			}
+			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: table or json")

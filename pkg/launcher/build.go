@@ -173,7 +173,7 @@ func Build(d *domain.Domain, env Env) (Plan, error) {
 			netdev += ",restrict=on"
 		}
 		for _, vc := range d.VMChannels() {
-			rule := GuestfwdRule(vc, env.Self, p.Paths.Relay)
+			rule := GuestfwdRule(d, vc, env.Self, p.Paths.Relay)
 			if len(rule) > maxGuestfwdRule {
 				return Plan{}, fmt.Errorf("vmchannel port %d: the guestfwd rule is %d bytes, over the %d QEMU keeps; use shorter paths (the minivirt binary, --run-dir or the target)", vc.Port, len(rule), maxGuestfwdRule)
 			}
@@ -202,9 +202,13 @@ func Build(d *domain.Domain, env Env) (Plan, error) {
 
 // GuestfwdRule is the guestfwd rule of one vmchannel, before QEMU's option
 // escaping: QEMU runs the helper once per guest connection. libslirp splits
-// the command with g_shell_parse_argv, so every word is single-quoted.
-func GuestfwdRule(vc domain.VMChannel, self, relay string) string {
+// the command with g_shell_parse_argv, so every word is single-quoted. The
+// target and the PROXY settings are there for the helper's fallback.
+func GuestfwdRule(d *domain.Domain, vc domain.VMChannel, self, relay string) string {
 	words := []string{self, HelperCommand, relay, fmt.Sprintf("%s:%d", vc.Address, vc.Port), vc.Path}
+	if vc.Proxy != "" {
+		words = append(words, "--proxy="+vc.Proxy, "--name="+d.Name, "--uuid="+d.UUID)
+	}
 	for i, w := range words {
 		words[i] = shellQuote(w)
 	}

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"time"
+
+	"github.com/minivirt/minivirt/pkg/vmchannel"
 )
 
 // Control operations the supervisor answers on its control socket. QMP allows
@@ -37,8 +39,15 @@ type Response struct {
 
 // Status is the supervisor's view of its domain.
 type Status struct {
-	State  string `json:"state"`
-	Reason string `json:"reason,omitempty"`
+	State      string          `json:"state"`
+	Reason     string          `json:"reason,omitempty"`
+	VMChannels []ChannelStatus `json:"vmchannels,omitempty"`
+}
+
+// ChannelStatus carries one vmchannel's counters.
+type ChannelStatus struct {
+	Channel string `json:"channel"` // ADDR:PORT
+	vmchannel.Counters
 }
 
 // Call sends one request to the control socket at path and waits for the

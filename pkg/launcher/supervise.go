@@ -8,6 +8,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/minivirt/minivirt/pkg/proc"
 	"github.com/minivirt/minivirt/pkg/qmp"
 	"github.com/minivirt/minivirt/pkg/store"
+	"github.com/minivirt/minivirt/pkg/vmchannel"
 )
 
 // Config is what Supervise needs.
@@ -51,6 +53,7 @@ type supervisor struct {
 	qemu   *exec.Cmd
 	qemuID proc.ID
 	self   proc.ID
+	relay  *vmchannel.Relay
 	done   chan struct{} // closed when QEMU has exited
 	waited error         // cmd.Wait's result; read only after done is closed
 
@@ -119,6 +122,12 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 		return err
 	}
 	go serveControl(control, s.handle)
+	relayListener, err := listenUnix(s.plan.Paths.Relay)
+	if err != nil {
+		return err
+	}
+	s.relay = vmchannel.New(vmchannel.Identity{Name: s.d.Name, UUID: s.d.UUID}, s.d.VMChannels())
+	go s.relay.Serve(context.Background(), relayListener)
 
 	if err := os.MkdirAll(env.LogDir, 0o700); err != nil {
 		return err
@@ -387,8 +396,14 @@ func (s *supervisor) handle(ctx context.Context, req Request) Response {
 	switch req.Op {
 	case OpStatus:
 		s.mu.Lock()
-		defer s.mu.Unlock()
-		return Response{Status: &Status{State: s.st.State, Reason: s.st.Reason}}
+		st := &Status{State: s.st.State, Reason: s.st.Reason}
+		s.mu.Unlock()
+		for _, vc := range s.d.VMChannels() {
+			ap := netip.AddrPortFrom(vc.Address, vc.Port)
+			c, _ := s.relay.Counters(ap)
+			st.VMChannels = append(st.VMChannels, ChannelStatus{Channel: ap.String(), Counters: c})
+		}
+		return Response{Status: st}
 	case OpShutdown, OpReboot:
 		s.mu.Lock()
 		if req.Op == OpShutdown {

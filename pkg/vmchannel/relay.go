@@ -1,0 +1,218 @@
+// Package vmchannel relays guest connections to host Unix sockets, one host
+// connection for every guest connection, with end-of-stream carried both
+// ways. It is the only place where vmchannel bytes are copied.
+//
+// A guest connection reaches the Relay from QEMU's user network: QEMU runs
+// minivirt's helper for each guest connection (guestfwd cmd:), and the
+// helper hands its connection to the supervisor over a Unix socket with
+// SCM_RIGHTS (Handoff, Serve).
+package vmchannel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/minivirt/minivirt/pkg/domain"
+)
+
+// TLV types of the PROXY v2 header that carry the domain's identity, from
+// the range the protocol leaves to applications.
+const (
+	TLVDomainName = proxyproto.PP2_TYPE_MIN_CUSTOM     // 0xE0: the domain's name
+	TLVDomainUUID = proxyproto.PP2_TYPE_MIN_CUSTOM + 1 // 0xE1: the domain's uuid
+)
+
+// DialTimeout bounds the dial of a channel's target: a guest connection to a
+// target that does not answer is closed within it.
+const DialTimeout = time.Second
+
+// Identity names the domain in PROXY headers.
+type Identity struct{ Name, UUID string }
+
+// Counters are one channel's figures.
+type Counters struct {
+	Active   uint64 `json:"active"`
+	Total    uint64 `json:"total"`
+	Refused  uint64 `json:"refused"`
+	BytesIn  uint64 `json:"bytes_in"`  // guest to host
+	BytesOut uint64 `json:"bytes_out"` // host to guest
+}
+
+type channel struct {
+	cfg                                       domain.VMChannel
+	active, total, refused, bytesIn, bytesOut atomic.Uint64
+}
+
+// Relay copies guest connections to their channels' targets.
+type Relay struct {
+	id       Identity
+	channels map[netip.AddrPort]*channel
+	wg       sync.WaitGroup
+}
+
+// New returns a relay for a domain's vmchannels.
+func New(id Identity, channels []domain.VMChannel) *Relay {
+	r := &Relay{id: id, channels: map[netip.AddrPort]*channel{}}
+	for _, c := range channels {
+		if c.MaxConnections <= 0 {
+			c.MaxConnections = domain.DefaultMaxConnections
+		}
+		r.channels[netip.AddrPortFrom(c.Address, c.Port)] = &channel{cfg: c}
+	}
+	return r
+}
+
+// Counters returns the figures of the channel on addr:port.
+func (r *Relay) Counters(ch netip.AddrPort) (Counters, bool) {
+	c, ok := r.channels[ch]
+	if !ok {
+		return Counters{}, false
+	}
+	return Counters{Active: c.active.Load(), Total: c.total.Load(), Refused: c.refused.Load(),
+		BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load()}, true
+}
+
+// Wait waits until every connection the relay took has ended.
+func (r *Relay) Wait() { r.wg.Wait() }
+
+// ErrUnknownChannel is returned for a connection to no configured channel.
+var ErrUnknownChannel = errors.New("no such vmchannel")
+
+// Handle relays one guest connection of the channel on ch, whose guest end is
+// src (the zero AddrPort when unknown). It takes ownership of guest and
+// returns at once; the copying runs in its own goroutines.
+func (r *Relay) Handle(ch netip.AddrPort, guest net.Conn, src netip.AddrPort) error {
+	c, ok := r.channels[ch]
+	if !ok {
+		guest.Close()
+		return fmt.Errorf("%w: %s", ErrUnknownChannel, ch)
+	}
+	c.total.Add(1)
+	if c.active.Add(1) > uint64(c.cfg.MaxConnections) {
+		c.active.Add(^uint64(0))
+		c.refused.Add(1)
+		guest.Close()
+		return nil
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer c.active.Add(^uint64(0))
+		if !relay(guest, c.cfg, r.id, src, &c.bytesIn, &c.bytesOut) {
+			c.refused.Add(1)
+		}
+	}()
+	return nil
+}
+
+// Relay1 relays one guest connection without a Relay: no limit, no shared
+// counters. The helper uses it when the supervisor cannot be reached.
+func Relay1(guest net.Conn, cfg domain.VMChannel, id Identity, src netip.AddrPort) bool {
+	var in, out atomic.Uint64
+	return relay(guest, cfg, id, src, &in, &out)
+}
+
+// relay dials the target afresh and copies both ways until both directions
+// have ended. It reports false when the target refused the connection.
+func relay(guest net.Conn, cfg domain.VMChannel, id Identity, src netip.AddrPort, in, out *atomic.Uint64) bool {
+	defer guest.Close()
+	target, err := net.DialTimeout("unix", cfg.Path, DialTimeout)
+	if err != nil {
+		return false
+	}
+	defer target.Close()
+	if cfg.Proxy == domain.ProxyV2 {
+		if err := writeProxyHeader(target, id, src, netip.AddrPortFrom(cfg.Address, cfg.Port)); err != nil {
+			return true
+		}
+	}
+	errs := make(chan error, 2)
+	go func() { errs <- pipe(target, guest, in) }()
+	go func() { errs <- pipe(guest, target, out) }()
+	for i := 0; i < 2; i++ {
+		if err := <-errs; err != nil {
+			// One direction failed: end the other at once.
+			guest.Close()
+			target.Close()
+		}
+	}
+	return true
+}
+
+var buffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+
+// pipe copies src to dst, counting, and passes src's end of stream on as a
+// half-close of dst. It returns nil after a clean end of stream.
+func pipe(dst, src net.Conn, count *atomic.Uint64) error {
+	bp := buffers.Get().(*[]byte)
+	defer buffers.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			count.Add(uint64(n))
+		}
+		if rerr == io.EOF {
+			return closeWrite(dst)
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+func closeWrite(c net.Conn) error {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
+}
+
+// GuestAddress is the guest's address on QEMU's user network. QEMU's
+// guestfwd does not tell the helper the guest's port, so a PROXY header from
+// that path carries this address and port 0.
+var GuestAddress = netip.MustParseAddr("10.0.2.15")
+
+func writeProxyHeader(w io.Writer, id Identity, src, dst netip.AddrPort) error {
+	if !src.IsValid() {
+		src = netip.AddrPortFrom(GuestAddress, 0)
+	}
+	h := proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(src), net.TCPAddrFromAddrPort(dst))
+	if err := h.SetTLVs([]proxyproto.TLV{
+		{Type: TLVDomainName, Value: []byte(id.Name)},
+		{Type: TLVDomainUUID, Value: []byte(id.UUID)},
+	}); err != nil {
+		return err
+	}
+	_, err := h.WriteTo(w)
+	return err
+}
+
+// Serve accepts helper handoffs on l and relays each connection they pass,
+// until ctx ends or l is closed.
+func (r *Relay) Serve(ctx context.Context, l *net.UnixListener) error {
+	stop := context.AfterFunc(ctx, func() { l.Close() })
+	defer stop()
+	for {
+		c, err := l.AcceptUnix()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		go r.receive(c)
+	}
+}

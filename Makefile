@@ -7,12 +7,18 @@ BIN       := $(BUILD)/minivirt
 FUZZTIME  ?= 5s
 export GOFLAGS ?= -buildvcs=false
 
-.PHONY: all build deps test unit fuzz lint demo clean
+.PHONY: all build guest deps test unit fuzz lint demo clean
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/minivirt
+	$(GO) build -o $(BUILD)/demo-service ./examples/demo-service
+
+# The tiny test guest: Debian's cloud kernel (downloaded once, cached) and an
+# initramfs of busybox, the virtio modules and guest/.
+guest: deps
+	@scripts/build-guest.sh $(BUILD)/guest
 
 deps:
 	@scripts/deps.sh
@@ -22,17 +28,18 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	$(GO) vet ./...
 
+# Unit tests and the integration tests, which boot the tiny guest under QEMU.
 unit:
-	$(GO) test -count=1 ./...
+	MINIVIRT_GUEST_DIR=$(BUILD)/guest $(GO) test -count=1 -timeout 15m ./...
 
 # Each fuzz target runs for FUZZTIME: it must find no panic and no round-trip difference.
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzDomain -fuzztime=$(FUZZTIME) ./pkg/domain
 
-test: deps lint unit fuzz
+test: deps lint guest unit fuzz
 
-demo: deps build
-	@scripts/demo.sh $(BIN)
+demo: deps build guest
+	@scripts/demo.sh $(BIN) $(BUILD)/demo-service $(BUILD)/guest
 
 clean:
 	rm -rf $(BUILD)

@@ -8,9 +8,12 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -318,3 +321,78 @@ func waitDead(t *testing.T, pid int, timeout time.Duration) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// exec runs a shell command line in the guest through its serial console and
+// returns what it printed and its exit status. The console serves one
+// client at a time: calls on one domain must not overlap.
+func (h *host) exec(name, command string, timeout time.Duration) (string, int) {
+	h.t.Helper()
+	c, err := net.Dial("unix", filepath.Join(h.runDirOf(name), "console.sock"))
+	if err != nil {
+		h.t.Fatalf("console of %s: %v", name, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	id := strconv.FormatInt(time.Now().UnixNano(), 36)
+	// The marker is quoted apart so that the shell's echo of the typed line
+	// does not match it; only the command's output does.
+	fmt.Fprintf(c, "%s; echo \"@@\"\"%s \"$?\n", command, id)
+	var screen bytes.Buffer
+	buf := make([]byte, 4096)
+	marker := regexp.MustCompile(`@@` + id + ` (\d+)`)
+	for {
+		n, err := c.Read(buf)
+		screen.Write(buf[:n])
+		if m := marker.FindSubmatchIndex(screen.Bytes()); m != nil {
+			out := screen.String()[:m[0]]
+			// Drop the echoed command line: output starts after the first newline.
+			if i := strings.Index(out, "\n"); i >= 0 {
+				out = out[i+1:]
+			}
+			rc, _ := strconv.Atoi(string(screen.Bytes()[m[2]:m[3]]))
+			return strings.ReplaceAll(out, "\r", ""), rc
+		}
+		if err != nil {
+			h.t.Fatalf("guest %s: %q: %v; console:\n%s", name, command, err, screen.String())
+		}
+	}
+}
+
+// service is a host service on a Unix socket that records every accept.
+type service struct {
+	path    string
+	l       net.Listener
+	accepts chan net.Conn
+}
+
+// listen starts a service at path; serve runs per connection (nil: reply
+// "reply: " + everything read until the guest's half-close).
+func listen(t *testing.T, path string, serve func(net.Conn)) *service {
+	t.Helper()
+	if serve == nil {
+		serve = func(c net.Conn) {
+			defer c.Close()
+			b, _ := io.ReadAll(c)
+			c.Write(append([]byte("reply: "), b...))
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &service{path: path, l: l, accepts: make(chan net.Conn, 1024)}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s.accepts <- c
+			go serve(c)
+		}
+	}()
+	return s
+}
+
+func killPid(pid int) { syscall.Kill(pid, syscall.SIGKILL) }

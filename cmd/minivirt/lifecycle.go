@@ -487,7 +487,7 @@ func (a *app) logCommand() *cobra.Command {
 				select {
 				case <-cmd.Context().Done():
 					return nil
-				case <-time.After(200 * time.Millisecond):
+				case <-time.After(100 * time.Millisecond):
 				}
 			}
 		},

@@ -39,6 +39,19 @@ func main() {
 		}
 		n, _ := strconv.Atoi(os.Args[2])
 		err = parallel(n, os.Args[3])
+	case "hostfirst":
+		// hostfirst ADDR MESSAGE: read what the host sends until it
+		// half-closes, print it, then send MESSAGE and close.
+		if len(os.Args) != 4 {
+			usage()
+		}
+		err = hostFirst(os.Args[2], []byte(os.Args[3]))
+	case "virtio-echo":
+		// virtio-echo NAME: answer each line on /dev/virtio-ports/NAME.
+		if len(os.Args) != 3 {
+			usage()
+		}
+		err = virtioEcho(os.Args[2])
 	default:
 		usage()
 	}
@@ -49,7 +62,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | parallel N ADDR")
+	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | parallel N ADDR | hostfirst ADDR MESSAGE | virtio-echo NAME")
 	os.Exit(2)
 }
 
@@ -69,6 +82,47 @@ func request(addr string, msg []byte) ([]byte, error) {
 		return nil, err
 	}
 	return io.ReadAll(c)
+}
+
+func hostFirst(addr string, msg []byte) error {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	banner, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("host said: %s\n", banner)
+	if _, err := c.Write(msg); err != nil {
+		return err
+	}
+	return c.(*net.TCPConn).CloseWrite()
+}
+
+func virtioEcho(name string) error {
+	f, err := os.OpenFile("/dev/virtio-ports/"+name, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fmt.Println("virtio-echo: listening")
+	buf := make([]byte, 4096)
+	for {
+		n, err := f.Read(buf)
+		if err == io.EOF { // no host connected yet: the port reads as EOF
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := f.Write(append([]byte("echo: "), buf[:n]...)); err != nil {
+			return err
+		}
+	}
 }
 
 func parallel(n int, addr string) error {

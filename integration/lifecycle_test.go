@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -70,6 +71,23 @@ func TestLifecycle(t *testing.T) {
 	}
 	h.fails("not a QMP command", "qmp", "life", "nonsense")
 
+	// Several commands on one domain at once all answer (they share one
+	// QMP monitor through the supervisor).
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		for _, args := range [][]string{{"status", "life", "-o", "json"}, {"qmp", "life", `{"execute":"query-status"}`}, {"vmchannel", "list", "life"}, {"list"}} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				c := h.command("", args...)
+				if out, err := c.CombinedOutput(); err != nil {
+					t.Errorf("concurrent %v: %v: %s", args, err, out)
+				}
+			}()
+		}
+	}
+	wg.Wait()
+
 	h.ok("", "suspend", "life")
 	if st := h.status("life"); st.State != "paused" {
 		t.Errorf("after suspend: %+v", st)
@@ -110,11 +128,29 @@ func TestDestroyAndRestart(t *testing.T) {
 	h := newHost(t)
 	h.boot(guest{name: "d"})
 	st := h.status("d")
+	// log -f follows the console and ends by itself when the domain stops.
+	follow := h.command("", "log", "-f", "d")
+	var followed strings.Builder
+	follow.Stdout = &followed
+	if err := follow.Start(); err != nil {
+		t.Fatal(err)
+	}
+	followDone := make(chan error, 1)
+	go func() { followDone <- follow.Wait() }()
 	if out := h.ok("", "destroy", "d"); out != "Domain d destroyed\n" {
 		t.Errorf("destroy printed %q", out)
 	}
 	if alive(st.QEMUPID) || alive(st.SupervisorPID) {
 		t.Error("QEMU or the supervisor outlived destroy")
+	}
+	select {
+	case err := <-followDone:
+		if err != nil || !strings.Contains(followed.String(), readyLine) {
+			t.Errorf("log -f: %v, %q", err, followed.String())
+		}
+	case <-time.After(10 * time.Second):
+		follow.Process.Kill()
+		t.Error("log -f did not end when the domain stopped")
 	}
 	if st := h.status("d"); st.State != "shut off" || st.Reason != "destroyed" {
 		t.Errorf("after destroy: %+v", st)

@@ -19,6 +19,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/minivirt/minivirt/internal/testenv"
 )
 
 var (
@@ -36,34 +38,17 @@ func TestMain(m *testing.M) {
 }
 
 func setup(m *testing.M) (int, error) {
-	root, err := filepath.Abs("..")
-	if err != nil {
+	var err error
+	if guestDir, err = testenv.Guest(); err != nil {
 		return 0, err
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		return 0, fmt.Errorf("qemu-system-x86_64 not found: run `make deps` (or `make test`, which does)")
-	}
-	guestDir = os.Getenv("MINIVIRT_GUEST_DIR")
-	if guestDir == "" {
-		guestDir = filepath.Join(root, "build", "guest")
-	}
-	if _, err := os.Stat(filepath.Join(guestDir, "initrd.gz")); err != nil {
-		cmd := exec.Command(filepath.Join(root, "scripts", "build-guest.sh"), guestDir)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			return 0, fmt.Errorf("building the tiny guest: %v", err)
-		}
 	}
 	dir, err := os.MkdirTemp("", "minivirt-integration")
 	if err != nil {
 		return 0, err
 	}
 	defer os.RemoveAll(dir)
-	binary = filepath.Join(dir, "minivirt")
-	build := exec.Command("go", "build", "-o", binary, "./cmd/minivirt")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		return 0, fmt.Errorf("building minivirt: %v\n%s", err, out)
+	if binary, err = testenv.Minivirt(dir); err != nil {
+		return 0, err
 	}
 	return m.Run(), nil
 }

@@ -98,6 +98,7 @@ with end-of-stream carried both ways.`,
 		a.logCommand(),
 		a.consoleCommand(),
 		a.qmpCommand(),
+		a.runCommand(),
 		a.superviseCommand(),
 	)
 	return root

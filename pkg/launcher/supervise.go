@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -35,6 +36,10 @@ type Config struct {
 	// run, or with the reason the start failed.
 	Ready func(warnings []string, err error)
 	Log   *log.Logger
+	// DieWithParent kills QEMU when the process that runs Supervise dies,
+	// for supervisors that run inside a test binary: QEMU must not outlive
+	// a test that was killed.
+	DieWithParent bool
 }
 
 // Timeouts of the supervisor's own waits.
@@ -146,6 +151,13 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 	cmd.Dir = "/"
 	// QEMU gets its own session: it must outlive a killed supervisor.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if s.cfg.DieWithParent {
+		// The death signal follows the thread that forked: keep this
+		// goroutine on one thread while it does (threads outlive unlocking).
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting QEMU: %w", err)
 	}

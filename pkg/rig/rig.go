@@ -1,0 +1,445 @@
+// Package rig boots small QEMU guests from Go tests and talks to them over
+// vmchannels: describe a guest, listen on its vmchannels, start it, wait for
+// console lines or connections, and let the test's cleanup tear it all down.
+//
+// A rig is minivirt itself, not a second launcher: it defines the domain in
+// a private bbolt store and runs the same supervisor the CLI runs, inside
+// the test process. QEMU is tied to that process, so nothing outlives a test,
+// even one that is killed. `minivirt status`, `log` and `console` work on a
+// rig's domain given its state and run directories (VM.StateDir, VM.RunDir).
+//
+// The vmchannel helper that QEMU spawns per guest connection is the minivirt
+// binary: set Guest.Minivirt, $MINIVIRT_BIN, or put minivirt on PATH.
+package rig
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/xml"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/launcher"
+	"github.com/minivirt/minivirt/pkg/store"
+)
+
+// Guest describes a guest booted from a kernel and an initramfs.
+type Guest struct {
+	Name      string // default: "rig-" and random hex
+	Kernel    string // absolute path
+	Initrd    string // absolute path, optional
+	Cmdline   string // default "console=ttyS0"
+	MemoryMiB int    // default 192
+	VCPUs     int    // default 1
+	// XML, when set, is a whole domain definition and the fields above
+	// are ignored (vmchannels from Listen are added to it).
+	XML string
+	// Minivirt is the minivirt binary QEMU runs as the vmchannel helper.
+	Minivirt string
+}
+
+// Builder collects a guest's definition and its vmchannels before it starts.
+type Builder struct {
+	guest    Guest
+	dir      string // private directory: state, run, sockets
+	channels []domain.VMChannel
+	err      error
+}
+
+// New begins a rig for g. Listen adds vmchannels; Start boots it.
+func New(g Guest) *Builder {
+	b := &Builder{guest: g}
+	// Socket paths are limited to 107 bytes: t.TempDir() can be too long.
+	b.dir, b.err = os.MkdirTemp("", "mvrig-")
+	return b
+}
+
+// Listen adds a vmchannel on 10.0.2.4:port and returns the host listener
+// that accepts one connection for every guest connection to it.
+func (b *Builder) Listen(port uint16) (net.Listener, error) {
+	if b.err != nil {
+		return nil, b.err
+	}
+	path := filepath.Join(b.dir, fmt.Sprintf("vmchannel-%d.sock", port))
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	b.channels = append(b.channels, domain.VMChannel{Address: domain.DefaultVMChannelAddress, Port: port, Path: path})
+	return l, nil
+}
+
+func (b *Builder) domain() (*domain.Domain, error) {
+	g := b.guest
+	xml := g.XML
+	if xml == "" {
+		if g.Name == "" {
+			var r [4]byte
+			rand.Read(r[:])
+			g.Name = "rig-" + hex.EncodeToString(r[:])
+		}
+		if g.Cmdline == "" {
+			g.Cmdline = "console=ttyS0"
+		}
+		if g.MemoryMiB == 0 {
+			g.MemoryMiB = 192
+		}
+		if g.VCPUs == 0 {
+			g.VCPUs = 1
+		}
+		var initrd string
+		if g.Initrd != "" {
+			initrd = "<initrd>" + escape(g.Initrd) + "</initrd>"
+		}
+		xml = fmt.Sprintf(`<domain type='kvm'><name>%s</name><memory unit='MiB'>%d</memory><vcpu>%d</vcpu>
+<os><kernel>%s</kernel>%s<cmdline>%s</cmdline></os><devices/></domain>`,
+			escape(g.Name), g.MemoryMiB, g.VCPUs, escape(g.Kernel), initrd, escape(g.Cmdline))
+	}
+	d, err := domain.Parse(strings.NewReader(xml))
+	if err != nil {
+		return nil, err
+	}
+	for _, vc := range b.channels {
+		if err := d.AddVMChannel(vc); err != nil {
+			return nil, err
+		}
+	}
+	return d, d.Validate()
+}
+
+func escape(s string) string {
+	var sb strings.Builder
+	xml.EscapeText(&sb, []byte(s))
+	return sb.String()
+}
+
+// VM is a running rig guest.
+type VM struct {
+	Name     string
+	StateDir string // the private minivirt state directory
+	RunDir   string // the private minivirt runtime directory
+	Warnings []string
+
+	dir       string
+	logPath   string
+	supervise chan error // Supervise's result, once QEMU has exited
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Start boots the guest and returns once its CPUs run. Close (or the test
+// cleanup of StartT) tears it down.
+func (b *Builder) Start(ctx context.Context) (*VM, error) {
+	if b.err != nil {
+		return nil, b.err
+	}
+	d, err := b.domain()
+	if err != nil {
+		return nil, err
+	}
+	self, err := minivirtBinary(b.guest.Minivirt)
+	if err != nil {
+		return nil, err
+	}
+	qemu, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		return nil, fmt.Errorf("qemu-system-x86_64 not found: install the Debian package qemu-system-x86")
+	}
+	vm := &VM{Name: d.Name, StateDir: filepath.Join(b.dir, "state"), RunDir: filepath.Join(b.dir, "run"), dir: b.dir,
+		supervise: make(chan error, 1)}
+	vm.logPath = filepath.Join(vm.StateDir, "logs", d.Name+".log")
+	openStore := func() (*store.Store, error) { return store.Open(vm.StateDir, 10*time.Second) }
+	st, err := openStore()
+	if err != nil {
+		return nil, err
+	}
+	_, err = st.Define(d)
+	st.Close()
+	if err != nil {
+		return nil, err
+	}
+	logDir := filepath.Join(vm.StateDir, "logs")
+	if err := os.MkdirAll(logDir, 0o700); err != nil {
+		return nil, err
+	}
+	supLog, err := os.OpenFile(filepath.Join(logDir, d.Name+".supervisor.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	kvm, why := launcher.DetectKVM(os.Getenv)
+	ready := make(chan error, 1)
+	cfg := launcher.Config{
+		Domain: d,
+		Env: launcher.Env{QEMU: qemu, Self: self, RunDir: filepath.Join(vm.RunDir, d.Name), LogDir: logDir,
+			KVM: kvm, KVMReason: why},
+		OpenStore: openStore,
+		Ready: func(w []string, err error) {
+			vm.Warnings = w
+			ready <- err
+		},
+		Log:           log.New(supLog, "supervisor "+d.Name+": ", log.LstdFlags|log.Lmicroseconds),
+		DieWithParent: true,
+	}
+	go func() {
+		err := launcher.Supervise(context.Background(), cfg)
+		supLog.Close()
+		vm.supervise <- err
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			return nil, fmt.Errorf("start %s: %w", d.Name, err)
+		}
+	case <-ctx.Done():
+		// Supervise still owns the start; once it has QEMU, destroy it.
+		go func() {
+			if <-ready == nil {
+				vm.Destroy()
+			}
+		}()
+		return nil, ctx.Err()
+	}
+	return vm, nil
+}
+
+func minivirtBinary(given string) (string, error) {
+	for _, p := range []string{given, os.Getenv("MINIVIRT_BIN")} {
+		if p != "" {
+			return filepath.Abs(p)
+		}
+	}
+	p, err := exec.LookPath("minivirt")
+	if err != nil {
+		return "", errors.New("the minivirt binary is needed as the vmchannel helper: set Guest.Minivirt or $MINIVIRT_BIN, or put minivirt on PATH")
+	}
+	return filepath.Abs(p)
+}
+
+func (vm *VM) control(ctx context.Context, op string) error {
+	_, err := launcher.Call(ctx, launcher.PathsIn(filepath.Join(vm.RunDir, vm.Name)).Control, launcher.Request{Op: op})
+	return err
+}
+
+// Destroy stops the guest at once.
+func (vm *VM) Destroy() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := vm.control(ctx, launcher.OpDestroy); err != nil && vm.running() {
+		return err
+	}
+	_, err := vm.Wait(ctx)
+	return err
+}
+
+// Shutdown presses the guest's ACPI power button and waits until it is off.
+func (vm *VM) Shutdown(ctx context.Context) error {
+	if err := vm.control(ctx, launcher.OpShutdown); err != nil {
+		return err
+	}
+	_, err := vm.Wait(ctx)
+	return err
+}
+
+func (vm *VM) running() bool {
+	select {
+	case err := <-vm.supervise:
+		vm.supervise <- err
+		return false
+	default:
+		return true
+	}
+}
+
+// Wait waits until QEMU has exited and returns the domain's final record:
+// State "shut off" with Reason "shutdown" after a clean power-off.
+func (vm *VM) Wait(ctx context.Context) (store.Runtime, error) {
+	select {
+	case err := <-vm.supervise:
+		vm.supervise <- err
+	case <-ctx.Done():
+		return store.Runtime{}, ctx.Err()
+	}
+	st, err := store.Open(vm.StateDir, 10*time.Second)
+	if err != nil {
+		return store.Runtime{}, err
+	}
+	defer st.Close()
+	return st.GetRuntime(vm.Name)
+}
+
+// Close destroys the guest if it still runs and removes everything the rig
+// created: directories, sockets, logs. It is safe to call more than once.
+func (vm *VM) Close() error {
+	vm.closeOnce.Do(func() {
+		if vm.running() {
+			vm.closeErr = vm.Destroy()
+		}
+		if err := os.RemoveAll(vm.dir); err != nil && vm.closeErr == nil {
+			vm.closeErr = err
+		}
+	})
+	return vm.closeErr
+}
+
+// ConsoleText returns the serial console output so far.
+func (vm *VM) ConsoleText() string {
+	data, _ := os.ReadFile(vm.logPath)
+	return string(data)
+}
+
+// Console returns the serial console output from the start as a stream that
+// follows new output until the guest stops.
+func (vm *VM) Console() io.Reader { return &follower{vm: vm} }
+
+type follower struct {
+	vm  *VM
+	f   *os.File
+	off int64
+}
+
+func (r *follower) Read(p []byte) (int, error) {
+	for {
+		if r.f == nil {
+			f, err := os.Open(r.vm.logPath)
+			if err == nil {
+				r.f = f
+			}
+		}
+		if r.f != nil {
+			n, err := r.f.ReadAt(p, r.off)
+			r.off += int64(n)
+			if n > 0 {
+				return n, nil
+			}
+			if err != nil && err != io.EOF {
+				return 0, err
+			}
+		}
+		if !r.vm.running() {
+			if r.f != nil {
+				// What came between the last read and the exit.
+				if n, _ := r.f.ReadAt(p, r.off); n > 0 {
+					r.off += int64(n)
+					return n, nil
+				}
+				r.f.Close()
+			}
+			return 0, io.EOF
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// WaitConsole waits until a console line matches pattern and returns it
+// (without its line ending).
+func (vm *VM) WaitConsole(ctx context.Context, pattern *regexp.Regexp) (string, error) {
+	var seen int
+	for {
+		stopped := !vm.running() // look once more after the guest stopped
+		text := vm.ConsoleText()
+		for _, line := range strings.Split(text[seen:], "\n") {
+			if line = strings.TrimRight(line, "\r"); pattern.MatchString(line) {
+				return line, nil
+			}
+		}
+		if i := strings.LastIndexByte(text, '\n'); i >= 0 {
+			seen = i + 1
+		}
+		if stopped {
+			return "", fmt.Errorf("%s stopped before its console matched %q", vm.Name, pattern)
+		}
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("waiting for %q on the console of %s: %w", pattern, vm.Name, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Accept waits for the next guest connection on l, at most until ctx ends.
+func Accept(ctx context.Context, l net.Listener) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	if ul, ok := l.(*net.UnixListener); ok {
+		if dl, ok := ctx.Deadline(); ok {
+			ul.SetDeadline(dl)
+			defer ul.SetDeadline(time.Time{})
+		}
+		c, err := ul.Accept()
+		if err != nil && ctx.Err() != nil {
+			return nil, fmt.Errorf("waiting for a guest connection: %w", ctx.Err())
+		}
+		return c, err
+	}
+	done := make(chan result, 1)
+	go func() {
+		c, err := l.Accept()
+		done <- result{c, err}
+	}()
+	select {
+	case r := <-done:
+		return r.c, r.err
+	case <-ctx.Done():
+		return nil, fmt.Errorf("waiting for a guest connection: %w", ctx.Err())
+	}
+}
+
+// StartT boots b's guest for a test: it fails the test when the guest does
+// not start, destroys the guest and removes the rig in the test's cleanup,
+// and writes the guest's console to the test log when the test failed.
+func StartT(t testing.TB, b *Builder) *VM {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	vm, err := b.Start(ctx)
+	if err != nil {
+		if b.dir != "" {
+			os.RemoveAll(b.dir)
+		}
+		t.Fatalf("rig: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("console of %s:\n%s", vm.Name, tail(vm.ConsoleText(), 8000))
+		}
+		if err := vm.Close(); err != nil {
+			t.Errorf("rig: closing %s: %v", vm.Name, err)
+		}
+	})
+	return vm
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+// Script returns kernel command line parameters that make minivirt's tiny
+// test guest (make guest) run script after boot, then power off.
+func Script(script string) string {
+	return "minivirt.run=" + base64.StdEncoding.EncodeToString([]byte(script)) + " minivirt.poweroff"
+}
+
+// ChannelAddr is the guest-side address of a vmchannel added by Listen.
+func ChannelAddr(port uint16) string {
+	return netip.AddrPortFrom(domain.DefaultVMChannelAddress, port).String()
+}

@@ -7,7 +7,7 @@ BIN       := $(BUILD)/minivirt
 FUZZTIME  ?= 5s
 export GOFLAGS ?= -buildvcs=false
 
-.PHONY: all build guest deps test unit fuzz lint demo clean
+.PHONY: all build guest deps test unit fuzz lint demo bench clean
 
 all: build
 
@@ -40,6 +40,15 @@ test: deps lint guest unit fuzz
 
 demo: deps build guest
 	@scripts/demo.sh $(BIN) $(BUILD)/demo-service $(BUILD)/guest
+
+# Benchmarks, each beside its baseline in the same run (see BENCHMARKS.md):
+# the relay alone against a bare Unix socket, then end to end with the tiny
+# guest against guestfwd cmd:socat and plain user-mode TCP, start time
+# against bare QEMU, and the CLI with 10,000 domains.
+bench: deps build guest
+	@mkdir -p $(BUILD)/bench
+	$(GO) test -run='^$$' -bench=. -benchmem -count=3 ./pkg/vmchannel | tee $(BUILD)/bench/relay.txt
+	$(GO) run ./bench/e2e -minivirt $(BIN) -guest $(BUILD)/guest | tee $(BUILD)/bench/e2e.md
 
 clean:
 	rm -rf $(BUILD)

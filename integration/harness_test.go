@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -307,40 +306,14 @@ func waitDead(t *testing.T, pid int, timeout time.Duration) {
 	}
 }
 
-// exec runs a shell command line in the guest through its serial console and
-// returns what it printed and its exit status. The console serves one
-// client at a time: calls on one domain must not overlap.
+// exec runs a shell command line in the guest through its serial console.
 func (h *host) exec(name, command string, timeout time.Duration) (string, int) {
 	h.t.Helper()
-	c, err := net.Dial("unix", filepath.Join(h.runDirOf(name), "console.sock"))
+	out, rc, err := testenv.ConsoleExec(filepath.Join(h.runDirOf(name), "console.sock"), command, timeout)
 	if err != nil {
-		h.t.Fatalf("console of %s: %v", name, err)
+		h.t.Fatalf("%s: %v; console:\n%s", name, err, out)
 	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(timeout))
-	id := strconv.FormatInt(time.Now().UnixNano(), 36)
-	// The marker is quoted apart so that the shell's echo of the typed line
-	// does not match it; only the command's output does.
-	fmt.Fprintf(c, "%s; echo \"@@\"\"%s \"$?\n", command, id)
-	var screen bytes.Buffer
-	buf := make([]byte, 4096)
-	marker := regexp.MustCompile(`@@` + id + ` (\d+)`)
-	for {
-		n, err := c.Read(buf)
-		screen.Write(buf[:n])
-		if m := marker.FindSubmatchIndex(screen.Bytes()); m != nil {
-			out := screen.String()[:m[0]]
-			// Drop the echoed command line: output starts after the first newline.
-			if i := strings.Index(out, "\n"); i >= 0 {
-				out = out[i+1:]
-			}
-			rc, _ := strconv.Atoi(string(screen.Bytes()[m[2]:m[3]]))
-			return strings.ReplaceAll(out, "\r", ""), rc
-		}
-		if err != nil {
-			h.t.Fatalf("guest %s: %q: %v; console:\n%s", name, command, err, screen.String())
-		}
-	}
+	return out, rc
 }
 
 // service is a host service on a Unix socket that records every accept.

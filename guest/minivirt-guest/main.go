@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"sync"
 	"syscall"
@@ -52,6 +53,13 @@ func main() {
 			usage()
 		}
 		err = virtioEcho(os.Args[2])
+	case "latency", "bulk", "hold", "flood":
+		// latency N ADDR | bulk BYTES ADDR | hold N ADDR | flood SECONDS ADDR
+		if len(os.Args) != 4 {
+			usage()
+		}
+		n, _ := strconv.Atoi(os.Args[2])
+		err = map[string]func(int, string) error{"latency": latency, "bulk": bulk, "hold": hold, "flood": flood}[os.Args[1]](n, os.Args[3])
 	default:
 		usage()
 	}
@@ -62,7 +70,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | parallel N ADDR | hostfirst ADDR MESSAGE | virtio-echo NAME")
+	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | parallel N ADDR | hostfirst ADDR MESSAGE | virtio-echo NAME | latency N ADDR | bulk BYTES ADDR | hold N ADDR | flood SECONDS ADDR")
 	os.Exit(2)
 }
 
@@ -181,4 +189,93 @@ func powerButton() error {
 	fmt.Println("minivirt-guest: power button pressed, powering off")
 	syscall.Sync()
 	return syscall.Reboot(syscall.LINUX_REBOOT_CMD_POWER_OFF)
+}
+
+// latency measures n connections one after another: connect, a one-byte
+// round trip, close.
+func latency(n int, addr string) error {
+	var times []time.Duration
+	for i := 0; i < n; i++ {
+		start := time.Now()
+		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err != nil {
+			return err
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		var b [1]byte
+		if _, err := c.Write([]byte{'x'}); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(c, b[:]); err != nil {
+			return err
+		}
+		c.Close()
+		times = append(times, time.Since(start))
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	fmt.Printf("latency n=%d p50=%.2fms p99=%.2fms\n", n, ms(times[n/2]), ms(times[(n*99)/100]))
+	return nil
+}
+
+// bulk sends size bytes on one connection and waits for the host's count.
+func bulk(size int, addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Minute))
+	buf := make([]byte, 64<<10)
+	start := time.Now()
+	for sent := 0; sent < size; {
+		n := min(len(buf), size-sent)
+		if _, err := c.Write(buf[:n]); err != nil {
+			return err
+		}
+		sent += n
+	}
+	c.(*net.TCPConn).CloseWrite()
+	reply, err := io.ReadAll(c)
+	if err != nil {
+		return err
+	}
+	secs := time.Since(start).Seconds()
+	fmt.Printf("bulk bytes=%d host=%s seconds=%.3f MBps=%.1f\n", size, reply, secs, float64(size)/secs/1e6)
+	return nil
+}
+
+// hold opens n connections, sends a byte on each, and keeps them open.
+func hold(n int, addr string) error {
+	var conns []net.Conn
+	for i := 0; i < n; i++ {
+		c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+		if err != nil {
+			return fmt.Errorf("connection %d: %w", i, err)
+		}
+		c.Write([]byte{'h'})
+		conns = append(conns, c)
+	}
+	fmt.Printf("holding %d\n", len(conns))
+	for { // not select{}: with no goroutine left, Go calls that a deadlock and exits
+		time.Sleep(time.Hour)
+	}
+}
+
+// flood opens connections in a tight loop for the given seconds.
+func flood(seconds int, addr string) error {
+	end := time.Now().Add(time.Duration(seconds) * time.Second)
+	var ok, failed int
+	for time.Now().Before(end) {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err != nil {
+			failed++
+			continue
+		}
+		c.Write([]byte("flood"))
+		c.Close()
+		ok++
+	}
+	fmt.Printf("flood ok=%d failed=%d\n", ok, failed)
+	return nil
 }

@@ -3,11 +3,17 @@
 package testenv
 
 import (
+	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"strconv"
+	"strings"
+	"time"
 )
 
 // Root is the module's root directory.
@@ -45,4 +51,38 @@ func Guest() (string, error) {
 		}
 	}
 	return filepath.Abs(dir)
+}
+
+// ConsoleExec runs a shell command line in the tiny guest through the serial
+// console socket at path and returns what it printed and its exit status.
+// A console serves one client at a time: calls on one guest must not overlap.
+func ConsoleExec(path, command string, timeout time.Duration) (string, int, error) {
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(timeout))
+	id := strconv.FormatInt(time.Now().UnixNano(), 36)
+	// The marker is quoted apart so that the shell's echo of the typed line
+	// does not match it; only the command's output does.
+	fmt.Fprintf(c, "%s; echo \"@@\"\"%s \"$?\n", command, id)
+	var screen bytes.Buffer
+	buf := make([]byte, 4096)
+	marker := regexp.MustCompile(`@@` + id + ` (\d+)`)
+	for {
+		n, err := c.Read(buf)
+		screen.Write(buf[:n])
+		if m := marker.FindSubmatchIndex(screen.Bytes()); m != nil {
+			out := screen.String()[:m[0]]
+			if i := strings.Index(out, "\n"); i >= 0 { // drop the echoed command line
+				out = out[i+1:]
+			}
+			rc, _ := strconv.Atoi(string(screen.Bytes()[m[2]:m[3]]))
+			return strings.ReplaceAll(out, "\r", ""), rc, nil
+		}
+		if err != nil {
+			return screen.String(), 0, fmt.Errorf("guest: %q: %w", command, err)
+		}
+	}
 }

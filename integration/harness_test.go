@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -316,11 +317,11 @@ func (h *host) exec(name, command string, timeout time.Duration) (string, int) {
 	return out, rc
 }
 
-// service is a host service on a Unix socket that records every accept.
+// service is a host service on a Unix socket that counts its accepts.
 type service struct {
-	path    string
-	l       net.Listener
-	accepts chan net.Conn
+	path     string
+	l        net.Listener
+	accepted atomic.Int64
 }
 
 // listen starts a service at path; serve runs per connection (nil: reply
@@ -338,7 +339,7 @@ func listen(t *testing.T, path string, serve func(net.Conn)) *service {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &service{path: path, l: l, accepts: make(chan net.Conn, 1024)}
+	s := &service{path: path, l: l}
 	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {
@@ -346,7 +347,7 @@ func listen(t *testing.T, path string, serve func(net.Conn)) *service {
 			if err != nil {
 				return
 			}
-			s.accepts <- c
+			s.accepted.Add(1)
 			go serve(c)
 		}
 	}()

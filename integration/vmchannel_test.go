@@ -69,7 +69,7 @@ func TestConcurrentConnections(t *testing.T) {
 			t.Errorf("reply %d = %q; want %q", i, r, want)
 		}
 	}
-	if n := len(svc.accepts); n != 8 {
+	if n := svc.accepted.Load(); n != 8 {
 		t.Errorf("%d host accepts; want 8", n)
 	}
 	c := h.channelCounters("c8", 600)
@@ -178,7 +178,7 @@ func TestLimit(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if n := len(svc.accepts); n != 2 {
+	if n := svc.accepted.Load(); n != 2 {
 		t.Errorf("%d host accepts at a limit of 2", n)
 	}
 	close(release)

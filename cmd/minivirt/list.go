@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
 	"text/tabwriter"
 
@@ -61,16 +63,26 @@ func (a *app) listCommand() *cobra.Command {
 					items = append(items, listItem{Name: e.Name, UUID: e.UUID, State: e.Runtime.State, Reason: e.Runtime.Reason})
 				}
 			}
+			// One write for the whole list, not one per table cell.
+			out := bufio.NewWriter(a.stdout)
 			if output == "json" {
-				return a.printJSON(items)
+				enc := json.NewEncoder(out)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(items); err != nil {
+					return err
+				}
+				return out.Flush()
 			}
-			tw := tabwriter.NewWriter(a.stdout, 0, 4, 3, ' ', 0)
+			tw := tabwriter.NewWriter(out, 0, 4, 3, ' ', 0)
 			fmt.Fprintln(tw, " Name\tState")
 			fmt.Fprintln(tw, "------\t-------")
 			for _, it := range items {
 				fmt.Fprintf(tw, " %s\t%s\n", it.Name, it.State)
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			return out.Flush()
 		},
 	}
 	cmd.Flags().BoolVar(&all, "all", false, "list defined domains that are shut off too")

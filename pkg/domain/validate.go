@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // MaxSocketPath is the longest Unix socket path Linux accepts (sun_path less
@@ -16,10 +17,10 @@ import (
 const MaxSocketPath = 107
 
 var (
-	namePattern        = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
-	machinePattern     = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
-	diskTargetPattern  = regexp.MustCompile(`^(vd|sd|hd)[a-z]{1,3}$`)
-	virtioPortPattern  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	namePattern        = lazyRegexp(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+	machinePattern     = lazyRegexp(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
+	diskTargetPattern  = lazyRegexp(`^(vd|sd|hd)[a-z]{1,3}$`)
+	virtioPortPattern  = lazyRegexp(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 	lifecycleActions   = map[string]bool{"destroy": true, "restart": true, "preserve": true}
 	nicModels          = map[string]bool{"virtio": true, "e1000": true, "rtl8139": true}
 	diskBuses          = map[string]bool{"virtio": true, "ide": true, "sata": true}
@@ -29,7 +30,7 @@ var (
 
 // ValidName reports whether name may name a domain.
 func ValidName(name string) error {
-	if !namePattern.MatchString(name) {
+	if !namePattern().MatchString(name) {
 		return fmt.Errorf("name %q: must be 1-64 characters of A-Z a-z 0-9 . _ - starting with a letter or digit", name)
 	}
 	return nil
@@ -48,7 +49,14 @@ func (d *Domain) Validate() error {
 
 // xmlName is what encoding/xml writes back unchanged as an element or
 // attribute name.
-var xmlName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9._-]*$`)
+var xmlName = lazyRegexp(`^[A-Za-z_][A-Za-z0-9._-]*$`)
+
+// lazyRegexp compiles expr on first use. The minivirt binary is also the
+// vmchannel helper, started once per guest connection: compiling every
+// pattern at start-up would cost each connection half a millisecond.
+func lazyRegexp(expr string) func() *regexp.Regexp {
+	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
+}
 
 // validateKept refuses what minivirt cannot keep verbatim: namespaced
 // elements and attributes (such as qemu:commandline, which would change
@@ -56,7 +64,7 @@ var xmlName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9._-]*$`)
 func (d *Domain) validateKept() error {
 	attrs := func(where string, as []xml.Attr) error {
 		for _, a := range as {
-			if a.Name.Space != "" || !xmlName.MatchString(a.Name.Local) {
+			if a.Name.Space != "" || !xmlName().MatchString(a.Name.Local) {
 				return fmt.Errorf("%s attribute %q: namespaced or unusual attributes are not supported", where, qualified(a.Name))
 			}
 		}
@@ -70,7 +78,7 @@ func (d *Domain) validateKept() error {
 	}
 	for _, group := range [][]Raw{d.Extra, d.OS.Extra, d.Devices.Extra} {
 		for _, r := range group {
-			if r.XMLName.Space != "" || !xmlName.MatchString(r.XMLName.Local) {
+			if r.XMLName.Space != "" || !xmlName().MatchString(r.XMLName.Local) {
 				return fmt.Errorf("element <%s>: namespaced elements are not supported", qualified(r.XMLName))
 			}
 			if err := attrs("<"+r.XMLName.Local+">", r.Attrs); err != nil {
@@ -125,7 +133,7 @@ func (d *Domain) validateOS() error {
 	if os.Type.Arch != "x86_64" {
 		return fmt.Errorf("os type arch %q: minivirt runs x86_64 guests only", os.Type.Arch)
 	}
-	if m := os.Type.Machine; m != "" && !machinePattern.MatchString(m) {
+	if m := os.Type.Machine; m != "" && !machinePattern().MatchString(m) {
 		return fmt.Errorf("os type machine %q: must be a QEMU machine name such as q35 or pc", m)
 	}
 	if os.Kernel != "" {
@@ -170,7 +178,7 @@ func (d *Domain) validateDisks() error {
 		if err := absPath("disk source file", disk.Source.File); err != nil {
 			return err
 		}
-		if !diskTargetPattern.MatchString(disk.Target.Dev) {
+		if !diskTargetPattern().MatchString(disk.Target.Dev) {
 			return fmt.Errorf("disk target dev %q: must be a name such as vda, sda or hdc", disk.Target.Dev)
 		}
 		if seen[disk.Target.Dev] {
@@ -243,7 +251,7 @@ func (d *Domain) validateChannels() error {
 			}
 		case "virtio":
 			n := ch.Target.Name
-			if !virtioPortPattern.MatchString(n) {
+			if !virtioPortPattern().MatchString(n) {
 				return fmt.Errorf("channel virtio target name %q: must be a port name such as org.qemu.guest_agent.0", n)
 			}
 			if names[n] {

@@ -4,7 +4,6 @@ import (
 	"encoding/xml"
 	"fmt"
 	"net/netip"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -19,11 +18,11 @@ func (d *Domain) XML() ([]byte, error) {
 	}
 	// encoding/xml writes <a></a>; libvirt writes <a/>. Attribute values
 	// cannot hold a raw '>' (it is escaped), so the pattern is exact.
-	out = emptyElement.ReplaceAll(out, []byte("<$1$2/>"))
+	out = emptyElement().ReplaceAll(out, []byte("<$1$2/>"))
 	return append(out, '\n'), nil
 }
 
-var emptyElement = regexp.MustCompile(`<([A-Za-z_][A-Za-z0-9_.:-]*)((?:\s[^<>]*)?)></([A-Za-z_][A-Za-z0-9_.:-]*)>`)
+var emptyElement = lazyRegexp(`<([A-Za-z_][A-Za-z0-9_.:-]*)((?:\s[^<>]*)?)></([A-Za-z_][A-Za-z0-9_.:-]*)>`)
 
 // LibvirtXML writes the definition in libvirt's own form: every vmchannel
 // becomes a guestfwd <channel> beside an <interface type='user'>, and

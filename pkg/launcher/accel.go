@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"os"
 	"regexp"
+	"sync"
 )
 
-var virtFlags = regexp.MustCompile(`(?m)^flags\s*:.*\b(vmx|svm)\b`)
+// virtFlags is compiled on first use: see domain's lazyRegexp.
+var virtFlags = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`(?m)^flags\s*:.*\b(vmx|svm)\b`) })
 
 // DetectKVM decides whether KVM is usable: /dev/kvm must open read-write AND
 // the CPU must show vmx or svm. A /dev/kvm that opens is not enough: on PVM
@@ -32,7 +34,7 @@ func DetectKVM(getenv func(string) string) (bool, string) {
 }
 
 func cpuHasVirt(cpuinfo []byte) (bool, string) {
-	if virtFlags.Match(cpuinfo) {
+	if virtFlags().Match(cpuinfo) {
 		return true, ""
 	}
 	if bytes.Contains(cpuinfo, []byte("flags")) {

@@ -12,8 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -156,22 +154,7 @@ func TestRigLeavesNothing(t *testing.T) {
 }
 
 // processesUnder lists live processes whose command line names dir.
-func processesUnder(dir string) []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		stat, _ := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if strings.Contains(string(cmdline), dir) && !bytes.Contains(stat, []byte(") Z ")) {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
+func processesUnder(dir string) []int { return testenv.Processes(testenv.Mentioning(dir)) }
 
 // TestRunScript runs run.sh: the same exchange in shell with `minivirt run`.
 func TestRunScript(t *testing.T) {

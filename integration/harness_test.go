@@ -94,28 +94,9 @@ func (h *host) cleanup() {
 	os.RemoveAll(h.top)
 }
 
-// processes lists the pids whose command line names this host's directories.
-func (h *host) processes() []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid == os.Getpid() {
-			continue
-		}
-		cmdline, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err != nil {
-			continue
-		}
-		if bytes.Contains(cmdline, []byte(h.top)) {
-			if state, _ := os.ReadFile("/proc/" + e.Name() + "/stat"); bytes.Contains(state, []byte(") Z ")) {
-				continue // a zombie: exited, its parent has not reaped it yet
-			}
-			pids = append(pids, pid)
-		}
-	}
-	return pids
-}
+// processes lists the live processes whose command line names this host's
+// directories.
+func (h *host) processes() []int { return testenv.Processes(testenv.Mentioning(h.top)) }
 
 func (h *host) dumpLogs() {
 	logs, _ := filepath.Glob(filepath.Join(h.stateDir, "logs", "*"))

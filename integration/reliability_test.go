@@ -11,6 +11,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/minivirt/minivirt/internal/testenv"
+	"github.com/minivirt/minivirt/pkg/launcher"
 )
 
 // fdCount is the number of open descriptors of pid.
@@ -25,14 +28,9 @@ func fdCount(t *testing.T, pid int) int {
 
 // helpers lists live vmchannel helper processes of this host.
 func (h *host) helpers() []int {
-	var pids []int
-	for _, pid := range h.processes() {
-		cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
-		if argv := strings.Split(string(cmdline), "\x00"); len(argv) > 1 && argv[1] == "__vmchannel-helper" {
-			pids = append(pids, pid)
-		}
-	}
-	return pids
+	return testenv.Processes(func(argv []string) bool {
+		return len(argv) > 1 && argv[1] == launcher.HelperCommand && testenv.Mentioning(h.top)(argv)
+	})
 }
 
 // TestFlood: a guest opening connections in a tight loop for 10 s. The

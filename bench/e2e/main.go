@@ -207,7 +207,7 @@ func (b *bench) measureMinivirt() (*figures, error) {
 		}
 		out, _ := b.mvOut(env, "status", "bench", "-o", "json")
 		json.Unmarshal([]byte(out), &st)
-		helpers := pidsWhere(func(argv []string) bool { return len(argv) > 1 && argv[1] == launcher.HelperCommand })
+		helpers := testenv.Processes(func(argv []string) bool { return len(argv) > 1 && argv[1] == launcher.HelperCommand })
 		return append([]int{st.SupervisorPID}, helpers...)
 	})
 	if err != nil {
@@ -243,7 +243,7 @@ func (b *bench) measureSocat() (*figures, error) {
 	// glib double-forks what slirp spawns: the helpers are not QEMU's
 	// children. They are the socat processes that name this run's sockets.
 	socats := func() []int {
-		return pidsWhere(func(argv []string) bool {
+		return testenv.Processes(func(argv []string) bool {
 			return len(argv) > 2 && filepath.Base(argv[0]) == "socat" && strings.Contains(argv[2], b.dir)
 		})
 	}
@@ -562,40 +562,6 @@ func waitReady(log string) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("the guest did not come up (see %s)", log)
-}
-
-// pidsWhere lists live processes whose argv satisfies match.
-func pidsWhere(match func(argv []string) bool) []int {
-	var out []int
-	entries, _ := os.ReadDir("/proc")
-	for _, e := range entries {
-		p, err := strconv.Atoi(e.Name())
-		if err != nil || p == os.Getpid() {
-			continue
-		}
-		cmdline, _ := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		argv := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
-		if match(argv) {
-			if _, state := statOf(p); state != "Z" && state != "" {
-				out = append(out, p)
-			}
-		}
-	}
-	return out
-}
-
-func statOf(pid int) (ppid int, state string) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0, ""
-	}
-	i := strings.LastIndexByte(string(data), ')')
-	f := strings.Fields(string(data[i+1:]))
-	if len(f) < 2 {
-		return 0, ""
-	}
-	ppid, _ = strconv.Atoi(f[1])
-	return ppid, f[0]
 }
 
 func rssOf(pid int) uint64 {

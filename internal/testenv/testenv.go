@@ -86,3 +86,40 @@ func ConsoleExec(path, command string, timeout time.Duration) (string, int, erro
 		}
 	}
 }
+
+// Processes lists the live processes (zombies excluded) other than the
+// caller whose argv satisfies match.
+func Processes(match func(argv []string) bool) []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || len(cmdline) == 0 {
+			continue
+		}
+		stat, _ := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if bytes.Contains(stat, []byte(") Z ")) {
+			continue // exited; its parent has not reaped it
+		}
+		if match(strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// Mentioning returns a match for Processes: any argument contains s.
+func Mentioning(s string) func([]string) bool {
+	return func(argv []string) bool {
+		for _, a := range argv {
+			if strings.Contains(a, s) {
+				return true
+			}
+		}
+		return false
+	}
+}

@@ -141,7 +141,16 @@ func (a *app) spawnSupervisor(ctx context.Context, name string) ([]string, error
 	if err != nil {
 		return nil, fmt.Errorf("starting the supervisor: %w", err)
 	}
-	go cmd.Wait() // reap it if it exits while we still run
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	// A failed start returns only once the supervisor is gone: nothing of
+	// it may outlive the command that reports the failure.
+	waitExit := func() {
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+		}
+	}
 
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
@@ -152,9 +161,11 @@ func (a *app) spawnSupervisor(ctx context.Context, name string) ([]string, error
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("no word from the supervisor within %s; see %s", startTimeout, logf.Name())
 		}
+		waitExit()
 		return nil, fmt.Errorf("the supervisor exited without starting the guest; see %s", logf.Name())
 	}
 	if msg.Error != "" {
+		waitExit()
 		return msg.Warnings, errors.New(msg.Error)
 	}
 	return msg.Warnings, nil

@@ -80,34 +80,6 @@ func TestRequestReply(t *testing.T) {
 	}
 }
 
-// Example boots the tiny guest, answers its request over a vmchannel, and
-// prints what the guest printed.
-func Example() {
-	b := rig.New(rig.Guest{
-		Kernel:  filepath.Join(guestDir, "vmlinuz"),
-		Initrd:  filepath.Join(guestDir, "initrd.gz"),
-		Cmdline: "console=ttyS0 quiet " + rig.Script("minivirt-guest request 10.0.2.4:600 hello"),
-	})
-	l, _ := b.Listen(600)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	vm, err := b.Start(ctx)
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer vm.Close()
-
-	conn, _ := rig.Accept(ctx, l)
-	req, _ := io.ReadAll(conn)
-	fmt.Fprintf(conn, "hello, guest; you said %q", req)
-	conn.Close()
-
-	line, _ := vm.WaitConsole(ctx, regexp.MustCompile(`^reply: `))
-	fmt.Println(line)
-	// Output: reply: hello, guest; you said "hello"
-}
-
 // TestFailingGuestShowsConsole runs a test whose guest fails (rigfail_test.go,
 // built only with the rigfail tag) and checks that the test fails with the
 // guest's console in its log.

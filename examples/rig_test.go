@@ -101,6 +101,7 @@ func TestFailingGuestShowsConsole(t *testing.T) {
 // directory of the rig is left.
 func TestRigLeavesNothing(t *testing.T) {
 	var dir string
+	fdsBefore := openFDs(t)
 	t.Run("boot", func(t *testing.T) {
 		b := rig.New(tinyGuest("sleep 600"))
 		if _, err := b.Listen(600); err != nil {
@@ -123,6 +124,18 @@ func TestRigLeavesNothing(t *testing.T) {
 	if left := processesUnder(dir); len(left) > 0 {
 		t.Errorf("processes outlived the test: %v", left)
 	}
+	// The supervisor ran inside this process: its sockets must be closed too.
+	if fds := openFDs(t); fds > fdsBefore {
+		t.Errorf("the test process holds %d descriptors after the rig, %d before", fds, fdsBefore)
+	}
+}
+
+func openFDs(t *testing.T) int {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(entries)
 }
 
 // processesUnder lists live processes whose command line names dir.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -125,7 +126,7 @@ func (a *app) dumpxmlCommand() *cobra.Command {
 func exactArgs(names ...string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
 		if len(args) != len(names) {
-			return fmt.Errorf("%s: want %d argument(s) (%s), got %d; see `%s --help`", cmd.Name(), len(names), joinNames(names), len(args), cmd.CommandPath())
+			return fmt.Errorf("%s: want %d argument(s) (%s), got %d; see `%s --help`", cmd.Name(), len(names), strings.Join(names, " "), len(args), cmd.CommandPath())
 		}
 		for i, a := range args {
 			if a == "" {
@@ -134,15 +135,4 @@ func exactArgs(names ...string) cobra.PositionalArgs {
 		}
 		return nil
 	}
-}
-
-func joinNames(n []string) string {
-	s := ""
-	for i, x := range n {
-		if i > 0 {
-			s += " "
-		}
-		s += x
-	}
-	return s
 }

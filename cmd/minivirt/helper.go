@@ -39,7 +39,7 @@ func vmchannelHelper(args []string) int {
 	if err == nil {
 		return 0
 	}
-	if !isNoSupervisor(err) {
+	if !errors.Is(err, vmchannel.ErrNoSupervisor) {
 		return 1
 	}
 	cfg := domain.VMChannel{Address: ch.Addr(), Port: ch.Port(), Path: args[2]}
@@ -59,10 +59,8 @@ func vmchannelHelper(args []string) int {
 		return 1
 	}
 	os.Stdin.Close()
-	if !vmchannel.Relay1(conn, cfg, id, netip.AddrPort{}) {
+	if !vmchannel.Forward(conn, cfg, id, netip.AddrPort{}) {
 		return 1
 	}
 	return 0
 }
-
-func isNoSupervisor(err error) bool { return errors.Is(err, vmchannel.ErrNoSupervisor) }

@@ -59,8 +59,11 @@ type supervisor struct {
 	qemuID proc.ID
 	self   proc.ID
 	relay  *vmchannel.Relay
-	done   chan struct{} // closed when QEMU has exited
-	waited error         // cmd.Wait's result; read only after done is closed
+	// listeners the supervisor serves itself (control, relay): closed by
+	// cleanup, since a rig runs the supervisor inside a longer-lived process.
+	listeners []net.Listener
+	done      chan struct{} // closed when QEMU has exited
+	waited    error         // cmd.Wait's result; read only after done is closed
 
 	mu sync.Mutex
 	st store.Runtime
@@ -126,11 +129,13 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
+	s.listeners = append(s.listeners, control)
 	go serveControl(control, s.handle)
 	relayListener, err := listenUnix(s.plan.Paths.Relay)
 	if err != nil {
 		return err
 	}
+	s.listeners = append(s.listeners, relayListener)
 	s.relay = vmchannel.New(vmchannel.Identity{Name: s.d.Name, UUID: s.d.UUID}, s.d.VMChannels())
 	go s.relay.Serve(context.Background(), relayListener)
 
@@ -283,8 +288,12 @@ func (s *supervisor) setState(state, reason string) {
 	s.record()
 }
 
-// cleanup removes the runtime directory and the sockets minivirt bound.
+// cleanup stops serving, and removes the runtime directory and the sockets
+// minivirt bound.
 func (s *supervisor) cleanup() {
+	for _, l := range s.listeners {
+		l.Close()
+	}
 	for _, p := range s.d.VirtioPorts() {
 		removeSocket(p.Path)
 	}

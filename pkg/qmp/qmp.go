@@ -169,12 +169,20 @@ func (s *Socket) Run(ctx context.Context, command string, args any) (json.RawMes
 	return reply.Return, nil
 }
 
-// Commands minivirt uses, by name.
-func Cont(ctx context.Context, m Monitor) error            { return run(ctx, m, "cont") }
-func Stop(ctx context.Context, m Monitor) error            { return run(ctx, m, "stop") }
+// Cont resumes the guest's CPUs.
+func Cont(ctx context.Context, m Monitor) error { return run(ctx, m, "cont") }
+
+// Stop pauses the guest's CPUs.
+func Stop(ctx context.Context, m Monitor) error { return run(ctx, m, "stop") }
+
+// SystemPowerdown presses the guest's ACPI power button.
 func SystemPowerdown(ctx context.Context, m Monitor) error { return run(ctx, m, "system_powerdown") }
-func SystemReset(ctx context.Context, m Monitor) error     { return run(ctx, m, "system_reset") }
-func Quit(ctx context.Context, m Monitor) error            { return run(ctx, m, "quit") }
+
+// SystemReset resets the machine, as the reset button would.
+func SystemReset(ctx context.Context, m Monitor) error { return run(ctx, m, "system_reset") }
+
+// Quit ends QEMU.
+func Quit(ctx context.Context, m Monitor) error { return run(ctx, m, "quit") }
 
 func run(ctx context.Context, m Monitor, cmd string) error {
 	_, err := m.Run(ctx, cmd, nil)

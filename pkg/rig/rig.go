@@ -55,10 +55,11 @@ type Guest struct {
 
 // Builder collects a guest's definition and its vmchannels before it starts.
 type Builder struct {
-	guest    Guest
-	dir      string // private directory: state, run, sockets
-	channels []domain.VMChannel
-	err      error
+	guest     Guest
+	dir       string // private directory: state, run, sockets
+	channels  []domain.VMChannel
+	listeners []net.Listener
+	err       error
 }
 
 // New begins a rig for g. Listen adds vmchannels; Start boots it.
@@ -70,7 +71,8 @@ func New(g Guest) *Builder {
 }
 
 // Listen adds a vmchannel on 10.0.2.4:port and returns the host listener
-// that accepts one connection for every guest connection to it.
+// that accepts one connection for every guest connection to it. VM.Close
+// closes it.
 func (b *Builder) Listen(port uint16) (net.Listener, error) {
 	if b.err != nil {
 		return nil, b.err
@@ -81,6 +83,7 @@ func (b *Builder) Listen(port uint16) (net.Listener, error) {
 		return nil, err
 	}
 	b.channels = append(b.channels, domain.VMChannel{Address: domain.DefaultVMChannelAddress, Port: port, Path: path})
+	b.listeners = append(b.listeners, l)
 	return l, nil
 }
 
@@ -136,6 +139,7 @@ type VM struct {
 	Warnings []string
 
 	dir       string
+	listeners []net.Listener
 	logPath   string
 	supervise chan error // Supervise's result, once QEMU has exited
 	closeOnce sync.Once
@@ -161,7 +165,7 @@ func (b *Builder) Start(ctx context.Context) (*VM, error) {
 		return nil, fmt.Errorf("qemu-system-x86_64 not found: install the Debian package qemu-system-x86")
 	}
 	vm := &VM{Name: d.Name, StateDir: filepath.Join(b.dir, "state"), RunDir: filepath.Join(b.dir, "run"), dir: b.dir,
-		supervise: make(chan error, 1)}
+		listeners: b.listeners, supervise: make(chan error, 1)}
 	vm.logPath = filepath.Join(vm.StateDir, "logs", d.Name+".log")
 	openStore := func() (*store.Store, error) { return store.Open(vm.StateDir, 10*time.Second) }
 	st, err := openStore()
@@ -283,11 +287,15 @@ func (vm *VM) Wait(ctx context.Context) (store.Runtime, error) {
 }
 
 // Close destroys the guest if it still runs and removes everything the rig
-// created: directories, sockets, logs. It is safe to call more than once.
+// created: listeners, directories, sockets, logs. It is safe to call more
+// than once.
 func (vm *VM) Close() error {
 	vm.closeOnce.Do(func() {
 		if vm.running() {
 			vm.closeErr = vm.Destroy()
+		}
+		for _, l := range vm.listeners {
+			l.Close()
 		}
 		if err := os.RemoveAll(vm.dir); err != nil && vm.closeErr == nil {
 			vm.closeErr = err
@@ -410,6 +418,9 @@ func StartT(t testing.TB, b *Builder) *VM {
 	defer cancel()
 	vm, err := b.Start(ctx)
 	if err != nil {
+		for _, l := range b.listeners {
+			l.Close()
+		}
 		if b.dir != "" {
 			os.RemoveAll(b.dir)
 		}

@@ -114,9 +114,10 @@ func (r *Relay) Handle(ch netip.AddrPort, guest net.Conn, src netip.AddrPort) er
 	return nil
 }
 
-// Relay1 relays one guest connection without a Relay: no limit, no shared
-// counters. The helper uses it when the supervisor cannot be reached.
-func Relay1(guest net.Conn, cfg domain.VMChannel, id Identity, src netip.AddrPort) bool {
+// Forward relays one guest connection without a Relay: no limit, no shared
+// counters. The helper uses it when the supervisor cannot be reached. It
+// reports false when the target refused the connection.
+func Forward(guest net.Conn, cfg domain.VMChannel, id Identity, src netip.AddrPort) bool {
 	var in, out atomic.Uint64
 	return relay(guest, cfg, id, src, &in, &out)
 }

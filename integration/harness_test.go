@@ -195,6 +195,7 @@ type guest struct {
 	cmdline string // extra kernel parameters
 	devices string // extra <devices> content
 	top     string // extra top-level elements
+	network string // <vmchannels network=''/>, when set
 }
 
 func (g guest) xml() string {
@@ -202,9 +203,13 @@ func (g guest) xml() string {
 	if g.script != "" {
 		cmdline += " minivirt.run=" + base64.StdEncoding.EncodeToString([]byte(g.script))
 	}
+	devices := g.devices
+	if g.network != "" {
+		devices += `<vmchannels network='` + g.network + `'/>`
+	}
 	return `<domain type='kvm'><name>` + g.name + `</name><memory unit='MiB'>192</memory><vcpu>1</vcpu>
 <os><kernel>` + filepath.Join(guestDir, "vmlinuz") + `</kernel><initrd>` + filepath.Join(guestDir, "initrd.gz") + `</initrd>
-<cmdline>` + cmdline + `</cmdline></os>` + g.top + `<devices>` + g.devices + `</devices></domain>`
+<cmdline>` + cmdline + `</cmdline></os>` + g.top + `<devices>` + devices + `</devices></domain>`
 }
 
 // boot defines and starts g and waits until its userspace is up. A domain
@@ -336,3 +341,13 @@ func listen(t *testing.T, path string, serve func(net.Conn)) *service {
 }
 
 func killPid(pid int) { syscall.Kill(pid, syscall.SIGKILL) }
+
+// forNetworks runs test once on each network that can carry vmchannels.
+func forNetworks(t *testing.T, test func(t *testing.T, network string)) {
+	for _, network := range []string{"slirp", "netstack"} {
+		t.Run(network, func(t *testing.T) {
+			t.Parallel()
+			test(t, network)
+		})
+	}
+}

@@ -16,6 +16,18 @@ import (
 	"github.com/minivirt/minivirt/pkg/launcher"
 )
 
+// rssOf is the resident memory of pid, in bytes.
+func rssOf(pid int) uint64 {
+	data, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, _ := strconv.ParseUint(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
 // fdCount is the number of open descriptors of pid.
 func fdCount(t *testing.T, pid int) int {
 	t.Helper()
@@ -38,61 +50,69 @@ func (h *host) helpers() []int {
 // afterwards the supervisor's descriptors and the helper processes are back
 // where they started.
 func TestFlood(t *testing.T) {
-	h := newHost(t)
-	var served atomic.Int64
-	svc := listen(t, filepath.Join(h.top, "svc.sock"), func(c net.Conn) {
-		defer c.Close()
-		io.Copy(io.Discard, c)
-		served.Add(1)
+	forNetworks(t, func(t *testing.T, network string) {
+		h := newHost(t)
+		var served atomic.Int64
+		svc := listen(t, filepath.Join(h.top, "svc.sock"), func(c net.Conn) {
+			defer c.Close()
+			io.Copy(io.Discard, c)
+			served.Add(1)
+		})
+		const limit = 8
+		h.boot(guest{name: "flood", network: network, devices: vmchannelXML(600, svc.path, fmt.Sprintf("maxconnections='%d'", limit))})
+		st := h.status("flood")
+		fdsBefore := fdCount(t, st.SupervisorPID)
+		rssBefore := rssOf(st.SupervisorPID)
+
+		done := make(chan string, 1)
+		go func() {
+			out, _ := h.exec("flood", "minivirt-guest flood 10 10.0.2.4:600", 2*time.Minute)
+			done <- out
+		}()
+		var out string
+		polls := 0
+		for out == "" {
+			select {
+			case out = <-done:
+				continue
+			case <-time.After(500 * time.Millisecond):
+			}
+			c := h.channelCounters("flood", 600) // status answers during the flood
+			if c.Active > limit {
+				t.Errorf("active %d over the limit %d", c.Active, limit)
+			}
+			// The host service answers a direct client during the flood.
+			if conn, err := net.DialTimeout("unix", svc.path, 5*time.Second); err != nil {
+				t.Errorf("the host service did not answer during the flood: %v", err)
+			} else {
+				conn.Close()
+			}
+			polls++
+		}
+		if !strings.Contains(out, "flood ok=") || polls < 5 {
+			t.Fatalf("flood output %q after %d polls", out, polls)
+		}
+		t.Logf("guest: %s; host served %d", strings.TrimSpace(out), served.Load())
+
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			c := h.channelCounters("flood", 600)
+			fds := fdCount(t, st.SupervisorPID)
+			if c.Active == 0 && fds <= fdsBefore && len(h.helpers()) == 0 {
+				rss := rssOf(st.SupervisorPID)
+				t.Logf("%s: counters after the flood: %+v; supervisor descriptors %d before, %d after; RSS %.1f MB before, %.1f MB after",
+					network, c, fdsBefore, fds, float64(rssBefore)/1e6, float64(rss)/1e6)
+				if rss > rssBefore+64<<20 {
+					t.Errorf("the supervisor grew by %d MB in the flood", (rss-rssBefore)>>20)
+				}
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after the flood: counters %+v, supervisor descriptors %d (before %d), helpers %v", c, fds, fdsBefore, h.helpers())
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
 	})
-	const limit = 8
-	h.boot(guest{name: "flood", devices: vmchannelXML(600, svc.path, fmt.Sprintf("maxconnections='%d'", limit))})
-	st := h.status("flood")
-	fdsBefore := fdCount(t, st.SupervisorPID)
-
-	done := make(chan string, 1)
-	go func() {
-		out, _ := h.exec("flood", "minivirt-guest flood 10 10.0.2.4:600", 2*time.Minute)
-		done <- out
-	}()
-	var out string
-	polls := 0
-	for out == "" {
-		select {
-		case out = <-done:
-			continue
-		case <-time.After(500 * time.Millisecond):
-		}
-		c := h.channelCounters("flood", 600) // status answers during the flood
-		if c.Active > limit {
-			t.Errorf("active %d over the limit %d", c.Active, limit)
-		}
-		// The host service answers a direct client during the flood.
-		if conn, err := net.DialTimeout("unix", svc.path, 5*time.Second); err != nil {
-			t.Errorf("the host service did not answer during the flood: %v", err)
-		} else {
-			conn.Close()
-		}
-		polls++
-	}
-	if !strings.Contains(out, "flood ok=") || polls < 5 {
-		t.Fatalf("flood output %q after %d polls", out, polls)
-	}
-	t.Logf("guest: %s; host served %d", strings.TrimSpace(out), served.Load())
-
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		c := h.channelCounters("flood", 600)
-		fds := fdCount(t, st.SupervisorPID)
-		if c.Active == 0 && fds <= fdsBefore && len(h.helpers()) == 0 {
-			t.Logf("counters after the flood: %+v; supervisor descriptors %d before, %d after", c, fdsBefore, fds)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the flood: counters %+v, supervisor descriptors %d (before %d), helpers %v", c, fds, fdsBefore, h.helpers())
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
 }
 
 // TestHostServiceDies: the host service goes away in the middle of a

@@ -44,7 +44,7 @@ func TestArgvAsIntended(t *testing.T) {
 		})
 		devices.WriteString(vmchannelXML(600+i, xmlEscape(p)))
 	}
-	g := guest{name: "argv", devices: devices.String()}
+	g := guest{name: "argv", network: "slirp", devices: devices.String()} // guestfwd's quoting
 	h.boot(g)
 	for i := range hostile {
 		out, rc := h.exec("argv", fmt.Sprintf("minivirt-guest request 10.0.2.4:%d x", 600+i), time.Minute)
@@ -114,7 +114,7 @@ func TestGuestReach(t *testing.T) {
 		}
 	}()
 	svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)
-	h.boot(guest{name: "reach", devices: vmchannelXML(600, svc.path)})
+	h.boot(guest{name: "reach", network: "slirp", devices: vmchannelXML(600, svc.path)})
 	port := tcp.Addr().(*net.TCPAddr).Port
 	for _, addr := range []string{fmt.Sprintf("10.0.2.2:%d", port), "10.0.2.2:22", "10.0.2.3:53", "10.0.2.4:601", "10.0.2.5:600"} {
 		if out, rc := h.exec("reach", "minivirt-guest request "+addr+" probe", time.Minute); rc == 0 {

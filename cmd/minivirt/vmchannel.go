@@ -151,6 +151,11 @@ func (a *app) vmchannelItems(ctx context.Context, d *domain.Domain, o launcher.O
 	return items
 }
 
+var networkText = map[string]string{
+	domain.NetworkSlirp:    "Network: slirp (QEMU's user network); QEMU spawns a helper per guest connection, which hands it to the supervisor",
+	domain.NetworkNetstack: "Network: netstack (minivirt's own, in the supervisor); no process per guest connection",
+}
+
 func (a *app) vmchannelListCommand() *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
@@ -183,7 +188,11 @@ func (a *app) vmchannelListCommand() *cobra.Command {
 				return err
 			}
 			if len(items) > 0 {
-				fmt.Fprintln(a.stdout, "Network: QEMU's user network (slirp); one helper process per guest connection, handed to the supervisor")
+				network := d.Network()
+				if o.Active() && o.Network != "" {
+					network = o.Network // what the running QEMU has, even if redefined since
+				}
+				fmt.Fprintln(a.stdout, networkText[network])
 			}
 			return nil
 		},

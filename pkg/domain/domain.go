@@ -56,7 +56,7 @@ type OS struct {
 	Extra   []Raw  `xml:",any"`
 }
 
-// OSType is <os><type arch=” machine=”>hvm</type>.
+// OSType is <os><type arch="..." machine="...">hvm</type>.
 type OSType struct {
 	Arch    string `xml:"arch,attr,omitempty"`
 	Machine string `xml:"machine,attr,omitempty"`
@@ -71,8 +71,25 @@ type Devices struct {
 	Channels   []Channel   `xml:"channel"`
 	Serials    []CharDev   `xml:"serial"`
 	Consoles   []CharDev   `xml:"console"`
+	VMChannels *VMChannels `xml:"vmchannels"`
 	Extra      []Raw       `xml:",any"`
 }
+
+// VMChannels is minivirt's <vmchannels network="..."/>: which user network
+// carries the domain's vmchannels.
+type VMChannels struct {
+	Network string `xml:"network,attr"`
+}
+
+// Networks that can carry vmchannels.
+const (
+	// NetworkSlirp is QEMU's user network (libslirp) with one guestfwd rule
+	// per channel; QEMU spawns minivirt's helper per guest connection.
+	NetworkSlirp = "slirp"
+	// NetworkNetstack is minivirt's own user network, a TCP/IP stack in the
+	// supervisor: no process per connection, no NAT.
+	NetworkNetstack = "netstack"
+)
 
 // Disk is a file-backed disk or cdrom.
 type Disk struct {
@@ -111,12 +128,12 @@ type Interface struct {
 	Model  *Model           `xml:"model"`
 }
 
-// MAC is <mac address=”/>.
+// MAC is <mac address="..."/>.
 type MAC struct {
 	Address string `xml:"address,attr"`
 }
 
-// Model is <model type=”/>.
+// Model is <model type="..."/>.
 type Model struct {
 	Type string `xml:"type,attr"`
 }
@@ -165,7 +182,7 @@ type CharDev struct {
 	Target *CharDevTarget `xml:"target"`
 }
 
-// CharDevTarget is <target type=” port=”/> of a serial or console.
+// CharDevTarget is <target type="..." port="..."/> of a serial or console.
 type CharDevTarget struct {
 	Type string `xml:"type,attr,omitempty"`
 	Port string `xml:"port,attr,omitempty"`

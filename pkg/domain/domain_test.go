@@ -72,6 +72,8 @@ func TestRejects(t *testing.T) {
 		{"two user nics", minimal(`<interface type='user'/><interface type='user'/>`), "one user-mode NIC"},
 		{"bad mac", minimal(`<interface type='user'><mac address='zz'/></interface>`), `mac address "zz"`},
 		{"bad arch", strings.Replace(minimal(""), "<os>", "<os><type arch='aarch64'>hvm</type>", 1), `arch "aarch64"`},
+		{"bad network", minimal(`<vmchannels network='tap'/>`), `vmchannels network "tap"`},
+		{"netstack with NAT", minimal(`<interface type='user'/><vmchannels network='netstack'/>`), "has no NAT"},
 		{"machine injection", strings.Replace(minimal(""), "<os>", "<os><type machine='q35,accel=kvm'>hvm</type>", 1), `machine "q35,accel=kvm"`},
 	}
 	for _, tt := range tests {
@@ -313,5 +315,31 @@ func TestAddRemoveVMChannel(t *testing.T) {
 	}
 	if err := d.RemoveVMChannel(9, netip.Addr{}); err == nil {
 		t.Fatal("removing an absent port succeeded")
+	}
+}
+
+func TestNetworkChoice(t *testing.T) {
+	vc := `<interface type='vmchannel'><source port='600'/><target path='/s'/></interface>`
+	tests := []struct {
+		devices, want string
+	}{
+		{vc, NetworkNetstack},                           // vmchannels only: minivirt's own network
+		{vc + `<interface type='user'/>`, NetworkSlirp}, // NAT wanted: QEMU's
+		{vc + `<vmchannels network='netstack'/>`, NetworkNetstack},
+		{vc + `<vmchannels network='slirp'/>`, NetworkSlirp},
+	}
+	for _, tt := range tests {
+		d := mustParse(t, minimal(tt.devices))
+		if got := d.Network(); got != tt.want {
+			t.Errorf("%s: Network() = %q; want %q", tt.devices, got, tt.want)
+		}
+		out, _ := d.XML()
+		if back := mustParse(t, string(out)); back.Network() != tt.want {
+			t.Errorf("%s: the choice did not round-trip:\n%s", tt.devices, out)
+		}
+		lv, _ := d.LibvirtXML()
+		if bytes.Contains(lv, []byte("vmchannels")) {
+			t.Errorf("the libvirt form carries <vmchannels>:\n%s", lv)
+		}
 	}
 }

@@ -273,6 +273,21 @@ func (d *Domain) VirtioPorts() []VirtioPort {
 	return out
 }
 
+// Network returns the network that carries the domain's vmchannels: the one
+// the vmchannels element names; else QEMU's user network when the domain has
+// an explicit user interface (it wants NAT); else minivirt's own.
+func (d *Domain) Network() string {
+	if d.Devices.VMChannels != nil && d.Devices.VMChannels.Network != "" {
+		return d.Devices.VMChannels.Network
+	}
+	for _, nic := range d.Devices.Interfaces {
+		if nic.Type == "user" {
+			return NetworkSlirp
+		}
+	}
+	return NetworkNetstack
+}
+
 // UserNIC describes the domain's user-mode NIC, if it has one.
 type UserNIC struct {
 	Model string

@@ -39,7 +39,7 @@ func ValidName(name string) error {
 // Validate checks every rule of the model. The error names the element and
 // the value at fault; when several rules fail, the first is reported.
 func (d *Domain) Validate() error {
-	for _, check := range []func() error{d.validateKept, d.validateTop, d.validateOS, d.validateDisks, d.validateInterfaces, d.validateChannels, d.validateCharDevs} {
+	for _, check := range []func() error{d.validateKept, d.validateTop, d.validateOS, d.validateDisks, d.validateInterfaces, d.validateChannels, d.validateNetwork, d.validateCharDevs} {
 		if err := check(); err != nil {
 			return err
 		}
@@ -288,6 +288,24 @@ func (d *Domain) validateChannels() error {
 		if bound[vc.Path] {
 			return fmt.Errorf("vmchannel port %d path %q: is also a virtio channel's bound socket", vc.Port, vc.Path)
 		}
+	}
+	return nil
+}
+
+func (d *Domain) validateNetwork() error {
+	if d.Devices.VMChannels == nil {
+		return nil
+	}
+	switch n := d.Devices.VMChannels.Network; n {
+	case NetworkSlirp:
+	case NetworkNetstack:
+		for _, nic := range d.Devices.Interfaces {
+			if nic.Type == "user" {
+				return fmt.Errorf("vmchannels network 'netstack': has no NAT and cannot serve <interface type='user'>; remove that interface or use network='slirp'")
+			}
+		}
+	default:
+		return fmt.Errorf("vmchannels network %q: must be netstack (minivirt's own network) or slirp (QEMU's)", n)
 	}
 	return nil
 }

@@ -54,6 +54,7 @@ func (d *Domain) LibvirtXML() ([]byte, error) {
 		}
 	}
 	c.Devices.Interfaces, c.Devices.Channels = nics, fwd
+	c.Devices.VMChannels = nil // minivirt's own: libvirt's schema has no such element
 	return c.XML()
 }
 

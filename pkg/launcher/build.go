@@ -5,6 +5,7 @@ package launcher
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -36,11 +37,42 @@ type Paths struct {
 
 // Plan is a QEMU command line and what must exist before it runs.
 type Plan struct {
-	Argv     []string
-	Sockets  []Socket // in order: Sockets[i].FD == FirstFD+i
+	Argv    []string
+	Sockets []Socket // listening sockets QEMU inherits, each at its FD
+	// NetFD, when not 0, is where QEMU expects its end of the stream socket
+	// of minivirt's own network (Network "netstack").
+	NetFD    int
+	Network  string // domain.NetworkSlirp or domain.NetworkNetstack; "" without vmchannels or a NIC
 	Paths    Paths
 	Accel    string // "kvm" or "tcg"
 	Warnings []string
+}
+
+// Files returns the descriptors QEMU inherits in exec.Cmd.ExtraFiles order:
+// the file for descriptor FirstFD+i at index i. open makes a socket's file;
+// netEnd is QEMU's end of the network socket.
+func (p Plan) Files(open func(Socket) (*os.File, error), netEnd *os.File) ([]*os.File, error) {
+	n := len(p.Sockets)
+	if p.NetFD != 0 {
+		n++
+	}
+	files := make([]*os.File, n)
+	for _, s := range p.Sockets {
+		f, err := open(s)
+		if err != nil {
+			for _, f := range files {
+				if f != nil {
+					f.Close()
+				}
+			}
+			return nil, err
+		}
+		files[s.FD-FirstFD] = f
+	}
+	if p.NetFD != 0 {
+		files[p.NetFD-FirstFD] = netEnd
+	}
+	return files, nil
 }
 
 // FirstFD is the descriptor number of the first inherited socket
@@ -107,8 +139,15 @@ func Build(d *domain.Domain, env Env) (Plan, error) {
 		"-S", "-no-shutdown",
 		// The supervisor applies on_crash: QEMU only stops the guest.
 		"-action", "panic=pause",
+	}
+	// minivirt's own network carries the vmchannels (or was asked for).
+	netstack := d.Network() == domain.NetworkNetstack && (len(d.VMChannels()) > 0 || d.Devices.VMChannels != nil)
+	if !netstack && len(d.VMChannels()) > 0 {
 		// spawn and elevateprivileges stay allowed: guestfwd's cmd: needs both.
-		"-sandbox", "on,obsolete=deny,resourcecontrol=deny",
+		a = append(a, "-sandbox", "on,obsolete=deny,resourcecontrol=deny")
+	} else {
+		// Nothing is ever spawned: the full set.
+		a = append(a, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
 	}
 	if d.OnReboot == "destroy" {
 		a = append(a, "-no-reboot") // a guest reboot becomes a SHUTDOWN
@@ -167,7 +206,13 @@ func Build(d *domain.Domain, env Env) (Plan, error) {
 		a = append(a, "-drive", drive, "-device", dev)
 	}
 
-	if nic, ok := d.UserNIC(); ok {
+	if netstack {
+		p.Network, p.NetFD = domain.NetworkNetstack, fd
+		fd++
+		a = append(a, "-netdev", fmt.Sprintf("stream,id=net0,server=off,addr.type=fd,addr.str=%d", p.NetFD),
+			"-device", "virtio-net-pci,netdev=net0")
+	} else if nic, ok := d.UserNIC(); ok {
+		p.Network = domain.NetworkSlirp
 		netdev := "user,id=net0"
 		if nic.Isolated {
 			netdev += ",restrict=on"
@@ -216,7 +261,7 @@ func GuestfwdRule(d *domain.Domain, vc domain.VMChannel, self, relay string) str
 }
 
 // shellQuote quotes s for g_shell_parse_argv: inside single quotes nothing is
-// special, and a single quote is written as '\”.
+// special, and a single quote is written as quote, backslash, quote, quote.
 func shellQuote(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }

@@ -179,7 +179,13 @@ func TestBuildDevices(t *testing.T) {
 			"-netdev", 0, "user,id=net0"},
 		{"user nic device", `<interface type='user'><mac address='52:54:00:12:34:56'/><model type='e1000'/></interface>`,
 			"-device", 0, "e1000,netdev=net0,mac=52:54:00:12:34:56"},
-		{"vmchannel isolates", `<interface type='vmchannel'><source port='600'/><target path='/s.sock'/></interface>`,
+		{"vmchannel only: netstack", `<interface type='vmchannel'><source port='600'/><target path='/s.sock'/></interface>`,
+			"-netdev", 0, "stream,id=net0,server=off,addr.type=fd,addr.str=5"},
+		{"netstack: full sandbox", `<interface type='vmchannel'><source port='600'/><target path='/s.sock'/></interface>`,
+			"-sandbox", 0, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"},
+		{"slirp: the sandbox lets QEMU spawn", `<interface type='vmchannel'><source port='600'/><target path='/s.sock'/></interface><vmchannels network='slirp'/>`,
+			"-sandbox", 0, "on,obsolete=deny,resourcecontrol=deny"},
+		{"vmchannel on slirp isolates", `<interface type='vmchannel'><source port='600'/><target path='/s.sock'/></interface><vmchannels network='slirp'/>`,
 			"-netdev", 0, "user,id=net0,restrict=on,guestfwd=tcp:10.0.2.4:600-cmd:'/usr/bin/minivirt' '__vmchannel-helper' '/run/minivirt/t/relay.sock' '10.0.2.4:600' '/s.sock'"},
 		{"vmchannel with user nic: NAT", `<interface type='user'/><channel type='unix'><source mode='connect' path='/g.sock'/><target type='guestfwd' address='10.0.2.9' port='7'/></channel>`,
 			"-netdev", 0, "user,id=net0,guestfwd=tcp:10.0.2.9:7-cmd:'/usr/bin/minivirt' '__vmchannel-helper' '/run/minivirt/t/relay.sock' '10.0.2.9:7' '/g.sock'"},
@@ -207,7 +213,7 @@ func TestBuildHostilePaths(t *testing.T) {
 		env := testEnv
 		env.Self = "/opt/mini virt,'x'/minivirt"
 		env.LogDir = "/var/log/a,b"
-		d := parse(t, `<interface type='vmchannel'><source port='600'/><target path='`+xmlEscape(path)+`'/></interface>
+		d := parse(t, `<interface type='vmchannel'><source port='600'/><target path='`+xmlEscape(path)+`'/></interface><vmchannels network='slirp'/>
 <disk type='file' device='disk'><source file='`+xmlEscape(path)+`'/><target dev='vda' bus='virtio'/></disk>`)
 		p, err := Build(d, env)
 		if err != nil {
@@ -254,7 +260,7 @@ func TestBuildLimits(t *testing.T) {
 	}
 	env = testEnv
 	env.Self = "/" + strings.Repeat("m", 1000)
-	d := parse(t, `<interface type='vmchannel'><source port='600'/><target path='/s'/></interface>`)
+	d := parse(t, `<interface type='vmchannel'><source port='600'/><target path='/s'/></interface><vmchannels network='slirp'/>`)
 	if _, err := Build(d, env); err == nil || !strings.Contains(err.Error(), "over the 1023") {
 		t.Errorf("a guestfwd rule over 1023 bytes: %v", err)
 	}

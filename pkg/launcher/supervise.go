@@ -22,7 +22,9 @@ import (
 	"github.com/minivirt/minivirt/pkg/proc"
 	"github.com/minivirt/minivirt/pkg/qmp"
 	"github.com/minivirt/minivirt/pkg/store"
+	"github.com/minivirt/minivirt/pkg/usernet"
 	"github.com/minivirt/minivirt/pkg/vmchannel"
+	"golang.org/x/sys/unix"
 )
 
 // Config is what Supervise needs.
@@ -59,6 +61,10 @@ type supervisor struct {
 	qemuID proc.ID
 	self   proc.ID
 	relay  *vmchannel.Relay
+	// network is minivirt's own user network, for domain.NetworkNetstack.
+	// QEMU 7.2's -netdev stream cannot reconnect: it lives and dies with
+	// this process.
+	network *usernet.Network
 	// listeners the supervisor serves itself (control, relay): closed by
 	// cleanup, since a rig runs the supervisor inside a longer-lived process.
 	listeners []net.Listener
@@ -111,20 +117,27 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 	}
 	s.plan.Warnings = append(s.plan.Warnings, warnings...)
 
-	// Every socket exists before QEMU starts; QEMU inherits the listeners.
-	var files []*os.File
+	// Every socket exists before QEMU starts; QEMU inherits the listeners
+	// (and, on minivirt's own network, its end of the network's socket).
+	var netEnd, ourEnd *os.File
+	if s.plan.NetFD != 0 {
+		if netEnd, ourEnd, err = socketPair(); err != nil {
+			return err
+		}
+		defer ourEnd.Close() // the network holds its own copy
+	}
+	files, err := s.plan.Files(func(sock Socket) (*os.File, error) { return listenFile(sock.Path) }, netEnd)
+	if err != nil {
+		if netEnd != nil {
+			netEnd.Close()
+		}
+		return err
+	}
 	defer func() {
 		for _, f := range files {
 			f.Close()
 		}
 	}()
-	for _, sock := range s.plan.Sockets {
-		f, err := listenFile(sock.Path)
-		if err != nil {
-			return err
-		}
-		files = append(files, f)
-	}
 	control, err := listenUnix(s.plan.Paths.Control)
 	if err != nil {
 		return err
@@ -138,6 +151,22 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 	s.listeners = append(s.listeners, relayListener)
 	s.relay = vmchannel.New(vmchannel.Identity{Name: s.d.Name, UUID: s.d.UUID}, s.d.VMChannels())
 	go s.relay.Serve(context.Background(), relayListener)
+	if ourEnd != nil {
+		// minivirt's own network: guest connections reach the same relay
+		// without a process per connection.
+		conn, err := net.FileConn(ourEnd)
+		if err != nil {
+			return err
+		}
+		if s.network, err = usernet.New(s.d.VMChannels(), 0, s.relay.Handle); err != nil {
+			conn.Close()
+			return err
+		}
+		go func() {
+			err := s.network.Serve(context.Background(), conn)
+			s.logf("network: QEMU's end closed (%v)", err)
+		}()
+	}
 
 	if err := os.MkdirAll(env.LogDir, 0o700); err != nil {
 		return err
@@ -207,7 +236,7 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 		return failed(err)
 	}
 	s.st = store.Runtime{
-		State: store.StateRunning, Reason: "booted", Accel: s.plan.Accel, Network: "slirp",
+		State: store.StateRunning, Reason: "booted", Accel: s.plan.Accel, Network: s.plan.Network,
 		RunDir: env.RunDir, QEMU: s.qemuID, Supervisor: s.self, Since: time.Now().UTC(),
 	}
 	if err := s.record(); err != nil {
@@ -235,7 +264,7 @@ func (s *supervisor) follow() error {
 	case waitErr != nil:
 		final.Reason, final.Detail = "crashed", "QEMU "+exitText(waitErr)
 	}
-	final.Accel, final.Since = s.st.Accel, time.Now().UTC()
+	final.Accel, final.Network, final.Since = s.st.Accel, s.st.Network, time.Now().UTC()
 	s.st = final
 	s.mu.Unlock()
 	s.logf("QEMU exited (%v): %s (%s)", waitErr, final.State, final.Reason)
@@ -293,6 +322,9 @@ func (s *supervisor) setState(state, reason string) {
 func (s *supervisor) cleanup() {
 	for _, l := range s.listeners {
 		l.Close()
+	}
+	if s.network != nil {
+		s.network.Close()
 	}
 	for _, p := range s.d.VirtioPorts() {
 		removeSocket(p.Path)
@@ -600,6 +632,16 @@ func removeSocket(path string) error {
 		return fmt.Errorf("%s: another process listens there", path)
 	}
 	return os.Remove(path)
+}
+
+// socketPair returns two connected stream sockets: QEMU's end and ours.
+// QEMU's -netdev socket refuses SOCK_SEQPACKET; frames carry their length.
+func socketPair() (qemuEnd, ourEnd *os.File, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("network socket pair: %w", err)
+	}
+	return os.NewFile(uintptr(fds[0]), "qemu-net"), os.NewFile(uintptr(fds[1]), "netstack"), nil
 }
 
 const ownerFile = "supervisor.id"

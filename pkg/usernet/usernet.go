@@ -15,11 +15,11 @@ import (
 	"net/netip"
 	"sync"
 
-	"github.com/containers/gvisor-tap-vsock/pkg/services/dhcp"
-	"github.com/containers/gvisor-tap-vsock/pkg/tap"
-	"github.com/containers/gvisor-tap-vsock/pkg/types"
+	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -35,8 +35,9 @@ var (
 	Guest   = netip.MustParseAddr("10.0.2.15")
 )
 
-// gatewayMAC is the stack's own link address (a locally administered one).
-const gatewayMAC = "5a:94:ef:e4:0c:dd"
+// gatewayMAC is the stack's own link address (a locally administered one,
+// as QEMU's user network uses 52:55:0a:00:02:02).
+var gatewayMAC = tcpip.LinkAddress([]byte{0x52, 0x55, 0x0a, 0x00, 0x02, 0x02})
 
 // DefaultMTU is the link's MTU, the same as QEMU's user network.
 const DefaultMTU = 1500
@@ -48,7 +49,8 @@ type Handler func(ch netip.AddrPort, conn net.Conn, src netip.AddrPort) error
 // Network is one domain's user network.
 type Network struct {
 	stack     *stack.Stack
-	sw        *tap.Switch
+	link      *channel.Endpoint
+	dhcp      *server4.Server
 	listeners []net.Listener
 	wg        sync.WaitGroup
 }
@@ -75,25 +77,15 @@ func New(channels []domain.VMChannel, mtu int, handle Handler) (*Network, error)
 		return nil, fmt.Errorf("netstack: %v", err)
 	}
 
-	var addrs []string
+	// gVisor answers ARP for every address of the NIC: the gateway and
+	// each vmchannel address.
 	seen := map[netip.Addr]bool{}
 	for _, c := range channels {
-		if !seen[c.Address] {
-			seen[c.Address] = true
-			addrs = append(addrs, c.Address.String())
-		}
+		seen[c.Address] = true
 	}
-	// The endpoint answers ARP only for the gateway and the declared
-	// addresses: every vmchannel address is declared.
-	ep, err := tap.NewLinkEndpoint(false, uint32(mtu), gatewayMAC, Gateway.String(), addrs)
-	if err != nil {
-		return nil, fmt.Errorf("netstack: %w", err)
-	}
-	sw := tap.NewSwitch(false)
-	sw.Connect(ep)
-	ep.Connect(sw)
+	link := channel.New(1024, uint32(mtu), gatewayMAC)
 	const nic = 1
-	if err := s.CreateNIC(nic, ep); err != nil {
+	if err := s.CreateNIC(nic, ethernet.New(link)); err != nil {
 		return nil, fmt.Errorf("netstack: %v", err)
 	}
 	for _, a := range append([]netip.Addr{Gateway}, keys(seen)...) {
@@ -107,10 +99,11 @@ func New(channels []domain.VMChannel, mtu int, handle Handler) (*Network, error)
 	subnet, _ := tcpip.NewSubnet(tcpip.AddrFrom4(domain.UserNet.Addr().As4()), tcpip.MaskFromBytes(net.CIDRMask(domain.UserNet.Bits(), 32)))
 	s.SetRouteTable([]tcpip.Route{{Destination: subnet, NIC: nic}})
 
-	n := &Network{stack: s, sw: sw}
-	if err := n.dhcp(mtu); err != nil {
+	n := &Network{stack: s, link: link}
+	var err error
+	if n.dhcp, err = serveDHCP(s, nic, mtu); err != nil {
 		n.Close()
-		return nil, err
+		return nil, fmt.Errorf("netstack: DHCP: %w", err)
 	}
 	for _, c := range channels {
 		ch := netip.AddrPortFrom(c.Address, c.Port)
@@ -134,24 +127,6 @@ func keys(m map[netip.Addr]bool) []netip.Addr {
 	return out
 }
 
-// dhcp serves 10.0.2.15 (the first lease) as QEMU's user network would.
-func (n *Network) dhcp(mtu int) error {
-	_, subnet, _ := net.ParseCIDR(domain.UserNet.String())
-	pool := tap.NewIPPool(subnet)
-	// Leases start at .15 like libslirp's: hold the addresses below it.
-	for i := 0; i < 15; i++ {
-		ip := Guest.As4()
-		ip[3] = byte(i)
-		pool.Reserve(net.IP(ip[:]), fmt.Sprintf("reserved-%d", i))
-	}
-	srv, err := dhcp.New(&types.Configuration{Subnet: domain.UserNet.String(), GatewayIP: Gateway.String(), MTU: mtu}, n.stack, pool)
-	if err != nil {
-		return fmt.Errorf("netstack: DHCP: %w", err)
-	}
-	go srv.Serve()
-	return nil
-}
-
 func (n *Network) accept(l net.Listener, ch netip.AddrPort, handle Handler) {
 	defer n.wg.Done()
 	for {
@@ -172,7 +147,7 @@ func (n *Network) accept(l net.Listener, ch netip.AddrPort, handle Handler) {
 // frames prefixed by their 4-byte big-endian length) until conn closes or
 // ctx ends.
 func (n *Network) Serve(ctx context.Context, conn net.Conn) error {
-	return n.sw.Accept(ctx, conn, types.QemuProtocol)
+	return serveFrames(ctx, n.link, conn)
 }
 
 // Close stops accepting and tears the stack down.
@@ -181,5 +156,11 @@ func (n *Network) Close() {
 		l.Close()
 	}
 	n.wg.Wait()
+	if n.dhcp != nil {
+		n.dhcp.Close()
+	}
 	n.stack.Close()
 }
+
+// errorOf turns a tcpip.Error into an error.
+func errorOf(e tcpip.Error) error { return fmt.Errorf("netstack: %s", e) }

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/usernet"
 )
 
 // Env is what Build needs to know of the host.
@@ -210,7 +211,7 @@ func Build(d *domain.Domain, env Env) (Plan, error) {
 		p.Network, p.NetFD = domain.NetworkNetstack, fd
 		fd++
 		a = append(a, "-netdev", fmt.Sprintf("stream,id=net0,server=off,addr.type=fd,addr.str=%d", p.NetFD),
-			"-device", "virtio-net-pci,netdev=net0")
+			"-device", fmt.Sprintf("virtio-net-pci,netdev=net0,host_mtu=%d", usernet.MTU))
 	} else if nic, ok := d.UserNIC(); ok {
 		p.Network = domain.NetworkSlirp
 		netdev := "user,id=net0"

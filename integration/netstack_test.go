@@ -31,8 +31,9 @@ func TestNetstackDHCP(t *testing.T) {
 }
 
 // TestNetstackIsolation: on minivirt's own network the gateway answers no
-// port (a reset, at once), nothing beyond is routed, QEMU runs under the
-// full seccomp set, and no process runs per guest connection.
+// port (a reset, at once), nothing beyond is routed (an outside address
+// never answers), QEMU runs under the full seccomp set, and no process runs
+// per guest connection.
 func TestNetstackIsolation(t *testing.T) {
 	t.Parallel()
 	h := newHost(t)
@@ -59,6 +60,11 @@ func TestNetstackIsolation(t *testing.T) {
 		if rc == 0 || !strings.Contains(out, "connection refused") {
 			t.Errorf("%s from the guest: exit %d, %q; want connection refused", addr, rc, out)
 		}
+	}
+	// An outside address: the stack routes nothing, so the guest's SYN dies
+	// inside the supervisor (and this probe never leaves the machine).
+	if out, rc := h.exec("iso", "minivirt-guest request 192.0.2.1:80 probe", time.Minute); rc == 0 {
+		t.Errorf("an outside address answered: %q", out)
 	}
 	st := h.status("iso")
 	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(st.QEMUPID) + "/cmdline")

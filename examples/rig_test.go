@@ -22,20 +22,15 @@ import (
 var guestDir string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "minivirt-examples")
-	if err == nil {
-		defer os.RemoveAll(dir)
-		var bin string
-		if bin, err = testenv.Minivirt(dir); err == nil {
-			os.Setenv("MINIVIRT_BIN", bin) // the rig's vmchannel helper
-			guestDir, err = testenv.Guest()
-		}
-	}
+	dir, cleanup, err := testenv.PrepareRig()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "examples:", err)
 		os.Exit(1)
 	}
-	os.Exit(m.Run())
+	guestDir = dir
+	code := m.Run()
+	cleanup()
+	os.Exit(code)
 }
 
 // tinyGuest is minivirt's test guest running script, then powering off.

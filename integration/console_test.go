@@ -44,7 +44,7 @@ func TestConsole(t *testing.T) {
 	h.boot(guest{name: "con"})
 	ptm, pts := openPTY(t)
 	defer ptm.Close()
-	cmd := h.command("", "console", "con")
+	cmd := h.Command("", "console", "con")
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = pts, pts, pts
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	if err := cmd.Start(); err != nil {
@@ -87,10 +87,10 @@ func TestConsole(t *testing.T) {
 	if st := h.status("con"); st.State != "running" {
 		t.Errorf("leaving the console changed the domain: %+v", st)
 	}
-	if !strings.Contains(h.ok("", "log", "con"), marker+"-ok") {
+	if !strings.Contains(h.OK("", "log", "con"), marker+"-ok") {
 		t.Error("the console session is not in the log")
 	}
-	h.ok("", "destroy", "con")
+	h.OK("", "destroy", "con")
 }
 
 // TestStaleRecord: a runtime record whose pids are reused by other processes
@@ -98,7 +98,7 @@ func TestConsole(t *testing.T) {
 func TestStaleRecord(t *testing.T) {
 	t.Parallel()
 	h := newHost(t)
-	h.ok(guest{name: "stale"}.xml(), "define", "-")
+	h.OK(guest{name: "stale"}.xml(), "define", "-")
 	self, err := proc.Self()
 	if err != nil {
 		t.Fatal(err)
@@ -118,7 +118,7 @@ func TestStaleRecord(t *testing.T) {
 			t.Fatal(err)
 		}
 		os.MkdirAll(h.runDirOf("stale"), 0o700) // a run directory left by a host crash
-		if out := h.ok("", "list"); strings.Contains(out, "stale") {
+		if out := h.OK("", "list"); strings.Contains(out, "stale") {
 			t.Errorf("a record with reused pids is listed as running: %q", out)
 		}
 		if st := h.status("stale"); st.State != "shut off" || st.Reason != "crashed" {
@@ -129,5 +129,5 @@ func TestStaleRecord(t *testing.T) {
 		}
 	}
 	h.boot(guest{name: "stale"})
-	h.ok("", "destroy", "stale")
+	h.OK("", "destroy", "stale")
 }

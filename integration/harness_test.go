@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -57,6 +56,7 @@ func setup(m *testing.M) (int, error) {
 // runtime directories. The state directory holds a space and a comma, so
 // every test also proves that QEMU option escaping works.
 type host struct {
+	testenv.CLI
 	t        *testing.T
 	top      string
 	stateDir string
@@ -70,6 +70,7 @@ func newHost(t *testing.T) *host {
 		t.Fatal(err)
 	}
 	h := &host{t: t, top: top, stateDir: filepath.Join(top, "state dir,1"), runDir: filepath.Join(top, "run")}
+	h.CLI = testenv.CLI{T: t, Binary: binary, StateDir: h.stateDir, RunDir: h.runDir, Env: []string{"MINIVIRT_ACCEL="}}
 	t.Cleanup(h.cleanup)
 	return h
 }
@@ -79,7 +80,7 @@ func newHost(t *testing.T) *host {
 func (h *host) cleanup() {
 	for _, name := range h.names() {
 		if st := h.status(name); st.State != "shut off" {
-			h.run("", "destroy", name)
+			h.Run("", "destroy", name)
 		}
 	}
 	if left := h.processes(); len(left) > 0 {
@@ -109,48 +110,16 @@ func (h *host) dumpLogs() {
 	}
 }
 
-func (h *host) command(stdin string, args ...string) *exec.Cmd {
-	c := exec.Command(binary, args...)
-	c.Env = append(os.Environ(), "MINIVIRT_STATE_DIR="+h.stateDir, "MINIVIRT_RUN_DIR="+h.runDir, "MINIVIRT_ACCEL=")
-	c.Stdin = strings.NewReader(stdin)
-	return c
-}
-
-// run runs minivirt and returns stdout, stderr and the exit status.
-func (h *host) run(stdin string, args ...string) (string, string, int) {
-	h.t.Helper()
-	c := h.command(stdin, args...)
-	var out, errb bytes.Buffer
-	c.Stdout, c.Stderr = &out, &errb
-	err := c.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		h.t.Fatalf("minivirt %v: %v", args, err)
-	}
-	return out.String(), errb.String(), code
-}
-
-func (h *host) ok(stdin string, args ...string) string {
-	h.t.Helper()
-	out, errs, code := h.run(stdin, args...)
-	if code != 0 {
-		h.t.Fatalf("minivirt %s: exit %d: %s", strings.Join(args, " "), code, errs)
-	}
-	return out
-}
-
 func (h *host) fails(want string, args ...string) {
 	h.t.Helper()
-	out, errs, code := h.run("", args...)
+	out, errs, code := h.Run("", args...)
 	if code == 0 || !strings.HasPrefix(errs, "minivirt: ") || !strings.Contains(errs, want) {
 		h.t.Fatalf("minivirt %s: exit %d, stdout %q, stderr %q; want a failure saying %q", strings.Join(args, " "), code, out, errs, want)
 	}
 }
 
 func (h *host) names() []string {
-	out, _, code := h.run("", "list", "--all", "-o", "json")
+	out, _, code := h.Run("", "list", "--all", "-o", "json")
 	if code != 0 {
 		return nil
 	}
@@ -178,7 +147,7 @@ type status struct {
 func (h *host) status(name string) status {
 	h.t.Helper()
 	var st status
-	out, errs, code := h.run("", "status", name, "-o", "json")
+	out, errs, code := h.Run("", "status", name, "-o", "json")
 	if code != 0 {
 		h.t.Fatalf("status %s: %s", name, errs)
 	}
@@ -218,8 +187,8 @@ func (h *host) boot(g guest) {
 	h.t.Helper()
 	data, _ := os.ReadFile(h.logPath(g.name))
 	before := strings.Count(string(data), readyLine)
-	h.ok(g.xml(), "define", "-")
-	h.ok("", "start", g.name)
+	h.OK(g.xml(), "define", "-")
+	h.OK("", "start", g.name)
 	h.waitLogCount(g.name, readyLine, before+1, 90*time.Second)
 }
 

@@ -18,8 +18,8 @@ import (
 func TestLifecycle(t *testing.T) {
 	t.Parallel()
 	h := newHost(t)
-	h.ok(guest{name: "life"}.xml(), "define", "-")
-	out, errs, code := h.run("", "start", "life")
+	h.OK(guest{name: "life"}.xml(), "define", "-")
+	out, errs, code := h.Run("", "start", "life")
 	if code != 0 || out != "Domain life started\n" {
 		t.Fatalf("start: exit %d, %q, %q", code, out, errs)
 	}
@@ -53,20 +53,20 @@ func TestLifecycle(t *testing.T) {
 	if !strings.Contains(log, "Linux version") {
 		t.Errorf("the console log lacks the kernel's boot lines:\n%s", log)
 	}
-	if out := h.ok("", "log", "life"); !strings.Contains(out, "Linux version") || !strings.Contains(out, "minivirt-guest: ready") {
+	if out := h.OK("", "log", "life"); !strings.Contains(out, "Linux version") || !strings.Contains(out, "minivirt-guest: ready") {
 		t.Errorf("minivirt log: %q", out)
 	}
 
 	h.fails("already running", "start", "life")
 	h.fails("destroy it first", "undefine", "life")
-	if out := h.ok("", "list"); !strings.Contains(out, "life") || !strings.Contains(out, "running") {
+	if out := h.OK("", "list"); !strings.Contains(out, "life") || !strings.Contains(out, "running") {
 		t.Errorf("list: %q", out)
 	}
 
 	var reply struct {
 		Return struct{ Status string }
 	}
-	if err := json.Unmarshal([]byte(h.ok("", "qmp", "life", `{"execute":"query-status"}`)), &reply); err != nil || reply.Return.Status != "running" {
+	if err := json.Unmarshal([]byte(h.OK("", "qmp", "life", `{"execute":"query-status"}`)), &reply); err != nil || reply.Return.Status != "running" {
 		t.Errorf("qmp query-status: %+v, %v", reply, err)
 	}
 	h.fails("not a QMP command", "qmp", "life", "nonsense")
@@ -79,7 +79,7 @@ func TestLifecycle(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				c := h.command("", args...)
+				c := h.Command("", args...)
 				if out, err := c.CombinedOutput(); err != nil {
 					t.Errorf("concurrent %v: %v: %s", args, err, out)
 				}
@@ -88,24 +88,24 @@ func TestLifecycle(t *testing.T) {
 	}
 	wg.Wait()
 
-	h.ok("", "suspend", "life")
+	h.OK("", "suspend", "life")
 	if st := h.status("life"); st.State != "paused" {
 		t.Errorf("after suspend: %+v", st)
 	}
-	h.ok(`{"execute":"query-status"}`, "qmp", "life", `{"execute":"query-status"}`)
-	h.ok("", "resume", "life")
+	h.OK(`{"execute":"query-status"}`, "qmp", "life", `{"execute":"query-status"}`)
+	h.OK("", "resume", "life")
 	if st := h.status("life"); st.State != "running" {
 		t.Errorf("after resume: %+v", st)
 	}
 
 	// reboot goes through the ACPI power button: the guest boots again.
-	h.ok("", "reboot", "life")
+	h.OK("", "reboot", "life")
 	h.waitLogCount("life", "minivirt-guest: ready", 2, 90*time.Second)
 	if st := h.status("life"); st.State != "running" || st.QEMUPID == 0 {
 		t.Errorf("after reboot: %+v", st)
 	}
 
-	out = h.ok("", "shutdown", "life", "--timeout", "60s")
+	out = h.OK("", "shutdown", "life", "--timeout", "60s")
 	if out != "Domain life shut off\n" {
 		t.Errorf("shutdown printed %q", out)
 	}
@@ -116,11 +116,11 @@ func TestLifecycle(t *testing.T) {
 	if exists(h.runDirOf("life")) {
 		t.Error("the run directory outlived the domain")
 	}
-	if !strings.Contains(h.ok("", "log", "life"), "power button pressed") {
+	if !strings.Contains(h.OK("", "log", "life"), "power button pressed") {
 		t.Error("the guest did not see the power button")
 	}
 	h.fails("not running", "shutdown", "life")
-	h.ok("", "undefine", "life")
+	h.OK("", "undefine", "life")
 }
 
 func TestDestroyAndRestart(t *testing.T) {
@@ -129,7 +129,7 @@ func TestDestroyAndRestart(t *testing.T) {
 	h.boot(guest{name: "d"})
 	st := h.status("d")
 	// log -f follows the console and ends by itself when the domain stops.
-	follow := h.command("", "log", "-f", "d")
+	follow := h.Command("", "log", "-f", "d")
 	var followed strings.Builder
 	follow.Stdout = &followed
 	if err := follow.Start(); err != nil {
@@ -137,7 +137,7 @@ func TestDestroyAndRestart(t *testing.T) {
 	}
 	followDone := make(chan error, 1)
 	go func() { followDone <- follow.Wait() }()
-	if out := h.ok("", "destroy", "d"); out != "Domain d destroyed\n" {
+	if out := h.OK("", "destroy", "d"); out != "Domain d destroyed\n" {
 		t.Errorf("destroy printed %q", out)
 	}
 	if alive(st.QEMUPID) || alive(st.SupervisorPID) {
@@ -161,7 +161,7 @@ func TestDestroyAndRestart(t *testing.T) {
 	h.fails("not running", "destroy", "d")
 	// stop on a guest that honours the power button shuts it down.
 	h.boot(guest{name: "d"})
-	if out := h.ok("", "stop", "d", "--timeout", "60s"); out != "Domain d shut off\n" {
+	if out := h.OK("", "stop", "d", "--timeout", "60s"); out != "Domain d shut off\n" {
 		t.Errorf("stop printed %q", out)
 	}
 }
@@ -174,7 +174,7 @@ func TestStopIgnored(t *testing.T) {
 	h.boot(guest{name: "deaf", script: "killall minivirt-guest"})
 	h.waitLog("deaf", "run exited", 30*time.Second)
 	h.fails("did not shut off within 2s", "shutdown", "deaf", "--timeout", "2s")
-	out := h.ok("", "stop", "deaf", "--timeout", "2s")
+	out := h.OK("", "stop", "deaf", "--timeout", "2s")
 	if !strings.Contains(out, "destroyed") {
 		t.Errorf("stop printed %q", out)
 	}
@@ -200,7 +200,7 @@ func TestQEMUKilled(t *testing.T) {
 		t.Error("run directory left after QEMU died")
 	}
 	h.boot(guest{name: "k"})
-	h.ok("", "destroy", "k")
+	h.OK("", "destroy", "k")
 }
 
 // TestSupervisorKilled: with the supervisor gone, status tells the truth
@@ -221,7 +221,7 @@ func TestSupervisorKilled(t *testing.T) {
 	}
 	h.fails("unsupervised", "suspend", "u")
 	h.fails("unsupervised", "shutdown", "u")
-	h.ok("", "destroy", "u")
+	h.OK("", "destroy", "u")
 	if alive(st.QEMUPID) {
 		t.Error("destroy left QEMU running")
 	}
@@ -239,7 +239,7 @@ func TestSupervisorKilled(t *testing.T) {
 	waitDead(t, st.SupervisorPID, 10*time.Second)
 	syscall.Kill(st.QEMUPID, syscall.SIGKILL)
 	waitDead(t, st.QEMUPID, 10*time.Second)
-	if out := h.ok("", "list", "--all"); !strings.Contains(out, "shut off") {
+	if out := h.OK("", "list", "--all"); !strings.Contains(out, "shut off") {
 		t.Errorf("list after both died: %q", out)
 	}
 	if st := h.status("u"); st.State != "shut off" || st.Reason != "crashed" {
@@ -249,7 +249,7 @@ func TestSupervisorKilled(t *testing.T) {
 		t.Error("stale run directory not reconciled")
 	}
 	h.boot(guest{name: "u"})
-	h.ok("", "destroy", "u")
+	h.OK("", "destroy", "u")
 }
 
 // TestStartFailure: QEMU refuses to start; start says so in QEMU's words and
@@ -260,8 +260,8 @@ func TestStartFailure(t *testing.T) {
 	empty := filepath.Join(h.top, "empty-kernel")
 	os.WriteFile(empty, nil, 0o644)
 	xml := strings.Replace(guest{name: "bad"}.xml(), filepath.Join(guestDir, "vmlinuz"), empty, 1)
-	h.ok(xml, "define", "-")
-	_, errs, code := h.run("", "start", "bad")
+	h.OK(xml, "define", "-")
+	_, errs, code := h.Run("", "start", "bad")
 	if code == 0 || !strings.HasPrefix(errs, "minivirt: start bad: QEMU exited with status 1") || !strings.Contains(errs, "could not load kernel") {
 		t.Errorf("start with an empty kernel: exit %d, %q", code, errs)
 	}
@@ -293,5 +293,5 @@ func TestPanic(t *testing.T) {
 	g := guest{name: "p", script: "sleep 1; echo c > /proc/sysrq-trigger", top: "<on_crash>preserve</on_crash>"}
 	h.boot(g)
 	h.waitState("p", "crashed", 60*time.Second)
-	h.ok("", "destroy", "p")
+	h.OK("", "destroy", "p")
 }

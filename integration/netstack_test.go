@@ -25,7 +25,7 @@ func TestNetstackDHCP(t *testing.T) {
 	if out, rc := h.exec("dhcp", "minivirt-guest request 10.0.2.4:600 leased", time.Minute); rc != 0 || !strings.Contains(out, "reply: reply: leased") {
 		t.Errorf("vmchannel after DHCP: exit %d, %q", rc, out)
 	}
-	if st := h.status("dhcp"); !strings.Contains(h.ok("", "status", "dhcp", "-o", "json"), `"network": "netstack"`) || st.State != "running" {
+	if st := h.status("dhcp"); !strings.Contains(h.OK("", "status", "dhcp", "-o", "json"), `"network": "netstack"`) || st.State != "running" {
 		t.Errorf("status: %+v", st)
 	}
 }
@@ -105,7 +105,7 @@ func TestNetstackSupervisorDies(t *testing.T) {
 	if out, rc := h.exec("nsd", "minivirt-guest request 10.0.2.4:600 void", 2*time.Minute); rc == 0 {
 		t.Errorf("a connection without the network: %q", out)
 	}
-	h.ok("", "destroy", "nsd")
+	h.OK("", "destroy", "nsd")
 	if alive(st.QEMUPID) || exists(h.runDirOf("nsd")) {
 		t.Error("destroy left QEMU or the run directory")
 	}

@@ -157,14 +157,14 @@ func TestStartDestroyCycles(t *testing.T) {
 	h := newHost(t)
 	svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)
 	agent := filepath.Join(h.top, "agent.sock")
-	h.ok(guest{name: "cyc", devices: vmchannelXML(600, svc.path) +
+	h.OK(guest{name: "cyc", devices: vmchannelXML(600, svc.path) +
 		`<channel type='unix'><source mode='bind' path='` + agent + `'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>`}.xml(), "define", "-")
 	var qemuFDs []int
 	for i := 0; i < 50; i++ {
-		h.ok("", "start", "cyc")
+		h.OK("", "start", "cyc")
 		st := h.status("cyc")
 		qemuFDs = append(qemuFDs, fdCount(t, st.QEMUPID))
-		h.ok("", "destroy", "cyc")
+		h.OK("", "destroy", "cyc")
 		if alive(st.QEMUPID) || alive(st.SupervisorPID) {
 			t.Fatalf("cycle %d: QEMU or the supervisor outlived destroy", i)
 		}

@@ -31,7 +31,7 @@ func TestRunExitStatus(t *testing.T) {
 		if tt.kernl != "" {
 			xml = strings.Replace(xml, filepath.Join(guestDir, "vmlinuz"), tt.kernl, 1)
 		}
-		_, errs, code := h.run(xml, append([]string{"run", "--rm"}, append(tt.args, "-")...)...)
+		_, errs, code := h.Run(xml, append([]string{"run", "--rm"}, append(tt.args, "-")...)...)
 		if code != tt.code || !strings.Contains(errs, tt.say) {
 			t.Errorf("%s: exit %d, stderr %q; want exit %d saying %q", tt.name, code, errs, tt.code, tt.say)
 		}

@@ -84,7 +84,7 @@ func xmlEscape(s string) string {
 
 func (h *host) uuid(name string) string {
 	h.t.Helper()
-	out := h.ok("", "dumpxml", name)
+	out := h.OK("", "dumpxml", name)
 	_, rest, _ := strings.Cut(out, "<uuid>")
 	u, _, _ := strings.Cut(rest, "</uuid>")
 	return u

@@ -30,7 +30,7 @@ func (h *host) channelCounters(name string, port int) vmchannel.Counters {
 			vmchannel.Counters
 		} `json:"vmchannels"`
 	}
-	if err := json.Unmarshal([]byte(h.ok("", "status", name, "-o", "json")), &st); err != nil {
+	if err := json.Unmarshal([]byte(h.OK("", "status", name, "-o", "json")), &st); err != nil {
 		h.t.Fatal(err)
 	}
 	for _, c := range st.VMChannels {
@@ -115,8 +115,8 @@ func TestMissingTarget(t *testing.T) {
 	forNetworks(t, func(t *testing.T, network string) {
 		h := newHost(t)
 		path := filepath.Join(h.top, "later.sock")
-		h.ok(guest{name: "mt", network: network, devices: vmchannelXML(600, path)}.xml(), "define", "-")
-		_, errs, _ := h.run("", "start", "mt")
+		h.OK(guest{name: "mt", network: network, devices: vmchannelXML(600, path)}.xml(), "define", "-")
+		_, errs, _ := h.Run("", "start", "mt")
 		if !strings.Contains(errs, "does not exist yet") {
 			t.Errorf("start with an absent target gave no warning: %q", errs)
 		}
@@ -144,7 +144,7 @@ func TestMissingTarget(t *testing.T) {
 func TestNotASocket(t *testing.T) {
 	t.Parallel()
 	h := newHost(t)
-	h.ok(guest{name: "ns", devices: vmchannelXML(600, "/etc/hostname")}.xml(), "define", "-")
+	h.OK(guest{name: "ns", devices: vmchannelXML(600, "/etc/hostname")}.xml(), "define", "-")
 	h.fails("is not a socket", "start", "ns")
 	if exists(h.runDirOf("ns")) {
 		t.Error("a refused start left its run directory")
@@ -243,7 +243,7 @@ func TestVirtioSerial(t *testing.T) {
 	if err != nil || line != "echo: ping\n" {
 		t.Errorf("virtio-serial echo: %q, %v", line, err)
 	}
-	h.ok("", "destroy", "vs")
+	h.OK("", "destroy", "vs")
 	if exists(path) {
 		t.Error("the bound socket outlived the domain")
 	}
@@ -288,7 +288,7 @@ func TestProxyHeader(t *testing.T) {
 			got[tlv.Type] = string(tlv.Value)
 		}
 		var st struct{ UUID string }
-		json.Unmarshal([]byte(h.ok("", "status", "px", "-o", "json")), &st)
+		json.Unmarshal([]byte(h.OK("", "status", "px", "-o", "json")), &st)
 		if got[vmchannel.TLVDomainName] != "px" || got[vmchannel.TLVDomainUUID] != st.UUID {
 			t.Errorf("PROXY TLVs %q; want name px, uuid %s", got, st.UUID)
 		}
@@ -328,7 +328,7 @@ func TestIsolation(t *testing.T) {
 	if out, rc := h.exec("iso", "minivirt-guest request 10.0.2.4:600 still", 60*time.Second); rc != 0 || !strings.Contains(out, "reply: still") {
 		t.Errorf("the vmchannel of an isolated guest: exit %d, %q", rc, out)
 	}
-	h.ok("", "destroy", "iso")
+	h.OK("", "destroy", "iso")
 
 	h.boot(guest{name: "nat", devices: `<interface type='user'/>` + vmchannelXML(600, svc.path)})
 	if out, rc := h.exec("nat", probe, 60*time.Second); rc != 0 || !strings.Contains(out, "host tcp") {
@@ -343,23 +343,23 @@ func TestChangesWhileRunning(t *testing.T) {
 	h := newHost(t)
 	svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)
 	h.boot(guest{name: "chg"})
-	_, errs, code := h.run("", "vmchannel", "add", "chg", "--port", "700", "--path", svc.path)
+	_, errs, code := h.Run("", "vmchannel", "add", "chg", "--port", "700", "--path", svc.path)
 	if code != 0 || !strings.Contains(errs, "takes effect at its next start") {
 		t.Errorf("vmchannel add while running: exit %d, %q", code, errs)
 	}
-	if !strings.Contains(h.ok("", "vmchannel", "list", "chg"), "700") {
+	if !strings.Contains(h.OK("", "vmchannel", "list", "chg"), "700") {
 		t.Error("the added vmchannel is not listed")
 	}
 	if out, _ := h.exec("chg", "minivirt-guest request 10.0.2.4:700 early", 60*time.Second); strings.Contains(out, "reply: early") {
 		t.Error("a vmchannel added while running worked before the next start")
 	}
-	h.ok("", "destroy", "chg")
-	h.ok("", "start", "chg")
+	h.OK("", "destroy", "chg")
+	h.OK("", "start", "chg")
 	h.waitLogCount("chg", readyLine, 2, 90*time.Second)
 	if out, rc := h.exec("chg", "minivirt-guest request 10.0.2.4:700 next", 60*time.Second); rc != 0 || !strings.Contains(out, "reply: next") {
 		t.Errorf("after the next start: exit %d, %q", rc, out)
 	}
-	h.ok("", "destroy", "chg")
+	h.OK("", "destroy", "chg")
 }
 
 // TestSupervisorFallback: with the supervisor gone, new guest connections
@@ -381,5 +381,5 @@ func TestSupervisorFallback(t *testing.T) {
 	if u := h.status("fb"); u.Supervised || u.State != "running" {
 		t.Errorf("status: %+v", u)
 	}
-	h.ok("", "destroy", "fb")
+	h.OK("", "destroy", "fb")
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -14,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minivirt/minivirt/internal/testenv"
 	"github.com/minivirt/minivirt/pkg/store"
 )
 
@@ -36,47 +36,16 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// env is one test's private minivirt: its own state and runtime directories.
 type env struct {
-	t        *testing.T
+	testenv.CLI
 	stateDir string
-	runDir   string
 }
 
 func newEnv(t *testing.T) *env {
 	dir := t.TempDir()
-	return &env{t: t, stateDir: filepath.Join(dir, "state"), runDir: filepath.Join(dir, "run")}
-}
-
-func (e *env) cmd(stdin string, args ...string) *exec.Cmd {
-	c := exec.Command(binary, args...)
-	c.Env = append(os.Environ(), "MINIVIRT_STATE_DIR="+e.stateDir, "MINIVIRT_RUN_DIR="+e.runDir)
-	c.Stdin = strings.NewReader(stdin)
-	return c
-}
-
-// run runs minivirt and returns stdout, stderr and the exit status.
-func (e *env) run(stdin string, args ...string) (string, string, int) {
-	e.t.Helper()
-	c := e.cmd(stdin, args...)
-	var out, errb bytes.Buffer
-	c.Stdout, c.Stderr = &out, &errb
-	err := c.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		e.t.Fatalf("minivirt %v: %v", args, err)
-	}
-	return out.String(), errb.String(), code
-}
-
-func (e *env) ok(stdin string, args ...string) string {
-	e.t.Helper()
-	out, errs, code := e.run(stdin, args...)
-	if code != 0 {
-		e.t.Fatalf("minivirt %s: exit %d: %s", strings.Join(args, " "), code, errs)
-	}
-	return out
+	state := filepath.Join(dir, "state")
+	return &env{CLI: testenv.CLI{T: t, Binary: binary, StateDir: state, RunDir: filepath.Join(dir, "run")}, stateDir: state}
 }
 
 func domainXML(name, devices string) string {
@@ -86,13 +55,13 @@ func domainXML(name, devices string) string {
 
 func TestDefineDumpxmlRoundTrip(t *testing.T) {
 	e := newEnv(t)
-	out := e.ok("", "define", "../../examples/libvirt-style.xml")
+	out := e.OK("", "define", "../../examples/libvirt-style.xml")
 	if out != "Domain libvirt-style defined\n" {
 		t.Errorf("define printed %q", out)
 	}
-	first := e.ok("", "dumpxml", "libvirt-style")
-	e.ok(first, "define", "-")
-	second := e.ok("", "dumpxml", "libvirt-style")
+	first := e.OK("", "dumpxml", "libvirt-style")
+	e.OK(first, "define", "-")
+	second := e.OK("", "dumpxml", "libvirt-style")
 	if first != second {
 		t.Errorf("define -> dumpxml -> define -> dumpxml differs:\n%s\n---\n%s", first, second)
 	}
@@ -100,21 +69,21 @@ func TestDefineDumpxmlRoundTrip(t *testing.T) {
 
 func TestRedefineKeepsUUID(t *testing.T) {
 	e := newEnv(t)
-	e.ok(domainXML("keep", ""), "define", "-")
+	e.OK(domainXML("keep", ""), "define", "-")
 	uuid := listed(t, e)["keep"]
-	e.ok(domainXML("keep", `<interface type='user'/>`), "define", "-")
+	e.OK(domainXML("keep", `<interface type='user'/>`), "define", "-")
 	if got := listed(t, e)["keep"]; got != uuid {
 		t.Errorf("redefine changed uuid %s to %s", uuid, got)
 	}
 	other := strings.Replace(domainXML("keep", ""), "<os>", "<uuid>6c3b1f0e-8a4d-4f6b-9c2e-1d7a5b3e9f40</uuid><os>", 1)
-	if _, errs, code := e.run(other, "define", "-"); code == 0 || !strings.Contains(errs, "already exists with uuid "+uuid) {
+	if _, errs, code := e.Run(other, "define", "-"); code == 0 || !strings.Contains(errs, "already exists with uuid "+uuid) {
 		t.Errorf("redefining with another uuid: exit %d, %q", code, errs)
 	}
 }
 
 func listed(t *testing.T, e *env) map[string]string {
 	t.Helper()
-	out := e.ok("", "list", "--all", "-o", "json")
+	out := e.OK("", "list", "--all", "-o", "json")
 	var items []listItem
 	if err := jsonUnmarshal(out, &items); err != nil {
 		t.Fatalf("list -o json: %v: %s", err, out)
@@ -133,10 +102,10 @@ func listed(t *testing.T, e *env) map[string]string {
 // non-zero exit, and leaves the stored domains byte for byte as they were.
 func TestBadInput(t *testing.T) {
 	e := newEnv(t)
-	e.ok("", "define", "../../examples/demo.xml")
-	e.ok("", "define", "../../examples/channels.xml")
-	before := e.ok("", "list", "--all", "-o", "json")
-	dumpBefore := e.ok("", "dumpxml", "demo")
+	e.OK("", "define", "../../examples/demo.xml")
+	e.OK("", "define", "../../examples/channels.xml")
+	before := e.OK("", "list", "--all", "-o", "json")
+	dumpBefore := e.OK("", "dumpxml", "demo")
 	vmc := func(attrs, path string) string {
 		return domainXML("bad", `<interface type='vmchannel'><source `+attrs+`/><target path='`+path+`'/></interface>`)
 	}
@@ -175,7 +144,7 @@ func TestBadInput(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, errs, code := e.run(tt.stdin, tt.args...)
+			out, errs, code := e.Run(tt.stdin, tt.args...)
 			if code == 0 {
 				t.Fatalf("exit 0; stdout %q", out)
 			}
@@ -188,10 +157,10 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
-	if after := e.ok("", "list", "--all", "-o", "json"); after != before {
+	if after := e.OK("", "list", "--all", "-o", "json"); after != before {
 		t.Errorf("bad input changed the store:\n%s\n---\n%s", before, after)
 	}
-	if after := e.ok("", "dumpxml", "demo"); after != dumpBefore {
+	if after := e.OK("", "dumpxml", "demo"); after != dumpBefore {
 		t.Errorf("bad input changed demo:\n%s\n---\n%s", dumpBefore, after)
 	}
 }
@@ -215,7 +184,7 @@ func TestParallelDefines(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			c := e.cmd(domainXML(fmt.Sprintf("par%02d", i), ""), "define", "-")
+			c := e.Command(domainXML(fmt.Sprintf("par%02d", i), ""), "define", "-")
 			if out, err := c.CombinedOutput(); err != nil {
 				errs <- fmt.Sprintf("define par%02d: %v: %s", i, err, out)
 			}
@@ -243,20 +212,20 @@ func TestParallelDefines(t *testing.T) {
 // after each that the file opens and every earlier definition is intact.
 func TestKilledDefine(t *testing.T) {
 	e := newEnv(t)
-	e.ok("", "define", "../../examples/libvirt-style.xml")
-	want := map[string]string{"libvirt-style": e.ok("", "dumpxml", "libvirt-style")}
+	e.OK("", "define", "../../examples/libvirt-style.xml")
+	want := map[string]string{"libvirt-style": e.OK("", "dumpxml", "libvirt-style")}
 	big := strings.Repeat(`<controller type='usb' index='0' model='qemu-xhci'/>`, 2000) // a long write
 	// Kill anywhere from start-up to just past the end of a define. The
 	// window starts at one define's duration and adapts (the machine's load
 	// changes how long a define takes) until some defines were killed and
 	// some landed: only then has the test shown anything.
 	start := time.Now()
-	e.ok(domainXML("calibrate", big), "define", "-")
+	e.OK(domainXML("calibrate", big), "define", "-")
 	window := time.Since(start) * 6 / 5
 	killed, landed, tries := 0, 0, 0
 	for ; tries < 120 && (tries < 30 || killed < 5 || landed < 5); tries++ {
 		name := fmt.Sprintf("k%03d", tries)
-		c := e.cmd(domainXML(name, big), "define", "-")
+		c := e.Command(domainXML(name, big), "define", "-")
 		if err := c.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -299,13 +268,13 @@ func TestKilledDefine(t *testing.T) {
 
 func TestLockTimeout(t *testing.T) {
 	e := newEnv(t)
-	e.ok("", "define", "../../examples/demo.xml")
+	e.OK("", "define", "../../examples/demo.xml")
 	s, err := store.Open(e.stateDir, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	_, errs, code := e.run("", "--lock-timeout", "300ms", "list", "--all")
+	_, errs, code := e.Run("", "--lock-timeout", "300ms", "list", "--all")
 	s.Close()
 	if code == 0 || !strings.Contains(errs, "held by another minivirt process for over 300ms") {
 		t.Errorf("list while the store is held: exit %d, %q", code, errs)
@@ -313,16 +282,16 @@ func TestLockTimeout(t *testing.T) {
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("lock timeout of 300ms took %s", time.Since(start))
 	}
-	e.ok("", "list", "--all") // free again
+	e.OK("", "list", "--all") // free again
 }
 
 func TestVMChannelCommands(t *testing.T) {
 	e := newEnv(t)
-	e.ok(domainXML("vc", ""), "define", "-")
-	e.ok("", "vmchannel", "add", "vc", "--port", "600", "--path", "/run/a b.sock")
-	e.ok("", "vmchannel", "add", "vc", "--port", "601", "--path", "/run/b.sock", "--address", "10.0.2.5", "--proxy", "v2", "--max-connections", "8")
+	e.OK(domainXML("vc", ""), "define", "-")
+	e.OK("", "vmchannel", "add", "vc", "--port", "600", "--path", "/run/a b.sock")
+	e.OK("", "vmchannel", "add", "vc", "--port", "601", "--path", "/run/b.sock", "--address", "10.0.2.5", "--proxy", "v2", "--max-connections", "8")
 	var items []vmchannelItem
-	if err := jsonUnmarshal(e.ok("", "vmchannel", "list", "vc", "-o", "json"), &items); err != nil {
+	if err := jsonUnmarshal(e.OK("", "vmchannel", "list", "vc", "-o", "json"), &items); err != nil {
 		t.Fatal(err)
 	}
 	want := []vmchannelItem{{Address: "10.0.2.4", Port: 600, Path: "/run/a b.sock", MaxConnections: 256},
@@ -330,16 +299,16 @@ func TestVMChannelCommands(t *testing.T) {
 	if fmt.Sprint(items) != fmt.Sprint(want) {
 		t.Errorf("vmchannel list = %+v; want %+v", items, want)
 	}
-	dump := e.ok("", "dumpxml", "vc", "--libvirt")
+	dump := e.OK("", "dumpxml", "vc", "--libvirt")
 	if !strings.Contains(dump, `<target type="guestfwd" address="10.0.2.5" port="601"/>`) || !strings.Contains(dump, `<interface type="user">`) {
 		t.Errorf("libvirt form lacks the guestfwd channel or the user NIC:\n%s", dump)
 	}
-	e.ok("", "vmchannel", "remove", "vc", "--port", "600")
-	if err := jsonUnmarshal(e.ok("", "vmchannel", "list", "vc", "-o", "json"), &items); err != nil || len(items) != 1 || items[0].Port != 601 {
+	e.OK("", "vmchannel", "remove", "vc", "--port", "600")
+	if err := jsonUnmarshal(e.OK("", "vmchannel", "list", "vc", "-o", "json"), &items); err != nil || len(items) != 1 || items[0].Port != 601 {
 		t.Errorf("after remove: %+v, %v", items, err)
 	}
-	e.ok("", "undefine", "vc")
-	if out := e.ok("", "list", "--all", "-o", "json"); strings.TrimSpace(out) != "[]" {
+	e.OK("", "undefine", "vc")
+	if out := e.OK("", "list", "--all", "-o", "json"); strings.TrimSpace(out) != "[]" {
 		t.Errorf("after undefine: %s", out)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"testing"
 	"time"
 )
 
@@ -122,4 +123,67 @@ func Mentioning(s string) func([]string) bool {
 		}
 		return false
 	}
+}
+
+// CLI runs a minivirt binary against its own state and runtime directories.
+type CLI struct {
+	T                testing.TB
+	Binary           string
+	StateDir, RunDir string
+	Env              []string // more environment, as KEY=VALUE
+}
+
+// Command returns the command for one minivirt invocation.
+func (c CLI) Command(stdin string, args ...string) *exec.Cmd {
+	cmd := exec.Command(c.Binary, args...)
+	cmd.Env = append(append(os.Environ(), "MINIVIRT_STATE_DIR="+c.StateDir, "MINIVIRT_RUN_DIR="+c.RunDir), c.Env...)
+	cmd.Stdin = strings.NewReader(stdin)
+	return cmd
+}
+
+// Run runs minivirt and returns stdout, stderr and the exit status.
+func (c CLI) Run(stdin string, args ...string) (string, string, int) {
+	c.T.Helper()
+	cmd := c.Command(stdin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		c.T.Fatalf("minivirt %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// OK runs minivirt, fails the test unless it exits 0, and returns stdout.
+func (c CLI) OK(stdin string, args ...string) string {
+	c.T.Helper()
+	out, errs, code := c.Run(stdin, args...)
+	if code != 0 {
+		c.T.Fatalf("minivirt %s: exit %d: %s", strings.Join(args, " "), code, errs)
+	}
+	return out
+}
+
+// PrepareRig builds what a test of pkg/rig needs: the minivirt binary,
+// exported as $MINIVIRT_BIN (the vmchannel helper), and the tiny guest,
+// whose directory it returns. cleanup removes the binary.
+func PrepareRig() (guestDir string, cleanup func(), err error) {
+	dir, err := os.MkdirTemp("", "minivirt-rig")
+	if err != nil {
+		return "", nil, err
+	}
+	cleanup = func() { os.RemoveAll(dir) }
+	bin, err := Minivirt(dir)
+	if err == nil {
+		os.Setenv("MINIVIRT_BIN", bin)
+		guestDir, err = Guest()
+	}
+	if err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	return guestDir, cleanup, nil
 }

@@ -19,20 +19,14 @@ var guestDir string
 // TestMain provides what the example needs: the minivirt binary (the
 // vmchannel helper) and the tiny guest.
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "minivirt-rig")
-	if err == nil {
-		var bin string
-		if bin, err = testenv.Minivirt(dir); err == nil {
-			os.Setenv("MINIVIRT_BIN", bin)
-			guestDir, err = testenv.Guest()
-		}
-	}
+	dir, cleanup, err := testenv.PrepareRig()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "rig:", err)
 		os.Exit(1)
 	}
+	guestDir = dir
 	code := m.Run()
-	os.RemoveAll(dir)
+	cleanup()
 	os.Exit(code)
 }
 

@@ -9,7 +9,7 @@ missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-command -v go >/dev/null || { echo "minivirt: Go is not installed; install Go 1.22 or newer (https://go.dev/doc/install)" >&2; exit 1; }
+command -v go >/dev/null || { echo "minivirt: Go is not installed; install Go 1.26 or newer (https://go.dev/doc/install)" >&2; exit 1; }
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}"

@@ -444,7 +444,11 @@ func (a *app) statusCommand() *cobra.Command {
 				fmt.Fprintf(w, "Detail:      %s\n", r.Detail)
 			}
 			if o.Active() {
-				fmt.Fprintf(w, "Accel:       %s\nNetwork:     %s\nQEMU pid:    %d\n", r.Accel, r.Network, r.QEMUPID)
+				network := r.Network
+				if network == "" {
+					network = "none"
+				}
+				fmt.Fprintf(w, "Accel:       %s\nNetwork:     %s\nQEMU pid:    %d\n", r.Accel, network, r.QEMUPID)
 				if r.Supervised {
 					fmt.Fprintf(w, "Supervisor:  pid %d\n", r.SupervisorPID)
 				} else {

@@ -458,7 +458,10 @@ func (s *supervisor) handle(ctx context.Context, req Request) Response {
 		}
 		return Response{Status: st}
 	case OpShutdown, OpReboot:
+		// Asked before the button is pressed: the guest's SHUTDOWN event
+		// can come before QMP's reply.
 		s.mu.Lock()
+		before := s.st
 		if req.Op == OpShutdown {
 			s.shutdownAsked = true
 			s.st.State, s.st.Reason = store.StateInShutdown, "user"
@@ -467,6 +470,12 @@ func (s *supervisor) handle(ctx context.Context, req Request) Response {
 		}
 		s.mu.Unlock()
 		if err := qmp.SystemPowerdown(callCtx, s.mon); err != nil {
+			s.mu.Lock()
+			s.shutdownAsked, s.rebootAsked = false, false
+			if s.st.State == store.StateInShutdown {
+				s.st.State, s.st.Reason = before.State, before.Reason
+			}
+			s.mu.Unlock()
 			return fail(err)
 		}
 		if req.Op == OpShutdown {

@@ -7,7 +7,7 @@ BIN       := $(BUILD)/minivirt
 FUZZTIME  ?= 5s
 export GOFLAGS ?= -buildvcs=false
 
-.PHONY: all build guest deps test unit fuzz lint demo bench clean
+.PHONY: all build guest deps test go-test fuzz lint demo bench clean
 
 all: build
 
@@ -28,15 +28,15 @@ lint:
 	  if [ -n "$$out" ]; then echo "gofmt would change: $$out"; exit 1; fi
 	$(GO) vet ./...
 
-# Unit tests and the integration tests, which boot the tiny guest under QEMU.
-unit:
+# go test: unit tests, and the integration tests, which boot the tiny guest under QEMU.
+go-test:
 	MINIVIRT_GUEST_DIR=$(BUILD)/guest $(GO) test -count=1 -timeout 15m ./...
 
 # Each fuzz target runs for FUZZTIME: it must find no panic and no round-trip difference.
 fuzz:
 	$(GO) test -run='^$$' -fuzz=FuzzDomain -fuzztime=$(FUZZTIME) ./pkg/domain
 
-test: deps lint guest unit fuzz
+test: deps lint guest go-test fuzz
 
 demo: deps build guest
 	@scripts/demo.sh $(BIN) $(BUILD)/demo-service $(BUILD)/guest

@@ -279,9 +279,23 @@ type service struct {
 	accepted atomic.Int64
 }
 
-// listen starts a service at path; serve runs per connection (nil: reply
-// "reply: " + everything read until the guest's half-close).
+// listen starts a service on the Unix socket path; serve runs per
+// connection (nil: reply "reply: " + everything read until the guest's
+// half-close).
 func listen(t *testing.T, path string, serve func(net.Conn)) *service {
+	t.Helper()
+	return serveOn(t, "unix", path, serve)
+}
+
+// listenTCP starts a service on a loopback TCP port and returns the port:
+// what a guest must not reach except where a test lets it.
+func listenTCP(t *testing.T, serve func(net.Conn)) (*service, int) {
+	t.Helper()
+	s := serveOn(t, "tcp", "127.0.0.1:0", serve)
+	return s, s.l.Addr().(*net.TCPAddr).Port
+}
+
+func serveOn(t *testing.T, network, addr string, serve func(net.Conn)) *service {
 	t.Helper()
 	if serve == nil {
 		serve = func(c net.Conn) {
@@ -290,11 +304,11 @@ func listen(t *testing.T, path string, serve func(net.Conn)) *service {
 			c.Write(append([]byte("reply: "), b...))
 		}
 	}
-	l, err := net.Listen("unix", path)
+	l, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := &service{path: path, l: l}
+	s := &service{path: addr, l: l}
 	t.Cleanup(func() { l.Close() })
 	go func() {
 		for {

@@ -37,24 +37,9 @@ func TestNetstackDHCP(t *testing.T) {
 func TestNetstackIsolation(t *testing.T) {
 	t.Parallel()
 	h := newHost(t)
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tcp.Close()
-	go func() {
-		for {
-			c, err := tcp.Accept()
-			if err != nil {
-				return
-			}
-			t.Error("the host's TCP listener was reached from the guest")
-			c.Close()
-		}
-	}()
+	tcp, port := listenTCP(t, func(c net.Conn) { c.Close() })
 	svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)
 	h.boot(guest{name: "iso", network: "netstack", devices: vmchannelXML(600, svc.path)})
-	port := tcp.Addr().(*net.TCPAddr).Port
 	for _, addr := range []string{fmt.Sprintf("10.0.2.2:%d", port), "10.0.2.2:22", "10.0.2.4:601"} {
 		out, rc := h.exec("iso", "minivirt-guest request "+addr+" probe", time.Minute)
 		if rc == 0 || !strings.Contains(out, "connection refused") {
@@ -65,6 +50,9 @@ func TestNetstackIsolation(t *testing.T) {
 	// inside the supervisor (and this probe never leaves the machine).
 	if out, rc := h.exec("iso", "minivirt-guest request 192.0.2.1:80 probe", time.Minute); rc == 0 {
 		t.Errorf("an outside address answered: %q", out)
+	}
+	if n := tcp.accepted.Load(); n != 0 {
+		t.Errorf("the host's TCP listener was reached %d times from the guest", n)
 	}
 	st := h.status("iso")
 	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(st.QEMUPID) + "/cmdline")

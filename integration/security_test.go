@@ -97,32 +97,16 @@ func (h *host) uuid(name string) string {
 func TestGuestReach(t *testing.T) {
 	t.Parallel()
 	h := newHost(t)
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tcp.Close()
-	reached := make(chan struct{}, 16)
-	go func() {
-		for {
-			c, err := tcp.Accept()
-			if err != nil {
-				return
-			}
-			reached <- struct{}{}
-			c.Close()
-		}
-	}()
+	tcp, port := listenTCP(t, func(c net.Conn) { c.Close() })
 	svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)
 	h.boot(guest{name: "reach", network: "slirp", devices: vmchannelXML(600, svc.path)})
-	port := tcp.Addr().(*net.TCPAddr).Port
 	for _, addr := range []string{fmt.Sprintf("10.0.2.2:%d", port), "10.0.2.2:22", "10.0.2.3:53", "10.0.2.4:601", "10.0.2.5:600"} {
 		if out, rc := h.exec("reach", "minivirt-guest request "+addr+" probe", time.Minute); rc == 0 {
 			t.Errorf("the guest reached %s: exit %d, %q", addr, rc, out)
 		}
 	}
-	if len(reached) > 0 {
-		t.Error("the host's TCP listener was reached from the guest")
+	if n := tcp.accepted.Load(); n != 0 {
+		t.Errorf("the host's TCP listener was reached %d times from the guest", n)
 	}
 	if out, rc := h.exec("reach", "minivirt-guest request 10.0.2.4:600 ok", time.Minute); rc != 0 || !strings.Contains(out, "reply: reply: ok") {
 		t.Errorf("the configured channel: exit %d, %q", rc, out)

@@ -301,23 +301,11 @@ func TestProxyHeader(t *testing.T) {
 func TestIsolation(t *testing.T) {
 	t.Parallel()
 	h := newHost(t)
-	tcp, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tcp.Close()
-	go func() {
-		for {
-			c, err := tcp.Accept()
-			if err != nil {
-				return
-			}
-			io.ReadAll(c)
-			c.Write([]byte("host tcp"))
-			c.Close()
-		}
-	}()
-	port := tcp.Addr().(*net.TCPAddr).Port
+	_, port := listenTCP(t, func(c net.Conn) {
+		io.ReadAll(c)
+		c.Write([]byte("host tcp"))
+		c.Close()
+	})
 	svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)
 	probe := fmt.Sprintf("minivirt-guest request 10.0.2.2:%d probe", port)
 

@@ -470,41 +470,25 @@ func (a *app) logCommand() *cobra.Command {
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			if _, _, err := a.observe(name); err != nil {
+			_, o, err := a.observe(name)
+			if err != nil {
 				return err
 			}
-			f, err := os.Open(filepath.Join(a.logDir(), name+".log"))
-			if errors.Is(err, os.ErrNotExist) {
-				if follow {
-					return fmt.Errorf("domain %s has no console log yet; start it first", name)
-				}
+			path := filepath.Join(a.logDir(), name+".log")
+			if follow {
+				a.followLog(cmd.Context(), path, 0, o)
 				return nil
+			}
+			f, err := os.Open(path)
+			if errors.Is(err, os.ErrNotExist) {
+				return nil // never started: no console output yet
 			}
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			for {
-				if _, err := io.Copy(a.stdout, f); err != nil {
-					return err
-				}
-				if !follow {
-					return nil
-				}
-				_, o, err := a.observe(name)
-				if err != nil {
-					return err
-				}
-				if !o.Active() {
-					_, err := io.Copy(a.stdout, f) // what came while we looked
-					return err
-				}
-				select {
-				case <-cmd.Context().Done():
-					return nil
-				case <-time.After(100 * time.Millisecond):
-				}
-			}
+			_, err = io.Copy(a.stdout, f)
+			return err
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new console output until the domain stops")

@@ -122,7 +122,9 @@ the definition and its logs are removed at the end.`,
 	return cmd
 }
 
-// followLog copies the console log from offset until the supervisor is gone.
+// followLog copies the console log from offset on, as it grows, until the
+// domain's processes are gone (QEMU keeps writing the log without its
+// supervisor) or ctx ends. It serves `log -f` and `run --console`.
 func (a *app) followLog(ctx context.Context, path string, offset int64, o launcher.Observed) {
 	var f *os.File
 	defer func() {
@@ -140,7 +142,7 @@ func (a *app) followLog(ctx context.Context, path string, offset int64, o launch
 		if f != nil {
 			io.Copy(a.stdout, f)
 		}
-		if !proc.Alive(o.Supervisor) {
+		if !proc.Alive(o.Supervisor) && !proc.Alive(o.QEMU) {
 			if f != nil {
 				io.Copy(a.stdout, f) // the last lines before QEMU exited
 			}

@@ -20,6 +20,10 @@ var (
 	UserNet = netip.MustParsePrefix("10.0.2.0/24")
 	// DefaultVMChannelAddress is where a vmchannel listens when no address is given.
 	DefaultVMChannelAddress = netip.MustParseAddr("10.0.2.4")
+	// GatewayAddress is the user network's gateway (and, for QEMU's, the host).
+	GatewayAddress = netip.MustParseAddr("10.0.2.2")
+	// GuestAddress is the address the user network gives the guest by DHCP.
+	GuestAddress = netip.MustParseAddr("10.0.2.15")
 )
 
 // Parse reads one domain definition and normalises it: a uuid is generated

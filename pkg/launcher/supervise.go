@@ -158,7 +158,7 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
-		if s.network, err = usernet.New(s.d.VMChannels(), 0, s.relay.Handle); err != nil {
+		if s.network, err = usernet.New(s.d.VMChannels(), s.relay.Handle); err != nil {
 			conn.Close()
 			return err
 		}

@@ -18,7 +18,7 @@ import (
 
 // serveDHCP answers DHCP on the NIC as QEMU's user network would for its one
 // guest: 10.0.2.15/24, router 10.0.2.2, no DNS server (there is none).
-func serveDHCP(s *stack.Stack, nic tcpip.NICID, mtu int) (*server4.Server, error) {
+func serveDHCP(s *stack.Stack, nic tcpip.NICID) (*server4.Server, error) {
 	var wq waiter.Queue
 	ep, terr := s.NewEndpoint(udp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
 	if terr != nil {
@@ -43,13 +43,13 @@ func serveDHCP(s *stack.Stack, nic tcpip.NICID, mtu int) (*server4.Server, error
 		}
 		reply, err := dhcpv4.NewReplyFromRequest(m,
 			dhcpv4.WithMessageType(kind),
-			dhcpv4.WithYourIP(Guest.AsSlice()),
-			dhcpv4.WithServerIP(Gateway.AsSlice()),
-			dhcpv4.WithOption(dhcpv4.OptServerIdentifier(Gateway.AsSlice())),
+			dhcpv4.WithYourIP(domain.GuestAddress.AsSlice()),
+			dhcpv4.WithServerIP(domain.GatewayAddress.AsSlice()),
+			dhcpv4.WithOption(dhcpv4.OptServerIdentifier(domain.GatewayAddress.AsSlice())),
 			dhcpv4.WithOption(dhcpv4.OptSubnetMask(mask)),
-			dhcpv4.WithOption(dhcpv4.OptRouter(Gateway.AsSlice())),
+			dhcpv4.WithOption(dhcpv4.OptRouter(domain.GatewayAddress.AsSlice())),
 			dhcpv4.WithOption(dhcpv4.OptIPAddressLeaseTime(24*time.Hour)),
-			dhcpv4.WithOption(dhcpv4.Option{Code: dhcpv4.OptionInterfaceMTU, Value: dhcpv4.Uint16(mtu)}),
+			dhcpv4.WithOption(dhcpv4.Option{Code: dhcpv4.OptionInterfaceMTU, Value: dhcpv4.Uint16(MTU)}),
 		)
 		if err != nil {
 			return

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
@@ -27,12 +28,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"github.com/minivirt/minivirt/pkg/domain"
-)
-
-// Addresses of the network, as QEMU's user network has them.
-var (
-	Gateway = netip.MustParseAddr("10.0.2.2")
-	Guest   = netip.MustParseAddr("10.0.2.15")
 )
 
 // gatewayMAC is the stack's own link address (a locally administered one,
@@ -58,10 +53,7 @@ type Network struct {
 
 // New builds the network for a domain's vmchannels and starts accepting on
 // each; connections go to handle.
-func New(channels []domain.VMChannel, mtu int, handle Handler) (*Network, error) {
-	if mtu == 0 {
-		mtu = MTU
-	}
+func New(channels []domain.VMChannel, handle Handler) (*Network, error) {
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
@@ -84,16 +76,18 @@ func New(channels []domain.VMChannel, mtu int, handle Handler) (*Network, error)
 
 	// gVisor answers ARP for every address of the NIC: the gateway and
 	// each vmchannel address.
-	seen := map[netip.Addr]bool{}
+	addrs := []netip.Addr{domain.GatewayAddress}
 	for _, c := range channels {
-		seen[c.Address] = true
+		if !slices.Contains(addrs, c.Address) {
+			addrs = append(addrs, c.Address)
+		}
 	}
-	link := channel.New(1024, uint32(mtu), gatewayMAC)
+	link := channel.New(1024, MTU, gatewayMAC)
 	const nic = 1
 	if err := s.CreateNIC(nic, ethernet.New(link)); err != nil {
 		return nil, fmt.Errorf("netstack: %v", err)
 	}
-	for _, a := range append([]netip.Addr{Gateway}, keys(seen)...) {
+	for _, a := range addrs {
 		pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber,
 			AddressWithPrefix: tcpip.AddrFrom4(a.As4()).WithPrefix()}
 		pa.AddressWithPrefix.PrefixLen = domain.UserNet.Bits()
@@ -106,7 +100,7 @@ func New(channels []domain.VMChannel, mtu int, handle Handler) (*Network, error)
 
 	n := &Network{stack: s, link: link}
 	var err error
-	if n.dhcp, err = serveDHCP(s, nic, mtu); err != nil {
+	if n.dhcp, err = serveDHCP(s, nic); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("netstack: DHCP: %w", err)
 	}
@@ -122,14 +116,6 @@ func New(channels []domain.VMChannel, mtu int, handle Handler) (*Network, error)
 		go n.accept(l, ch, handle)
 	}
 	return n, nil
-}
-
-func keys(m map[netip.Addr]bool) []netip.Addr {
-	var out []netip.Addr
-	for k := range m {
-		out = append(out, k)
-	}
-	return out
 }
 
 func (n *Network) accept(l net.Listener, ch netip.AddrPort, handle Handler) {

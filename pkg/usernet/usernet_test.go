@@ -20,7 +20,7 @@ import (
 // other, as QEMU would hold it.
 func qemuEnd(t *testing.T, channels []domain.VMChannel) net.Conn {
 	t.Helper()
-	n, err := New(channels, 0, func(netip.AddrPort, net.Conn, netip.AddrPort) error { return nil })
+	n, err := New(channels, func(netip.AddrPort, net.Conn, netip.AddrPort) error { return nil })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func arpRequest(ip netip.Addr) []byte {
 	f.Write([]byte{0x08, 0x06})                               // ARP
 	f.Write([]byte{0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01}) // Ethernet/IPv4, request
 	f.Write(guestMAC)
-	g := Guest.As4()
+	g := domain.GuestAddress.As4()
 	f.Write(g[:])
 	f.Write(make([]byte, 6))
 	a := ip.As4()
@@ -117,7 +117,7 @@ func TestARP(t *testing.T) {
 // TestOversizedFrame: a frame longer than any MTU ends the link instead of
 // making the supervisor allocate what the length says.
 func TestOversizedFrame(t *testing.T) {
-	n, err := New(nil, 0, func(netip.AddrPort, net.Conn, netip.AddrPort) error { return nil })
+	n, err := New(nil, func(netip.AddrPort, net.Conn, netip.AddrPort) error { return nil })
 	if err != nil {
 		t.Fatal(err)
 	}

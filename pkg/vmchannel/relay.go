@@ -181,14 +181,11 @@ func closeWrite(c net.Conn) error {
 	return c.Close()
 }
 
-// GuestAddress is the guest's address on QEMU's user network. QEMU's
-// guestfwd does not tell the helper the guest's port, so a PROXY header from
-// that path carries this address and port 0.
-var GuestAddress = netip.MustParseAddr("10.0.2.15")
-
 func writeProxyHeader(w io.Writer, id Identity, src, dst netip.AddrPort) error {
 	if !src.IsValid() {
-		src = netip.AddrPortFrom(GuestAddress, 0)
+		// QEMU's guestfwd does not tell the helper the guest's port: the
+		// header carries the guest's address and port 0.
+		src = netip.AddrPortFrom(domain.GuestAddress, 0)
 	}
 	h := proxyproto.HeaderProxyFromAddrs(2, net.TCPAddrFromAddrPort(src), net.TCPAddrFromAddrPort(dst))
 	if err := h.SetTLVs([]proxyproto.TLV{

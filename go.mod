@@ -3,7 +3,6 @@ module github.com/minivirt/minivirt
 go 1.26.0
 
 require (
-	github.com/digitalocean/go-qemu v0.0.0-20250212194115-ee9b0668d242
 	github.com/insomniacslk/dhcp v0.0.0-20240710054256-ddd8a41251c9
 	github.com/pires/go-proxyproto v0.8.1
 	github.com/spf13/cobra v1.10.2
@@ -13,7 +12,6 @@ require (
 )
 
 require (
-	github.com/digitalocean/go-libvirt v0.0.0-20220804181439-8648fbde413e // indirect
 	github.com/google/btree v1.1.2 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
 	github.com/pierrec/lz4/v4 v4.1.14 // indirect

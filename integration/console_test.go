@@ -117,17 +117,20 @@ func TestStaleRecord(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		os.MkdirAll(h.runDirOf("stale"), 0o700) // a run directory left by a host crash
+		staleRunDir(t, h.runDirOf("stale"), ids[1]) // left by a host crash
 		if out := h.OK("", "list"); strings.Contains(out, "stale") {
 			t.Errorf("a record with reused pids is listed as running: %q", out)
 		}
 		if st := h.status("stale"); st.State != "shut off" || st.Reason != "crashed" {
 			t.Errorf("status of a stale record: %+v", st)
 		}
-		if exists(h.runDirOf("stale")) {
-			t.Error("stale run directory kept")
+		if !exists(h.runDirOf("stale")) {
+			t.Error("a read-only command removed the stale run directory")
 		}
 	}
-	h.boot(guest{name: "stale"})
+	h.boot(guest{name: "stale"}) // start cleans the stale directory minivirt made
 	h.OK("", "destroy", "stale")
+	if exists(h.runDirOf("stale")) {
+		t.Error("run directory left after destroy")
+	}
 }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/minivirt/minivirt/internal/testenv"
+	"github.com/minivirt/minivirt/pkg/proc"
 )
 
 var (
@@ -333,4 +334,15 @@ func forNetworks(t *testing.T, test func(t *testing.T, network string)) {
 			test(t, network)
 		})
 	}
+}
+
+// staleRunDir makes the runtime directory a supervisor owner left behind
+// when it died: minivirt's marker and owner file, nothing else.
+func staleRunDir(t *testing.T, dir string, owner proc.ID) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, ".minivirt-rundir"), []byte("made by minivirt\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "supervisor.id"), []byte(fmt.Sprintf("%d %d %s\n", owner.PID, owner.StartTime, owner.BootID)), 0o600)
 }

@@ -245,11 +245,14 @@ func TestSupervisorKilled(t *testing.T) {
 	if st := h.status("u"); st.State != "shut off" || st.Reason != "crashed" {
 		t.Errorf("status after both died: %+v", st)
 	}
-	if exists(h.runDirOf("u")) {
-		t.Error("stale run directory not reconciled")
+	if !exists(h.runDirOf("u")) {
+		t.Error("a read-only command removed the run directory") // only start and destroy may
 	}
-	h.boot(guest{name: "u"})
+	h.boot(guest{name: "u"}) // cleans the stale directory minivirt made
 	h.OK("", "destroy", "u")
+	if exists(h.runDirOf("u")) {
+		t.Error("run directory left after destroy")
+	}
 }
 
 // TestStartFailure: QEMU refuses to start; start says so in QEMU's words and

@@ -470,7 +470,7 @@ func bareStart(dir string, argv []string) (time.Duration, error) {
 	defer cancel()
 	exited := make(chan struct{})
 	go func() { cmd.Process.Wait(); close(exited) }()
-	var m *qmp.Socket
+	var m *qmp.Conn
 	var err error
 	for m == nil {
 		if m, err = qmp.Dial(ctx, qmpPath); err != nil {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/minivirt/minivirt/pkg/manager"
 	"github.com/minivirt/minivirt/pkg/store"
 )
 
@@ -21,6 +22,8 @@ type app struct {
 
 	stateDir, runDir string
 	lockTimeout      time.Duration
+
+	mgr *manager.Manager // the lifecycle engine, once the directories are known
 }
 
 func (a *app) resolveDirs() error {
@@ -29,17 +32,18 @@ func (a *app) resolveDirs() error {
 		return err
 	}
 	a.stateDir, a.runDir = d.state, d.run
-	return nil
-}
-
-// withStore opens the state database for the duration of fn.
-func (a *app) withStore(fn func(*store.Store) error) error {
-	s, err := store.Open(a.stateDir, a.lockTimeout)
+	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
-	defer s.Close()
-	return fn(s)
+	a.mgr = &manager.Manager{StateDir: a.stateDir, RunDir: a.runDir, LockTimeout: a.lockTimeout,
+		Spawn: manager.Detached{Binary: self, Args: a.superviseArgs}}
+	return nil
+}
+
+// superviseArgs is the command line of a detached supervisor.
+func (a *app) superviseArgs(m *manager.Manager, name string) []string {
+	return []string{"--state-dir", m.StateDir, "--run-dir", m.RunDir, "--lock-timeout", m.LockTimeout.String(), supervisorCommand, name}
 }
 
 func (a *app) warn(format string, args ...any) {

@@ -300,7 +300,7 @@ func TestVMChannelCommands(t *testing.T) {
 		t.Errorf("vmchannel list = %+v; want %+v", items, want)
 	}
 	dump := e.OK("", "dumpxml", "vc", "--libvirt")
-	if !strings.Contains(dump, `<target type="guestfwd" address="10.0.2.5" port="601"/>`) || !strings.Contains(dump, `<interface type="user">`) {
+	if !strings.Contains(dump, `<target type="guestfwd" address="10.0.2.5" port="601"></target>`) || !strings.Contains(dump, `<interface type="user">`) {
 		t.Errorf("libvirt form lacks the guestfwd channel or the user NIC:\n%s", dump)
 	}
 	e.OK("", "vmchannel", "remove", "vc", "--port", "600")
@@ -330,7 +330,7 @@ func TestResolveDirs(t *testing.T) {
 	}{
 		{"root defaults", "", "", envOf(), 0, "/var/lib/minivirt", "/run/minivirt"},
 		{"user xdg", "", "", envOf("HOME", "/home/u", "XDG_DATA_HOME", "/d", "XDG_RUNTIME_DIR", "/run/user/1000"), 1000, "/d/minivirt", "/run/user/1000/minivirt"},
-		{"user fallback", "", "", envOf("HOME", "/home/u"), 1000, "/home/u/.local/share/minivirt", "/tmp/minivirt-1000"},
+		{"user fallback", "", "", envOf("HOME", "/home/u"), 1000, "/home/u/.local/share/minivirt", "/home/u/.local/share/minivirt/run"},
 		{"environment", "", "", envOf("MINIVIRT_STATE_DIR", "/s", "MINIVIRT_RUN_DIR", "/r"), 0, "/s", "/r"},
 		{"flags win", "/fs", "/fr", envOf("MINIVIRT_STATE_DIR", "/s", "MINIVIRT_RUN_DIR", "/r"), 1000, "/fs", "/fr"},
 	}

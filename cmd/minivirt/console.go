@@ -23,10 +23,14 @@ func (a *app) consoleCommand() *cobra.Command {
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			if _, _, err := a.running(name); err != nil {
-				return err
+			_, o, err := a.mgr.Observe(name)
+			if err != nil {
+				return userError(err)
 			}
-			conn, err := net.Dial("unix", launcher.PathsIn(a.domainRunDir(name)).Console)
+			if !o.Active() || !o.QEMUAlive {
+				return fmt.Errorf("domain %s is not running", name)
+			}
+			conn, err := net.Dial("unix", launcher.PathsIn(a.mgr.DomainRunDir(name)).Console)
 			if err != nil {
 				return fmt.Errorf("console %s: %w", name, err)
 			}

@@ -10,7 +10,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/minivirt/minivirt/pkg/domain"
-	"github.com/minivirt/minivirt/pkg/store"
 )
 
 func (a *app) defineCommand() *cobra.Command {
@@ -26,16 +25,15 @@ func (a *app) defineCommand() *cobra.Command {
 			for _, w := range d.Warnings() {
 				a.warn("domain %s: %s", d.Name, w)
 			}
-			return a.withStore(func(s *store.Store) error {
-				if _, err := s.Define(d); err != nil {
-					return err
-				}
-				fmt.Fprintf(a.stdout, "Domain %s defined\n", d.Name)
-				if rt, err := s.GetRuntime(d.Name); err == nil && rt.Active() {
-					a.warn("domain %s is %s: the new definition takes effect at its next start", d.Name, rt.State)
-				}
-				return nil
-			})
+			_, running, err := a.mgr.Define(d)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "Domain %s defined\n", d.Name)
+			if running != "" {
+				a.warn("domain %s is %s: the new definition takes effect at its next start", d.Name, running)
+			}
+			return nil
 		},
 	}
 }
@@ -76,20 +74,11 @@ func (a *app) undefineCommand() *cobra.Command {
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			return a.withStore(func(s *store.Store) error {
-				rt, err := s.GetRuntime(name)
-				if err != nil {
-					return userError(err)
-				}
-				if rt.Active() {
-					return fmt.Errorf("domain %s is %s; destroy it first: minivirt destroy %s", name, rt.State, name)
-				}
-				if err := s.Undefine(name); err != nil {
-					return userError(err)
-				}
-				fmt.Fprintf(a.stdout, "Domain %s has been undefined\n", name)
-				return nil
-			})
+			if err := a.mgr.Undefine(name); err != nil {
+				return userError(err)
+			}
+			fmt.Fprintf(a.stdout, "Domain %s has been undefined\n", name)
+			return nil
 		},
 	}
 }
@@ -101,21 +90,19 @@ func (a *app) dumpxmlCommand() *cobra.Command {
 		Short: "Write a domain's XML (minivirt's form, or libvirt's with --libvirt)",
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return a.withStore(func(s *store.Store) error {
-				d, err := s.Get(args[0])
-				if err != nil {
-					return userError(err)
-				}
-				out, err := d.XML()
-				if libvirt {
-					out, err = d.LibvirtXML()
-				}
-				if err != nil {
-					return err
-				}
-				_, err = a.stdout.Write(out)
+			d, err := a.mgr.Get(args[0])
+			if err != nil {
+				return userError(err)
+			}
+			out, err := d.XML()
+			if libvirt {
+				out, err = d.LibvirtXML()
+			}
+			if err != nil {
 				return err
-			})
+			}
+			_, err = a.stdout.Write(out)
+			return err
 		},
 	}
 	cmd.Flags().BoolVar(&libvirt, "libvirt", false, "write libvirt's form: vmchannels as guestfwd <channel> elements")

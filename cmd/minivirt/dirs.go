@@ -3,13 +3,13 @@ package main
 import (
 	"fmt"
 	"path/filepath"
-	"strconv"
 )
 
 type dirs struct{ state, run string }
 
 // resolveDirs applies design.md's rules: flag, else environment, else the
-// default for root or for another user.
+// default for root or for another user; a user without XDG_RUNTIME_DIR gets
+// a run directory inside the state directory.
 func resolveDirs(stateFlag, runFlag string, getenv func(string) string, uid int) (dirs, error) {
 	d := dirs{state: stateFlag, run: runFlag}
 	if d.state == "" {
@@ -37,7 +37,9 @@ func resolveDirs(stateFlag, runFlag string, getenv func(string) string, uid int)
 		case getenv("XDG_RUNTIME_DIR") != "":
 			d.run = filepath.Join(getenv("XDG_RUNTIME_DIR"), "minivirt")
 		default:
-			d.run = "/tmp/minivirt-" + strconv.Itoa(uid)
+			// Not a predictable name under /tmp, which another local user
+			// could create first and so own every socket's parent.
+			d.run = filepath.Join(d.state, "run")
 		}
 	}
 	var err error

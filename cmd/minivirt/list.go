@@ -7,9 +7,6 @@ import (
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
-
-	"github.com/minivirt/minivirt/pkg/launcher"
-	"github.com/minivirt/minivirt/pkg/store"
 )
 
 // listItem is one row of `list -o json`.
@@ -31,36 +28,14 @@ func (a *app) listCommand() *cobra.Command {
 			if err := outputFormat(output); err != nil {
 				return err
 			}
-			var entries []store.Entry
-			err := a.withStore(func(s *store.Store) error {
-				var err error
-				if entries, err = s.List(); err != nil {
-					return err
-				}
-				// A record that claims a running domain is checked against its pids.
-				for i, e := range entries {
-					if !e.Runtime.Active() {
-						continue
-					}
-					d, err := s.Get(e.Name)
-					if err != nil {
-						return err
-					}
-					o, err := launcher.Observe(s, d, a.domainRunDir(e.Name))
-					if err != nil {
-						return err
-					}
-					entries[i].Runtime = o.Runtime
-				}
-				return nil
-			})
+			entries, err := a.mgr.List()
 			if err != nil {
 				return err
 			}
 			items := []listItem{}
 			for _, e := range entries {
-				if all || e.Runtime.Active() {
-					items = append(items, listItem{Name: e.Name, UUID: e.UUID, State: e.Runtime.State, Reason: e.Runtime.Reason})
+				if all || e.Active() {
+					items = append(items, listItem{Name: e.Name, UUID: e.UUID, State: e.State, Reason: e.Reason})
 				}
 			}
 			// One write for the whole list, not one per table cell.

@@ -1,17 +1,14 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/minivirt/minivirt/pkg/domain"
-	"github.com/minivirt/minivirt/pkg/launcher"
-	"github.com/minivirt/minivirt/pkg/store"
+	"github.com/minivirt/minivirt/pkg/supervisor"
 	"github.com/minivirt/minivirt/pkg/vmchannel"
 )
 
@@ -96,26 +93,17 @@ func (a *app) vmchannelRemoveCommand() *cobra.Command {
 	return cmd
 }
 
-// changeDomain applies change to a stored definition and stores it again,
-// all under one open of the store.
+// changeDomain applies change to a stored definition and stores it again.
 func (a *app) changeDomain(name string, change func(*domain.Domain) error, done string) error {
-	return a.withStore(func(s *store.Store) error {
-		d, err := s.Get(name)
-		if err != nil {
-			return userError(err)
-		}
-		if err := change(d); err != nil {
-			return err
-		}
-		if _, err := s.Define(d); err != nil {
-			return err
-		}
-		fmt.Fprintf(a.stdout, "Domain %s: %s\n", name, done)
-		if rt, err := s.GetRuntime(name); err == nil && rt.Active() {
-			a.warn("domain %s is %s: the change takes effect at its next start (QEMU cannot add or remove a guestfwd rule while it runs)", name, rt.State)
-		}
-		return nil
-	})
+	running, err := a.mgr.Change(name, change)
+	if err != nil {
+		return userError(err)
+	}
+	fmt.Fprintf(a.stdout, "Domain %s: %s\n", name, done)
+	if running != "" {
+		a.warn("domain %s is %s: the change takes effect at its next start (QEMU cannot add or remove a guestfwd rule while it runs)", name, running)
+	}
+	return nil
 }
 
 // vmchannelItem is one vmchannel in `vmchannel list -o json` and in
@@ -130,16 +118,12 @@ type vmchannelItem struct {
 }
 
 // vmchannelItems lists d's vmchannels with the counters of its supervisor,
-// when one runs.
-func (a *app) vmchannelItems(ctx context.Context, d *domain.Domain, o launcher.Observed) []vmchannelItem {
+// when one answered.
+func vmchannelItems(d *domain.Domain, live *supervisor.Status) []vmchannelItem {
 	counters := map[string]vmchannel.Counters{}
-	if o.Active() && o.Supervised {
-		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		if resp, err := a.call(ctx, d.Name, launcher.Request{Op: launcher.OpStatus}); err == nil && resp.Status != nil {
-			for _, c := range resp.Status.VMChannels {
-				counters[c.Channel] = c.Counters
-			}
+	if live != nil {
+		for _, c := range live.VMChannels {
+			counters[c.Channel] = c.Counters
 		}
 	}
 	items := []vmchannelItem{}
@@ -166,11 +150,12 @@ func (a *app) vmchannelListCommand() *cobra.Command {
 			if err := outputFormat(output); err != nil {
 				return err
 			}
-			d, o, err := a.observe(args[0])
+			st, err := a.mgr.Status(cmd.Context(), args[0])
 			if err != nil {
-				return err
+				return userError(err)
 			}
-			items := a.vmchannelItems(cmd.Context(), d, o)
+			d, o := st.Domain, st.Observed
+			items := vmchannelItems(d, st.Live)
 			if output == "json" {
 				return a.printJSON(items)
 			}

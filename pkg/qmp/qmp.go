@@ -1,22 +1,27 @@
-// Package qmp is a thin layer over github.com/digitalocean/go-qemu/qmp: typed
-// commands, every call bounded by a context, and events drained at all times.
+// Package qmp speaks QEMU's machine protocol (QMP) on one monitor socket:
+// typed commands, every call bounded by a context, and events drained at all
+// times.
 //
-// go-qemu's event channel is unbuffered and its reader stops (and with it
-// every command) while nobody takes events, so Dial starts a goroutine that
-// moves events into an unbounded queue at once. go-qemu's Run has no deadline;
-// Run here returns when the context ends and closes the monitor, since a
-// command whose answer never came leaves the stream out of step.
+// The transport is its own rather than go-qemu's SocketMonitor, whose
+// line scanner ends its reader for good on a reply over 64 KiB and which
+// cannot tell a late reply from the next one. Here replies of any size are
+// read by a streaming JSON decoder, and every command carries an "id" that
+// QEMU echoes: a command whose caller gave up leaves no trace in the stream,
+// so a time-out never closes the monitor. Only the connection ending does;
+// Lost then reports why.
 package qmp
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"strconv"
 	"sync"
 	"time"
-
-	goqmp "github.com/digitalocean/go-qemu/qmp"
 )
 
 // Event is an asynchronous QMP event.
@@ -32,72 +37,132 @@ type Monitor interface {
 	Run(ctx context.Context, command string, args any) (json.RawMessage, error)
 	// RunRaw sends a complete QMP command and returns QEMU's whole reply.
 	RunRaw(ctx context.Context, command []byte) ([]byte, error)
-	// Events delivers events in order; it is closed when the monitor closes.
+	// Events delivers events in order; it is closed when the monitor is lost.
 	Events() <-chan Event
+	// Lost is closed when the connection has ended; Err then says why.
+	Lost() <-chan struct{}
+	Err() error
 	Close() error
 }
 
-// Socket is a Monitor on QEMU's QMP Unix socket.
-type Socket struct {
-	mon    *goqmp.SocketMonitor
+// ErrClosed is returned by calls on a monitor whose connection has ended.
+var ErrClosed = errors.New("QMP connection closed")
+
+// Conn is a Monitor on one connection to QEMU's QMP socket.
+type Conn struct {
+	c      net.Conn
 	events chan Event
-	once   sync.Once
+	lost   chan struct{}
+
+	writeMu sync.Mutex // one command on the wire at a time
+
+	mu      sync.Mutex
+	nextID  uint64
+	pending map[string]chan []byte
+	err     error // why the connection ended
 }
 
-// Dial connects to the QMP socket at path and negotiates capabilities.
-func Dial(ctx context.Context, path string) (*Socket, error) {
-	timeout := 10 * time.Second
-	if dl, ok := ctx.Deadline(); ok {
-		timeout = time.Until(dl)
-	}
-	type result struct {
-		mon *goqmp.SocketMonitor
-		err error
-	}
-	done := make(chan result, 1)
-	go func() {
-		mon, err := goqmp.NewSocketMonitor("unix", path, timeout)
-		if err == nil {
-			if err = mon.Connect(); err != nil {
-				mon.Disconnect()
-			}
+// Dial connects to the QMP socket at path, reads QEMU's greeting and
+// negotiates capabilities, all before ctx ends.
+func Dial(ctx context.Context, path string) (*Conn, error) {
+	var d net.Dialer
+	var c net.Conn
+	var err error
+	for { // QEMU may not listen yet: retry until ctx ends
+		if c, err = d.DialContext(ctx, "unix", path); err == nil {
+			break
 		}
-		done <- result{mon, err}
-	}()
-	var r result
-	select {
-	case r = <-done:
-	case <-ctx.Done():
-		go func() { // close the monitor whenever the handshake ends
-			if r := <-done; r.err == nil {
-				r.mon.Disconnect()
-			}
-		}()
-		return nil, fmt.Errorf("QMP %s: %w", path, ctx.Err())
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("QMP %s: %w", path, err)
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
-	if r.err != nil {
-		return nil, fmt.Errorf("QMP %s: %w", path, r.err)
-	}
-	in, err := r.mon.Events(context.Background())
+	m, err := newConn(ctx, c)
 	if err != nil {
-		r.mon.Disconnect()
+		c.Close()
+		return nil, fmt.Errorf("QMP %s: %w", path, err)
+	}
+	return m, nil
+}
+
+// NewConn runs QMP's greeting and capability negotiation on c, which the
+// returned Conn then owns.
+func NewConn(ctx context.Context, c net.Conn) (*Conn, error) { return newConn(ctx, c) }
+
+func newConn(ctx context.Context, c net.Conn) (*Conn, error) {
+	m := &Conn{c: c, events: make(chan Event), lost: make(chan struct{}), pending: map[string]chan []byte{}}
+	dec := json.NewDecoder(bufio.NewReader(c))
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(time.Now()) })
+	var greeting struct {
+		QMP *json.RawMessage `json:"QMP"`
+	}
+	err := dec.Decode(&greeting)
+	stop()
+	c.SetReadDeadline(time.Time{})
+	if err != nil {
+		return nil, fmt.Errorf("reading the greeting: %w", err)
+	}
+	if greeting.QMP == nil {
+		return nil, errors.New("no QMP greeting: is this a QMP socket?")
+	}
+	queue := make(chan Event)
+	go m.read(dec, queue)
+	go drain(queue, m.events)
+	if _, err := m.Run(ctx, "qmp_capabilities", nil); err != nil {
+		m.Close()
 		return nil, err
 	}
-	s := &Socket{mon: r.mon, events: make(chan Event)}
-	go s.drain(in)
-	return s, nil
+	return m, nil
 }
 
-// drain moves events from go-qemu into an unbounded queue so that go-qemu's
-// reader never waits for the consumer.
-func (s *Socket) drain(in <-chan goqmp.Event) {
-	defer close(s.events)
+// read takes every message off the connection: replies go to their
+// waiting caller (or nowhere, when the caller gave up), events to the queue.
+func (m *Conn) read(dec *json.Decoder, queue chan<- Event) {
+	defer close(queue)
+	for {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			m.fail(err)
+			return
+		}
+		var head struct {
+			ID        json.RawMessage `json:"id"`
+			Event     string          `json:"event"`
+			Data      map[string]any  `json:"data"`
+			Timestamp struct {
+				Seconds      int64 `json:"seconds"`
+				Microseconds int64 `json:"microseconds"`
+			} `json:"timestamp"`
+		}
+		if err := json.Unmarshal(raw, &head); err != nil {
+			continue // not an object: nothing to route
+		}
+		if head.Event != "" {
+			queue <- Event{Name: head.Event, Data: head.Data,
+				Timestamp: time.Unix(head.Timestamp.Seconds, head.Timestamp.Microseconds*1000)}
+			continue
+		}
+		m.mu.Lock()
+		ch, ok := m.pending[string(head.ID)]
+		delete(m.pending, string(head.ID))
+		m.mu.Unlock()
+		if ok {
+			ch <- raw // buffered: never blocks
+		}
+	}
+}
+
+// drain moves events into an unbounded queue, so the reader never waits for
+// the consumer (a consumer that waits on a reply would otherwise deadlock).
+func drain(in <-chan Event, out chan<- Event) {
+	defer close(out)
 	var queue []Event
 	for in != nil || len(queue) > 0 {
-		var out chan Event
+		var send chan<- Event
 		var next Event
 		if len(queue) > 0 {
-			out, next = s.events, queue[0]
+			send, next = out, queue[0]
 		}
 		select {
 		case e, ok := <-in:
@@ -105,49 +170,130 @@ func (s *Socket) drain(in <-chan goqmp.Event) {
 				in = nil
 				continue
 			}
-			ts := time.Unix(e.Timestamp.Seconds, e.Timestamp.Microseconds*1000)
-			queue = append(queue, Event{Name: e.Event, Data: e.Data, Timestamp: ts})
-		case out <- next:
+			queue = append(queue, e)
+		case send <- next:
 			queue = queue[1:]
 		}
 	}
 }
 
+func (m *Conn) fail(err error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.err != nil {
+		return
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+		err = ErrClosed
+	}
+	m.err = err
+	for id, ch := range m.pending {
+		close(ch)
+		delete(m.pending, id)
+	}
+	close(m.lost)
+}
+
 // Events implements Monitor.
-func (s *Socket) Events() <-chan Event { return s.events }
+func (m *Conn) Events() <-chan Event { return m.events }
+
+// Lost implements Monitor.
+func (m *Conn) Lost() <-chan struct{} { return m.lost }
+
+// Err implements Monitor: nil while the connection is up.
+func (m *Conn) Err() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.err
+}
 
 // Close implements Monitor.
-func (s *Socket) Close() error {
-	var err error
-	s.once.Do(func() { err = s.mon.Disconnect() })
+func (m *Conn) Close() error {
+	err := m.c.Close()
+	m.fail(ErrClosed)
 	return err
 }
 
-// ErrClosed is returned by calls on a monitor that had to be closed.
-var ErrClosed = errors.New("QMP connection closed")
-
-// RunRaw implements Monitor.
-func (s *Socket) RunRaw(ctx context.Context, command []byte) ([]byte, error) {
-	type result struct {
-		out []byte
-		err error
+// RunRaw implements Monitor. The command's own "id", if any, is replaced on
+// the wire by the connection's and put back into the reply.
+func (m *Conn) RunRaw(ctx context.Context, command []byte) ([]byte, error) {
+	var cmd map[string]json.RawMessage
+	if err := json.Unmarshal(command, &cmd); err != nil || cmd["execute"] == nil && cmd["exec-oob"] == nil {
+		return nil, fmt.Errorf("QMP: %q is not a QMP command object", command)
 	}
-	done := make(chan result, 1)
-	go func() {
-		out, err := s.mon.Run(command)
-		done <- result{out, err}
-	}()
+	userID, hadID := cmd["id"]
+
+	m.mu.Lock()
+	if m.err != nil {
+		err := m.err
+		m.mu.Unlock()
+		return nil, err
+	}
+	m.nextID++
+	id := json.RawMessage(strconv.Quote("minivirt-" + strconv.FormatUint(m.nextID, 10)))
+	reply := make(chan []byte, 1)
+	m.pending[string(id)] = reply
+	m.mu.Unlock()
+	forget := func() {
+		m.mu.Lock()
+		delete(m.pending, string(id))
+		m.mu.Unlock()
+	}
+
+	cmd["id"] = id
+	wire, err := json.Marshal(cmd)
+	if err != nil {
+		forget()
+		return nil, err
+	}
+	if err := m.write(ctx, wire); err != nil {
+		forget()
+		return nil, err
+	}
 	select {
-	case r := <-done:
-		return r.out, r.err
+	case out, ok := <-reply:
+		if !ok {
+			return nil, m.Err()
+		}
+		return restoreID(out, userID, hadID)
 	case <-ctx.Done():
-		s.Close()
+		// The reply, when it comes, is matched to nobody and dropped.
+		forget()
 		return nil, fmt.Errorf("QMP: no answer: %w", ctx.Err())
 	}
 }
 
+func (m *Conn) write(ctx context.Context, wire []byte) error {
+	m.writeMu.Lock()
+	defer m.writeMu.Unlock()
+	if dl, ok := ctx.Deadline(); ok {
+		m.c.SetWriteDeadline(dl)
+		defer m.c.SetWriteDeadline(time.Time{})
+	}
+	if _, err := m.c.Write(append(wire, '\n')); err != nil {
+		// A partly written command leaves the stream out of step.
+		m.c.Close()
+		m.fail(fmt.Errorf("writing a command: %w", err))
+		return m.Err()
+	}
+	return nil
+}
+
+func restoreID(reply []byte, userID json.RawMessage, had bool) ([]byte, error) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(reply, &obj); err != nil {
+		return reply, nil
+	}
+	if had {
+		obj["id"] = userID
+	} else {
+		delete(obj, "id")
+	}
+	return json.Marshal(obj)
+}
+
 // Run implements Monitor.
-func (s *Socket) Run(ctx context.Context, command string, args any) (json.RawMessage, error) {
+func (m *Conn) Run(ctx context.Context, command string, args any) (json.RawMessage, error) {
 	cmd := map[string]any{"execute": command}
 	if args != nil {
 		cmd["arguments"] = args
@@ -156,15 +302,22 @@ func (s *Socket) Run(ctx context.Context, command string, args any) (json.RawMes
 	if err != nil {
 		return nil, err
 	}
-	out, err := s.RunRaw(ctx, b)
+	out, err := m.RunRaw(ctx, b)
 	if err != nil {
 		return nil, fmt.Errorf("QMP %s: %w", command, err)
 	}
 	var reply struct {
 		Return json.RawMessage `json:"return"`
+		Error  *struct {
+			Class string `json:"class"`
+			Desc  string `json:"desc"`
+		} `json:"error"`
 	}
 	if err := json.Unmarshal(out, &reply); err != nil {
-		return nil, fmt.Errorf("QMP %s: %w", command, err)
+		return nil, fmt.Errorf("QMP %s: reading the reply: %w", command, err)
+	}
+	if reply.Error != nil {
+		return nil, fmt.Errorf("QMP %s: %s: %s", command, reply.Error.Class, reply.Error.Desc)
 	}
 	return reply.Return, nil
 }

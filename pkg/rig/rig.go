@@ -2,9 +2,9 @@
 // vmchannels: describe a guest, listen on its vmchannels, start it, wait for
 // console lines or connections, and let the test's cleanup tear it all down.
 //
-// A rig is minivirt itself, not a second launcher: it defines the domain in
-// a private bbolt store and runs the same supervisor the CLI runs, inside
-// the test process. QEMU is tied to that process, so nothing outlives a test,
+// A rig is minivirt itself, not a second launcher: it drives the same
+// lifecycle engine (pkg/manager) as the command line, on a private bbolt
+// store, and runs the same supervisor inside the test process. QEMU is tied to that process, so nothing outlives a test,
 // even one that is killed. `minivirt status`, `log` and `console` work on a
 // rig's domain given its state and run directories (VM.StateDir, VM.RunDir).
 //
@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log"
 	"net"
 	"net/netip"
 	"os"
@@ -34,7 +33,7 @@ import (
 	"time"
 
 	"github.com/minivirt/minivirt/pkg/domain"
-	"github.com/minivirt/minivirt/pkg/launcher"
+	"github.com/minivirt/minivirt/pkg/manager"
 	"github.com/minivirt/minivirt/pkg/store"
 )
 
@@ -138,10 +137,11 @@ type VM struct {
 	RunDir   string // the private minivirt runtime directory
 	Warnings []string
 
+	mgr       *manager.Manager
 	dir       string
 	listeners []net.Listener
 	logPath   string
-	supervise chan error // Supervise's result, once QEMU has exited
+	done      chan struct{} // closed once QEMU has exited and the supervisor returned
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -160,63 +160,28 @@ func (b *Builder) Start(ctx context.Context) (*VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	qemu, err := exec.LookPath("qemu-system-x86_64")
-	if err != nil {
-		return nil, fmt.Errorf("qemu-system-x86_64 not found: install the Debian package qemu-system-x86")
+	if _, err := exec.LookPath(manager.QEMUBinary); err != nil {
+		return nil, fmt.Errorf("%s not found: install the Debian package qemu-system-x86", manager.QEMUBinary)
 	}
 	vm := &VM{Name: d.Name, StateDir: filepath.Join(b.dir, "state"), RunDir: filepath.Join(b.dir, "run"), dir: b.dir,
-		listeners: b.listeners, supervise: make(chan error, 1)}
-	vm.logPath = filepath.Join(vm.StateDir, "logs", d.Name+".log")
-	openStore := func() (*store.Store, error) { return store.Open(vm.StateDir, 10*time.Second) }
-	st, err := openStore()
-	if err != nil {
+		listeners: b.listeners, done: make(chan struct{})}
+	vm.mgr = &manager.Manager{StateDir: vm.StateDir, RunDir: vm.RunDir, LockTimeout: 10 * time.Second,
+		Spawn: manager.InProcess{
+			Self: self,
+			Log: func(name string) (io.WriteCloser, error) {
+				if err := os.MkdirAll(vm.mgr.LogDir(), 0o700); err != nil {
+					return nil, err
+				}
+				return os.OpenFile(filepath.Join(vm.mgr.LogDir(), name+".supervisor.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+			},
+			OnExit: func(string, error) { close(vm.done) },
+		}}
+	vm.logPath = vm.mgr.ConsoleLog(d.Name)
+	if _, _, err := vm.mgr.Define(d); err != nil {
 		return nil, err
 	}
-	_, err = st.Define(d)
-	st.Close()
-	if err != nil {
+	if vm.Warnings, err = vm.mgr.Start(ctx, d.Name); err != nil {
 		return nil, err
-	}
-	logDir := filepath.Join(vm.StateDir, "logs")
-	if err := os.MkdirAll(logDir, 0o700); err != nil {
-		return nil, err
-	}
-	supLog, err := os.OpenFile(filepath.Join(logDir, d.Name+".supervisor.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	kvm, why := launcher.DetectKVM(os.Getenv)
-	ready := make(chan error, 1)
-	cfg := launcher.Config{
-		Domain: d,
-		Env: launcher.Env{QEMU: qemu, Self: self, RunDir: filepath.Join(vm.RunDir, d.Name), LogDir: logDir,
-			KVM: kvm, KVMReason: why},
-		OpenStore: openStore,
-		Ready: func(w []string, err error) {
-			vm.Warnings = w
-			ready <- err
-		},
-		Log:           log.New(supLog, "supervisor "+d.Name+": ", log.LstdFlags|log.Lmicroseconds),
-		DieWithParent: true,
-	}
-	go func() {
-		err := launcher.Supervise(context.Background(), cfg)
-		supLog.Close()
-		vm.supervise <- err
-	}()
-	select {
-	case err := <-ready:
-		if err != nil {
-			return nil, fmt.Errorf("start %s: %w", d.Name, err)
-		}
-	case <-ctx.Done():
-		// Supervise still owns the start; once it has QEMU, destroy it.
-		go func() {
-			if <-ready == nil {
-				vm.Destroy()
-			}
-		}()
-		return nil, ctx.Err()
 	}
 	return vm, nil
 }
@@ -234,25 +199,29 @@ func minivirtBinary(given string) (string, error) {
 	return filepath.Abs(p)
 }
 
-func (vm *VM) control(ctx context.Context, op string) error {
-	_, err := launcher.Call(ctx, launcher.PathsIn(filepath.Join(vm.RunDir, vm.Name)).Control, launcher.Request{Op: op})
-	return err
-}
+// Manager is the lifecycle engine of the rig's private state directory:
+// every minivirt verb on the guest, as the command line has them.
+func (vm *VM) Manager() *manager.Manager { return vm.mgr }
 
 // Destroy stops the guest at once.
 func (vm *VM) Destroy() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := vm.control(ctx, launcher.OpDestroy); err != nil && vm.running() {
+	if _, err := vm.mgr.Destroy(ctx, vm.Name); err != nil && vm.running() {
 		return err
 	}
 	_, err := vm.Wait(ctx)
 	return err
 }
 
-// Shutdown presses the guest's ACPI power button and waits until it is off.
+// Shutdown presses the guest's ACPI power button and waits until it is
+// off, at most until ctx ends.
 func (vm *VM) Shutdown(ctx context.Context) error {
-	if err := vm.control(ctx, launcher.OpShutdown); err != nil {
+	timeout := 10 * time.Minute
+	if dl, ok := ctx.Deadline(); ok {
+		timeout = time.Until(dl)
+	}
+	if err := vm.mgr.Shutdown(ctx, vm.Name, timeout); err != nil {
 		return err
 	}
 	_, err := vm.Wait(ctx)
@@ -261,8 +230,7 @@ func (vm *VM) Shutdown(ctx context.Context) error {
 
 func (vm *VM) running() bool {
 	select {
-	case err := <-vm.supervise:
-		vm.supervise <- err
+	case <-vm.done:
 		return false
 	default:
 		return true
@@ -273,17 +241,11 @@ func (vm *VM) running() bool {
 // State "shut off" with Reason "shutdown" after a clean power-off.
 func (vm *VM) Wait(ctx context.Context) (store.Runtime, error) {
 	select {
-	case err := <-vm.supervise:
-		vm.supervise <- err
+	case <-vm.done:
 	case <-ctx.Done():
 		return store.Runtime{}, ctx.Err()
 	}
-	st, err := store.Open(vm.StateDir, 10*time.Second)
-	if err != nil {
-		return store.Runtime{}, err
-	}
-	defer st.Close()
-	return st.GetRuntime(vm.Name)
+	return vm.mgr.Wait(ctx, vm.Name)
 }
 
 // Close destroys the guest if it still runs and removes everything the rig

@@ -39,11 +39,12 @@ func (r Runtime) Active() bool { return r.State != StateShutoff && r.State != ""
 // shut off.
 func (s *Store) GetRuntime(name string) (Runtime, error) {
 	r := Runtime{State: StateShutoff}
-	err := s.db.View(func(tx *bolt.Tx) error {
-		if tx.Bucket(bucketIndex).Get([]byte(name)) == nil {
+	err := s.view(func(tx *bolt.Tx) error {
+		index, runtime := bucket(tx, bucketIndex), bucket(tx, bucketRuntime)
+		if index == nil || runtime == nil || index.Get([]byte(name)) == nil {
 			return &NotFoundError{name}
 		}
-		data := tx.Bucket(bucketRuntime).Get([]byte(name))
+		data := runtime.Get([]byte(name))
 		if data == nil {
 			return nil
 		}
@@ -63,7 +64,7 @@ func (s *Store) SetRuntime(name string, r Runtime) error {
 // UpdateRuntime reads, changes and writes the runtime record of name in one
 // transaction, so that two processes cannot interleave.
 func (s *Store) UpdateRuntime(name string, change func(*Runtime) error) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketIndex).Get([]byte(name)) == nil {
 			return &NotFoundError{name}
 		}

@@ -45,8 +45,9 @@ func (e *NotFoundError) Is(target error) bool { return target == ErrNotFound }
 
 // Store is an open state database.
 type Store struct {
-	db   *bolt.DB
-	path string
+	db       *bolt.DB // nil: opened read-only before any database existed
+	path     string
+	readOnly bool
 }
 
 // Open opens (creating it when needed) the database in dir, waiting up to
@@ -78,8 +79,59 @@ func Open(dir string, lockTimeout time.Duration) (*Store, error) {
 	return &Store{db: db, path: path}, nil
 }
 
+// OpenReadOnly opens the database in dir for reading only. It takes bbolt's
+// shared lock, so any number of readers run together and none waits for
+// another; a missing database reads as an empty one.
+func OpenReadOnly(dir string, lockTimeout time.Duration) (*Store, error) {
+	path := filepath.Join(dir, FileName)
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return &Store{path: path}, nil
+	}
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout, ReadOnly: true})
+	if errors.Is(err, bolterrors.ErrTimeout) {
+		return nil, fmt.Errorf("state database %s is held by another minivirt process for over %s; try again when it has finished", path, lockTimeout)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("state database %s: %w", path, err)
+	}
+	return &Store{db: db, path: path, readOnly: true}, nil
+}
+
+// view runs fn in a read transaction; a store with no database yet has no
+// buckets, and fn sees nil for each.
+func (s *Store) view(fn func(tx *bolt.Tx) error) error {
+	if s.db == nil {
+		return fn(nil)
+	}
+	return s.db.View(fn)
+}
+
+// errReadOnly is a programming error: a write through a read-only open.
+var errReadOnly = errors.New("state database opened read-only")
+
+// update runs fn in a write transaction.
+func (s *Store) update(fn func(tx *bolt.Tx) error) error {
+	if s.readOnly || s.db == nil {
+		return errReadOnly
+	}
+	return s.db.Update(fn)
+}
+
+// bucket returns the named bucket of tx, or nil.
+func bucket(tx *bolt.Tx, name []byte) *bolt.Bucket {
+	if tx == nil {
+		return nil
+	}
+	return tx.Bucket(name)
+}
+
 // Close releases the database and its lock.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	if s.db == nil {
+		return nil
+	}
+	return s.db.Close()
+}
 
 // Path is the database file.
 func (s *Store) Path() string { return s.path }
@@ -89,7 +141,7 @@ func (s *Store) Path() string { return s.path }
 // must match the stored one, and no two domains share a uuid. On success
 // d.UUID is the uuid stored. created reports a new name.
 func (s *Store) Define(d *domain.Domain) (created bool, err error) {
-	err = s.db.Update(func(tx *bolt.Tx) error {
+	err = s.update(func(tx *bolt.Tx) error {
 		index, uuids := tx.Bucket(bucketIndex), tx.Bucket(bucketUUIDs)
 		if old := index.Get([]byte(d.Name)); old != nil {
 			switch {
@@ -108,6 +160,15 @@ func (s *Store) Define(d *domain.Domain) (created bool, err error) {
 		if err != nil {
 			return err
 		}
+		// What is stored must read back as it was written: a definition
+		// that would not is refused here, not found broken later.
+		back, err := domain.Parse(bytes.NewReader(data))
+		if err != nil {
+			return fmt.Errorf("domain %s: the definition would not read back (%v); nothing was stored", d.Name, err)
+		}
+		if again, err := back.XML(); err != nil || !bytes.Equal(again, data) {
+			return fmt.Errorf("domain %s: the definition does not read back as written; nothing was stored", d.Name)
+		}
 		if err := tx.Bucket(bucketDefs).Put([]byte(d.Name), data); err != nil {
 			return err
 		}
@@ -122,8 +183,12 @@ func (s *Store) Define(d *domain.Domain) (created bool, err error) {
 // Get returns the stored definition of name.
 func (s *Store) Get(name string) (*domain.Domain, error) {
 	var data []byte
-	err := s.db.View(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketDefs).Get([]byte(name))
+	err := s.view(func(tx *bolt.Tx) error {
+		b := bucket(tx, bucketDefs)
+		var v []byte
+		if b != nil {
+			v = b.Get([]byte(name))
+		}
 		if v == nil {
 			return &NotFoundError{name}
 		}
@@ -142,7 +207,7 @@ func (s *Store) Get(name string) (*domain.Domain, error) {
 
 // Undefine removes the definition and runtime record of name.
 func (s *Store) Undefine(name string) error {
-	return s.db.Update(func(tx *bolt.Tx) error {
+	return s.update(func(tx *bolt.Tx) error {
 		index := tx.Bucket(bucketIndex)
 		uuid := index.Get([]byte(name))
 		if uuid == nil {
@@ -170,8 +235,11 @@ type Entry struct {
 // List returns every defined domain, sorted by name.
 func (s *Store) List() ([]Entry, error) {
 	var out []Entry
-	err := s.db.View(func(tx *bolt.Tx) error {
-		rt, index := tx.Bucket(bucketRuntime), tx.Bucket(bucketIndex)
+	err := s.view(func(tx *bolt.Tx) error {
+		rt, index := bucket(tx, bucketRuntime), bucket(tx, bucketIndex)
+		if index == nil || rt == nil {
+			return nil
+		}
 		out = make([]Entry, 0, index.Stats().KeyN) // 10,000 domains: no regrowth
 		return index.ForEach(func(k, v []byte) error {
 			e := Entry{Name: string(k), UUID: string(v), Runtime: Runtime{State: StateShutoff}}

@@ -1,4 +1,4 @@
-package launcher
+package supervisor
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 )
 
 // Control operations the supervisor answers on its control socket. QMP allows
-// one client per monitor, so every CLI command that acts on a running domain
+// one client per monitor, so every command that acts on a running domain
 // goes through the supervisor.
 const (
 	OpStatus   = "status"
@@ -32,16 +32,24 @@ type Request struct {
 
 // Response answers a Request.
 type Response struct {
-	Error  string          `json:"error,omitempty"`
-	Status *Status         `json:"status,omitempty"`
-	QMP    json.RawMessage `json:"qmp,omitempty"`
+	Error string `json:"error,omitempty"`
+	// Starting is set when the supervisor is not ready yet: the request
+	// was not carried out, and may be sent again.
+	Starting bool `json:"starting,omitempty"`
+	// MonitorLost is set when the request failed because the QMP monitor
+	// is lost.
+	MonitorLost bool            `json:"monitor_lost,omitempty"`
+	Status      *Status         `json:"status,omitempty"`
+	QMP         json.RawMessage `json:"qmp,omitempty"`
 }
 
 // Status is the supervisor's view of its domain.
 type Status struct {
-	State      string          `json:"state"`
-	Reason     string          `json:"reason,omitempty"`
-	VMChannels []ChannelStatus `json:"vmchannels,omitempty"`
+	State       string          `json:"state"`
+	Reason      string          `json:"reason,omitempty"`
+	Detail      string          `json:"detail,omitempty"`
+	MonitorLost bool            `json:"monitor_lost,omitempty"`
+	VMChannels  []ChannelStatus `json:"vmchannels,omitempty"`
 }
 
 // ChannelStatus carries one vmchannel's counters.
@@ -49,6 +57,22 @@ type ChannelStatus struct {
 	Channel string `json:"channel"` // ADDR:PORT
 	vmchannel.Counters
 }
+
+// ErrStarting is returned by Call while the supervisor is still starting.
+var ErrStarting = errors.New("the domain is still starting; try again in a moment")
+
+// ErrMonitorLost is wrapped by Call's error when the supervisor could not
+// carry a request out because its QMP monitor is lost.
+var ErrMonitorLost = errors.New("QMP monitor lost")
+
+// remoteError is the supervisor's error, in its words.
+type remoteError struct {
+	msg         string
+	monitorLost bool
+}
+
+func (e *remoteError) Error() string        { return e.msg }
+func (e *remoteError) Is(target error) bool { return target == ErrMonitorLost && e.monitorLost }
 
 // Call sends one request to the control socket at path and waits for the
 // answer, at most until ctx ends.
@@ -71,8 +95,11 @@ func Call(ctx context.Context, path string, req Request) (Response, error) {
 	if err := json.NewDecoder(c).Decode(&resp); err != nil {
 		return Response{}, fmt.Errorf("supervisor: no answer: %w", err)
 	}
+	if resp.Starting {
+		return resp, ErrStarting
+	}
 	if resp.Error != "" {
-		return resp, errors.New(resp.Error)
+		return resp, &remoteError{msg: resp.Error, monitorLost: resp.MonitorLost}
 	}
 	return resp, nil
 }

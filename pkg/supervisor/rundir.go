@@ -1,0 +1,209 @@
+package supervisor
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/minivirt/minivirt/pkg/launcher"
+	"github.com/minivirt/minivirt/pkg/proc"
+)
+
+// A domain's runtime directory holds its supervisor's sockets. minivirt
+// removes only what it made: the directory carries a marker file from the
+// moment it becomes visible, and only the files named here are ever removed
+// from it. Anything else found there stays, and so does the directory.
+const (
+	markerFile = ".minivirt-rundir"
+	ownerFile  = "supervisor.id"
+)
+
+// knownFiles are the only names minivirt removes from a runtime directory.
+func knownFiles(dir string) []string {
+	p := launcher.PathsIn(dir)
+	return []string{p.QMP, p.Console, p.Control, p.Relay, filepath.Join(dir, ownerFile), filepath.Join(dir, markerFile)}
+}
+
+// CheckDir checks a directory minivirt keeps sockets in: a real directory
+// (not a symlink), owned by the user who runs minivirt, that no group or
+// other user can write to. Anything else would let another local user
+// replace the sockets minivirt and QEMU trust.
+func CheckDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("runtime directory %s: %w", dir, unwrap(err))
+	}
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("runtime directory %s is a symbolic link; minivirt uses only a directory of its own: remove the link or give another --run-dir", dir)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("runtime directory %s is not a directory; move it away or give another --run-dir", dir)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if ok && int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("runtime directory %s belongs to uid %d, not to you (uid %d); remove it or give another --run-dir", dir, st.Uid, os.Geteuid())
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("runtime directory %s has mode %04o: others can write to it; run `chmod go-w %s` or give another --run-dir", dir, fi.Mode().Perm(), dir)
+	}
+	return nil
+}
+
+// EnsureRoot creates the runtime root (mode 0700) when it is missing and
+// checks it.
+func EnsureRoot(root string) error {
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return fmt.Errorf("runtime directory %s: %w", root, unwrap(err))
+	}
+	return CheckDir(root)
+}
+
+// DirState is what a domain's runtime directory says of its supervisor.
+type DirState int
+
+// Runtime directory states.
+const (
+	DirAbsent  DirState = iota // no directory
+	DirLive                    // made by minivirt; its supervisor runs
+	DirStale                   // made by minivirt; its supervisor is gone
+	DirForeign                 // not made by minivirt: never touched
+)
+
+// InspectDir tells, without changing anything, what dir is.
+func InspectDir(dir string) (DirState, proc.ID, error) {
+	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
+		return DirAbsent, proc.ID{}, nil
+	}
+	if err := CheckDir(dir); err != nil {
+		return DirForeign, proc.ID{}, err
+	}
+	if _, err := os.Lstat(filepath.Join(dir, markerFile)); err != nil {
+		return DirForeign, proc.ID{}, fmt.Errorf("runtime directory %s was not made by minivirt (no %s in it); move it away", dir, markerFile)
+	}
+	owner, ok := readOwner(dir)
+	if ok && proc.Alive(owner) {
+		return DirLive, owner, nil
+	}
+	return DirStale, owner, nil
+}
+
+// claimDir makes dir, the runtime directory of one domain, for the calling
+// supervisor. The directory is made under a temporary name with its marker
+// and owner inside, then renamed into place without replacing anything: no
+// other command ever sees it half made, so none can take it for stale. A
+// stale directory minivirt made is cleaned first; a live one means the
+// domain runs; anything else is refused and left alone.
+func claimDir(dir string, self proc.ID) error {
+	root := filepath.Dir(dir)
+	if err := EnsureRoot(root); err != nil {
+		return err
+	}
+	var r [6]byte
+	rand.Read(r[:])
+	tmp := filepath.Join(root, "."+filepath.Base(dir)+".claim-"+hex.EncodeToString(r[:]))
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return fmt.Errorf("runtime directory: %w", unwrap(err))
+	}
+	committed := false
+	defer func() {
+		if !committed {
+			os.Remove(filepath.Join(tmp, markerFile))
+			os.Remove(filepath.Join(tmp, ownerFile))
+			os.Remove(tmp)
+		}
+	}()
+	if err := os.WriteFile(filepath.Join(tmp, markerFile), []byte("made by minivirt: the runtime directory of one domain\n"), 0o600); err != nil {
+		return fmt.Errorf("runtime directory: %w", unwrap(err))
+	}
+	if err := writeOwner(tmp, self); err != nil {
+		return err
+	}
+	for attempt := 0; ; attempt++ {
+		err := unix.Renameat2(unix.AT_FDCWD, tmp, unix.AT_FDCWD, dir, unix.RENAME_NOREPLACE)
+		if err == nil {
+			committed = true
+			return nil
+		}
+		if !errors.Is(err, unix.EEXIST) || attempt > 0 {
+			return fmt.Errorf("runtime directory %s: %w", dir, err)
+		}
+		state, owner, err := InspectDir(dir)
+		switch state {
+		case DirLive:
+			return fmt.Errorf("domain is already running (supervisor pid %d)", owner.PID)
+		case DirForeign:
+			return err
+		case DirStale:
+			if err := RemoveDir(dir); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// RemoveDir removes a runtime directory minivirt made: the files it knows,
+// then the directory. Anything else in it stays, and then so does the
+// directory, and the error says so.
+func RemoveDir(dir string) error {
+	if _, err := os.Lstat(filepath.Join(dir, markerFile)); err != nil {
+		return fmt.Errorf("runtime directory %s was not made by minivirt; left as it is", dir)
+	}
+	for _, f := range knownFiles(dir) {
+		if filepath.Base(f) == markerFile {
+			continue // last: the directory stays marked while anything is left
+		}
+		if err := os.Remove(f); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("cleaning %s: %w", dir, unwrap(err))
+		}
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("cleaning %s: %w", dir, unwrap(err))
+	}
+	if len(entries) > 1 {
+		var names []string
+		for _, e := range entries {
+			if e.Name() != markerFile {
+				names = append(names, e.Name())
+			}
+		}
+		return fmt.Errorf("runtime directory %s holds files minivirt did not make (%v); left as it is: move them away", dir, names)
+	}
+	if err := os.Remove(filepath.Join(dir, markerFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("cleaning %s: %w", dir, unwrap(err))
+	}
+	if err := os.Remove(dir); err != nil {
+		return fmt.Errorf("cleaning %s: %w", dir, unwrap(err))
+	}
+	return nil
+}
+
+func writeOwner(dir string, id proc.ID) error {
+	return os.WriteFile(filepath.Join(dir, ownerFile), []byte(fmt.Sprintf("%d %d %s\n", id.PID, id.StartTime, id.BootID)), 0o600)
+}
+
+func readOwner(dir string) (proc.ID, bool) {
+	data, err := os.ReadFile(filepath.Join(dir, ownerFile))
+	if err != nil {
+		return proc.ID{}, false
+	}
+	var id proc.ID
+	_, err = fmt.Sscanf(string(bytes.TrimSpace(data)), "%d %d %s", &id.PID, &id.StartTime, &id.BootID)
+	return id, err == nil
+}
+
+func unwrap(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}

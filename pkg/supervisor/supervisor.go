@@ -1,0 +1,560 @@
+// Package supervisor runs and follows the QEMU process of one domain.
+//
+// A supervisor claims the domain's runtime directory (rundir.go), creates
+// every socket before QEMU starts and hands the listeners to QEMU
+// (sockets.go), starts QEMU with its log (qemu.go), follows QMP events and
+// re-connects a lost monitor, answers the CLI on a control socket
+// (control.go), and records every change of state in the store. What an
+// event or a request leads to is decided by Step (machine.go), a pure
+// function; this file only carries its decisions out.
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/launcher"
+	"github.com/minivirt/minivirt/pkg/proc"
+	"github.com/minivirt/minivirt/pkg/qmp"
+	"github.com/minivirt/minivirt/pkg/store"
+	"github.com/minivirt/minivirt/pkg/usernet"
+	"github.com/minivirt/minivirt/pkg/vmchannel"
+)
+
+// Config is what Run needs.
+type Config struct {
+	Domain *domain.Domain
+	Env    launcher.Env
+	// OpenStore opens the state database; the supervisor holds it only for
+	// the moment of each update.
+	OpenStore func() (*store.Store, error)
+	// Ready is called once: with the start's warnings when the guest CPUs
+	// run, or with the reason the start failed.
+	Ready func(warnings []string, err error)
+	Log   *log.Logger
+	// DieWithParent kills QEMU when the process that runs the supervisor
+	// dies, for supervisors that run inside a test binary: QEMU must not
+	// outlive a test that was killed.
+	DieWithParent bool
+}
+
+// Timeouts of the supervisor's own waits.
+const (
+	qmpConnectTimeout = 30 * time.Second
+	qmpCallTimeout    = 10 * time.Second
+	quitGrace         = 5 * time.Second
+	// finalRecordTimeout bounds the retries of the last record: long
+	// enough to outlast any burst of other minivirt commands.
+	finalRecordTimeout = 5 * time.Minute
+)
+
+type supervisor struct {
+	cfg    Config
+	d      *domain.Domain
+	policy Policy
+	plan   launcher.Plan
+	qemu   *exec.Cmd
+	qemuID proc.ID
+	self   proc.ID
+	relay  *vmchannel.Relay
+	// network is minivirt's own user network, for domain.NetworkNetstack.
+	// QEMU 7.2's -netdev stream cannot reconnect: it lives and dies with
+	// this process.
+	network *usernet.Network
+	// listeners the supervisor serves itself (control, relay): closed by
+	// cleanup, since a rig runs the supervisor inside a longer-lived process.
+	listeners []net.Listener
+	done      chan struct{} // closed when QEMU has exited
+	waited    error         // cmd.Wait's result; read only after done is closed
+	rec       *recorder
+
+	mu      sync.Mutex
+	m       Machine
+	mon     qmp.Monitor // the current QMP connection; replaced when lost
+	ready   bool
+	runtime store.Runtime // the fields of the record that Step does not own
+}
+
+// Run starts the domain's QEMU and follows it until QEMU exits. It creates
+// the runtime directory and every socket before QEMU starts, and removes
+// what it made when QEMU is gone.
+func Run(ctx context.Context, cfg Config) error {
+	s := &supervisor{cfg: cfg, d: cfg.Domain, done: make(chan struct{}),
+		policy: Policy{OnPoweroff: cfg.Domain.OnPoweroff, OnReboot: cfg.Domain.OnReboot, OnCrash: cfg.Domain.OnCrash}}
+	s.rec = newRecorder(cfg.Domain.Name, cfg.OpenStore, cfg.Log)
+	if err := s.start(ctx); err != nil {
+		s.rec.stop()
+		cfg.Ready(nil, err)
+		return err
+	}
+	cfg.Ready(s.plan.Warnings, nil)
+	return s.follow()
+}
+
+func (s *supervisor) logf(format string, args ...any) { s.cfg.Log.Printf(format, args...) }
+
+func (s *supervisor) start(ctx context.Context) (err error) {
+	env := s.cfg.Env
+	if s.self, err = proc.Self(); err != nil {
+		return err
+	}
+	if s.plan, err = launcher.Build(s.d, env); err != nil {
+		return err
+	}
+	warnings, err := CheckHost(s.d)
+	if err != nil {
+		return err
+	}
+	s.plan.Warnings = append(s.plan.Warnings, warnings...)
+	if err := claimDir(env.RunDir, s.self); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			s.cleanup()
+		}
+	}()
+
+	// Every socket exists before QEMU starts; QEMU inherits the listeners
+	// (and, on minivirt's own network, its end of the network's socket).
+	var netEnd, ourEnd *os.File
+	if s.plan.NetFD != 0 {
+		if netEnd, ourEnd, err = socketPair(); err != nil {
+			return err
+		}
+		defer ourEnd.Close() // the network holds its own copy
+	}
+	files, err := s.plan.Files(func(sock launcher.Socket) (*os.File, error) { return listenFile(sock.Path) }, netEnd)
+	if err != nil {
+		if netEnd != nil {
+			netEnd.Close()
+		}
+		return err
+	}
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	// The control socket answers from now on: "starting" until ready.
+	control, err := listenUnix(s.plan.Paths.Control)
+	if err != nil {
+		return err
+	}
+	s.listeners = append(s.listeners, control)
+	go serveControl(control, s.handle)
+	relayListener, err := listenUnix(s.plan.Paths.Relay)
+	if err != nil {
+		return err
+	}
+	s.listeners = append(s.listeners, relayListener)
+	s.relay = vmchannel.New(vmchannel.Identity{Name: s.d.Name, UUID: s.d.UUID}, s.d.VMChannels())
+	go s.relay.Serve(context.Background(), relayListener)
+	if ourEnd != nil {
+		// minivirt's own network: guest connections reach the same relay
+		// without a process per connection.
+		conn, err := net.FileConn(ourEnd)
+		if err != nil {
+			return err
+		}
+		if s.network, err = usernet.New(s.d.VMChannels(), s.relay.Handle); err != nil {
+			conn.Close()
+			return err
+		}
+		go func() {
+			err := s.network.Serve(context.Background(), conn)
+			s.logf("network: QEMU's end closed (%v)", err)
+		}()
+	}
+
+	if err := os.MkdirAll(env.LogDir, 0o700); err != nil {
+		return err
+	}
+	qemuLog, err := os.OpenFile(filepath.Join(env.LogDir, s.d.Name+".qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer qemuLog.Close()
+	logStart, _ := qemuLog.Seek(0, io.SeekEnd)
+	fmt.Fprintf(qemuLog, "minivirt: %s: starting %s\n", time.Now().UTC().Format(time.RFC3339), strings.Join(s.plan.Argv, " "))
+
+	cmd := exec.Command(s.plan.Argv[0], s.plan.Argv[1:]...)
+	cmd.Stdout, cmd.Stderr = qemuLog, qemuLog
+	cmd.ExtraFiles = files
+	cmd.Dir = "/"
+	// QEMU gets its own session: it must outlive a killed supervisor.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if s.cfg.DieWithParent {
+		// The death signal follows the thread that forked: keep this
+		// goroutine on one thread while it does (threads outlive unlocking).
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting QEMU: %w", err)
+	}
+	s.qemu = cmd
+	s.qemuID, _ = proc.Lookup(cmd.Process.Pid)
+	go func() {
+		s.waited = cmd.Wait()
+		close(s.done)
+	}()
+	for _, f := range files { // QEMU has them now
+		f.Close()
+	}
+	files = nil
+
+	// failed ends a start that went wrong, in QEMU's own words.
+	failed := func(what error) error {
+		select {
+		case <-s.done:
+			text, _ := exitText(s.waited)
+			what = fmt.Errorf("QEMU %s", text)
+		case <-time.After(quitGrace):
+			cmd.Process.Kill()
+			<-s.done
+		}
+		return fmt.Errorf("%w: %s", what, qemuWords(qemuLog.Name(), logStart))
+	}
+	dialCtx, cancel := context.WithTimeout(ctx, qmpConnectTimeout)
+	defer cancel()
+	go func() { // stop dialling as soon as QEMU is gone
+		select {
+		case <-s.done:
+			cancel()
+		case <-dialCtx.Done():
+		}
+	}()
+	mon, err := qmp.Dial(dialCtx, s.plan.Paths.QMP)
+	if err != nil {
+		return failed(err)
+	}
+	callCtx, cancel2 := context.WithTimeout(ctx, qmpCallTimeout)
+	defer cancel2()
+	if err := qmp.Cont(callCtx, mon); err != nil {
+		mon.Close()
+		return failed(err)
+	}
+	s.mu.Lock()
+	s.mon, s.m = mon, Booted()
+	s.runtime = store.Runtime{Accel: s.plan.Accel, Network: s.plan.Network, RunDir: env.RunDir, QEMU: s.qemuID, Supervisor: s.self}
+	s.mu.Unlock()
+	// The start is reported only once the store says the domain runs.
+	recCtx, cancel3 := context.WithTimeout(ctx, qmpConnectTimeout)
+	defer cancel3()
+	if err := s.rec.flush(recCtx, s.snapshot()); err != nil {
+		cmd.Process.Kill()
+		<-s.done
+		mon.Close()
+		return fmt.Errorf("recording the running state: %w", err)
+	}
+	s.mu.Lock()
+	s.ready = true
+	s.mu.Unlock()
+	s.logf("QEMU pid %d running (%s)", s.qemuID.PID, s.plan.Accel)
+	go s.followMonitor(mon) // events queued in pkg/qmp until now
+	return nil
+}
+
+// snapshot is the runtime record of the current state.
+func (s *supervisor) snapshot() store.Runtime {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.snapshotLocked()
+}
+
+func (s *supervisor) snapshotLocked() store.Runtime {
+	r := s.runtime
+	r.State, r.Reason, r.Detail = s.m.State, s.m.Reason, s.m.Detail
+	return r
+}
+
+// step applies one input to the state machine, records a changed state and
+// carries out the actions it asks for; it returns the error of a power-button
+// press that failed. It holds no lock while it acts.
+func (s *supervisor) step(in Input) error {
+	s.mu.Lock()
+	before := s.m
+	var actions []Action
+	s.m, actions = Step(s.m, in, s.policy)
+	changed := before.State != s.m.State || before.Reason != s.m.Reason || before.Detail != s.m.Detail
+	if changed {
+		s.runtime.Since = time.Now().UTC()
+	}
+	rt := s.snapshotLocked()
+	s.mu.Unlock()
+	if changed {
+		s.logf("state: %s (%s) %s", rt.State, rt.Reason, rt.Detail)
+		s.rec.set(rt)
+	}
+	var err error
+	for _, a := range actions {
+		if e := s.act(a); e != nil {
+			err = e
+		}
+	}
+	return err
+}
+
+func (s *supervisor) monitor() qmp.Monitor {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mon
+}
+
+func (s *supervisor) act(a Action) error {
+	ctx, cancel := context.WithTimeout(context.Background(), qmpCallTimeout)
+	defer cancel()
+	switch a {
+	case ActPowerdown:
+		if err := qmp.SystemPowerdown(ctx, s.monitor()); err != nil {
+			s.logf("system_powerdown: %v", err)
+			s.step(Input{Kind: ReqPowerdownFailed})
+			return fmt.Errorf("pressing the ACPI power button: %w", err)
+		}
+	case ActResetCont:
+		if err := qmp.SystemReset(ctx, s.monitor()); err != nil {
+			s.logf("system_reset: %v", err)
+		}
+		if err := qmp.Cont(ctx, s.monitor()); err != nil {
+			s.logf("cont: %v", err)
+		}
+	case ActQuit:
+		go s.quit() // its wait must not hold up the event loop
+	}
+	return nil
+}
+
+// quit ends QEMU: QMP quit first, SIGKILL when QEMU does not go within
+// quitGrace or the monitor cannot be used.
+func (s *supervisor) quit() {
+	ctx, cancel := context.WithTimeout(context.Background(), quitGrace)
+	defer cancel()
+	if err := qmp.Quit(ctx, s.monitor()); err != nil && !isClosed(err) {
+		s.logf("quit: %v; killing QEMU", err)
+		s.qemu.Process.Kill()
+	}
+	select {
+	case <-s.done:
+	case <-ctx.Done():
+		s.qemu.Process.Kill()
+	}
+}
+
+func isClosed(err error) bool {
+	return errors.Is(err, qmp.ErrClosed) || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// followMonitor feeds QMP events to the state machine. When the connection
+// is lost while QEMU runs, it says so and dials QEMU's monitor again (QEMU
+// listens for a new client), then asks QEMU what it missed.
+func (s *supervisor) followMonitor(mon qmp.Monitor) {
+	for {
+		for ev := range mon.Events() {
+			s.logf("event %s %v", ev.Name, ev.Data)
+			switch ev.Name {
+			case "SHUTDOWN":
+				reason, _ := ev.Data["reason"].(string)
+				s.step(Input{Kind: EvShutdown, Reason: reason})
+			case "STOP":
+				s.step(Input{Kind: EvStop})
+			case "RESUME":
+				s.step(Input{Kind: EvResume})
+			case "GUEST_PANICKED":
+				s.step(Input{Kind: EvPanic})
+			}
+		}
+		select {
+		case <-s.done:
+			return
+		default:
+		}
+		s.mu.Lock()
+		ending := s.m.Final != nil || s.m.Asked == AskDestroy
+		s.mu.Unlock()
+		if ending { // QEMU closes its monitor on the way out
+			<-s.done
+			return
+		}
+		why := "connection closed"
+		if err := mon.Err(); err != nil {
+			why = err.Error()
+		}
+		s.logf("QMP monitor lost: %s", why)
+		s.step(Input{Kind: EvMonitorLost, Detail: why})
+		if mon = s.redial(); mon == nil {
+			return // QEMU is gone
+		}
+	}
+}
+
+// redial connects to QEMU's monitor again, until it works or QEMU is gone.
+func (s *supervisor) redial() qmp.Monitor {
+	for delay := 50 * time.Millisecond; ; delay = min(2*delay, 2*time.Second) {
+		ctx, cancel := context.WithTimeout(context.Background(), qmpCallTimeout)
+		go func() {
+			select {
+			case <-s.done:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		mon, err := qmp.Dial(ctx, s.plan.Paths.QMP)
+		if err == nil {
+			st, err := qmp.QueryStatus(ctx, mon)
+			cancel()
+			if err == nil {
+				s.mu.Lock()
+				old := s.mon
+				s.mon = mon
+				s.mu.Unlock()
+				old.Close()
+				s.logf("QMP monitor back; QEMU says %s", st.Status)
+				s.step(Input{Kind: EvMonitorBack, Reason: st.Status})
+				return mon
+			}
+			mon.Close()
+		}
+		cancel()
+		select {
+		case <-s.done:
+			return nil
+		case <-time.After(delay):
+		}
+	}
+}
+
+// follow waits for QEMU to exit, cleans up, and records the final state;
+// the record is retried until it lands.
+func (s *supervisor) follow() error {
+	<-s.done
+	text, clean := exitText(s.waited)
+	s.step(Input{Kind: EvExited, Clean: clean, Detail: text})
+	s.monitor().Close()
+	rt := s.snapshot()
+	s.logf("QEMU %s: %s (%s)", text, rt.State, rt.Reason)
+	s.cleanup()
+	ctx, cancel := context.WithTimeout(context.Background(), finalRecordTimeout)
+	defer cancel()
+	rt.QEMU, rt.Supervisor, rt.RunDir = proc.ID{}, proc.ID{}, ""
+	err := s.rec.flush(ctx, rt)
+	s.rec.stop()
+	return err
+}
+
+// cleanup stops serving and removes what this supervisor made: its
+// runtime directory's files and the virtio sockets it bound.
+func (s *supervisor) cleanup() {
+	for _, l := range s.listeners {
+		l.Close()
+	}
+	if s.network != nil {
+		s.network.Close()
+	}
+	for _, p := range s.d.VirtioPorts() {
+		removeSocket(p.Path)
+	}
+	if owner, ok := readOwner(s.cfg.Env.RunDir); ok && owner == s.self {
+		if err := RemoveDir(s.cfg.Env.RunDir); err != nil {
+			s.logf("%v", err)
+		}
+	}
+}
+
+// handle answers one control request.
+func (s *supervisor) handle(ctx context.Context, req Request) Response {
+	s.mu.Lock()
+	ready := s.ready
+	s.mu.Unlock()
+	if !ready {
+		return Response{Starting: true, Error: ErrStarting.Error()}
+	}
+	callCtx, cancel := context.WithTimeout(ctx, qmpCallTimeout)
+	defer cancel()
+	fail := func(err error) Response { return Response{Error: err.Error()} }
+	switch req.Op {
+	case OpStatus:
+		s.mu.Lock()
+		st := &Status{State: s.m.State, Reason: s.m.Reason, Detail: s.m.Detail, MonitorLost: s.m.MonitorLost}
+		s.mu.Unlock()
+		for _, vc := range s.d.VMChannels() {
+			ap := netip.AddrPortFrom(vc.Address, vc.Port)
+			c, _ := s.relay.Counters(ap)
+			st.VMChannels = append(st.VMChannels, ChannelStatus{Channel: ap.String(), Counters: c})
+		}
+		return Response{Status: st}
+	case OpShutdown, OpReboot:
+		if err := s.monitorUp(); err != nil {
+			return Response{Error: err.Error(), MonitorLost: true}
+		}
+		kind := ReqShutdown
+		if req.Op == OpReboot {
+			kind = ReqReboot
+		}
+		// The machine learns of the request before the button is pressed:
+		// the guest's SHUTDOWN can come before QMP's reply.
+		if err := s.step(Input{Kind: kind}); err != nil {
+			return fail(err)
+		}
+		return Response{}
+	case OpDestroy:
+		s.step(Input{Kind: ReqDestroy})
+		go func() { // when quit is not possible, kill at once
+			select {
+			case <-s.done:
+			case <-time.After(quitGrace):
+				s.qemu.Process.Kill()
+			}
+		}()
+		select {
+		case <-s.done:
+		case <-ctx.Done():
+			return fail(fmt.Errorf("QEMU did not exit: %w", ctx.Err()))
+		}
+		return Response{}
+	case OpSuspend:
+		if err := qmp.Stop(callCtx, s.monitor()); err != nil {
+			return fail(err)
+		}
+		s.step(Input{Kind: EvStop}) // now, not when the STOP event comes
+		return Response{}
+	case OpResume:
+		if err := qmp.Cont(callCtx, s.monitor()); err != nil {
+			return fail(err)
+		}
+		s.step(Input{Kind: EvResume})
+		return Response{}
+	case OpQMP:
+		out, err := s.monitor().RunRaw(callCtx, req.QMP)
+		if err != nil {
+			return fail(err)
+		}
+		return Response{QMP: out}
+	}
+	return fail(fmt.Errorf("unknown control operation %q", req.Op))
+}
+
+// monitorUp fails, saying why, while the QMP monitor is lost.
+func (s *supervisor) monitorUp() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m.MonitorLost {
+		return fmt.Errorf("the QMP monitor is lost (%s); the guest cannot be asked to power off: use `minivirt destroy`", s.m.Detail)
+	}
+	return nil
+}

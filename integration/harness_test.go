@@ -166,6 +166,7 @@ type guest struct {
 	devices string // extra <devices> content
 	top     string // extra top-level elements
 	network string // <vmchannels network=''/>, when set
+	os      string // attributes of <os>, e.g. firmware='efi'
 }
 
 func (g guest) xml() string {
@@ -178,7 +179,7 @@ func (g guest) xml() string {
 		devices += `<vmchannels network='` + g.network + `'/>`
 	}
 	return `<domain type='kvm'><name>` + g.name + `</name><memory unit='MiB'>192</memory><vcpu>1</vcpu>
-<os><kernel>` + filepath.Join(guestDir, "vmlinuz") + `</kernel><initrd>` + filepath.Join(guestDir, "initrd.gz") + `</initrd>
+<os ` + g.os + `><kernel>` + filepath.Join(guestDir, "vmlinuz") + `</kernel><initrd>` + filepath.Join(guestDir, "initrd.gz") + `</initrd>
 <cmdline>` + cmdline + `</cmdline></os>` + g.top + `<devices>` + devices + `</devices></domain>`
 }
 

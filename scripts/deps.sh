@@ -3,14 +3,29 @@
 # as root; otherwise prints the exact command and fails.
 set -euo pipefail
 
-packages=(qemu-system-x86 busybox-static libxml2-utils libvirt-clients cpio socat)
+# qemu-utils: qemu-img for test images; ovmf: UEFI firmware; libvirt-daemon,
+# its QEMU driver and virtinst: the tests run virt-install against a private
+# libvirtd, as users feed its output to minivirt.
+packages=(qemu-system-x86 qemu-utils ovmf busybox-static libxml2-utils libvirt-clients libvirt-daemon
+  libvirt-daemon-driver-qemu virtinst cpio socat)
+
+# libvirtd's QEMU driver will not start without the user it runs QEMU as
+# (Debian's libvirt-daemon-system makes it; minivirt's tests need only the daemon).
+ensure_libvirt_user() {
+  getent passwd libvirt-qemu >/dev/null && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "minivirt: libvirtd needs the system user libvirt-qemu; run as root: useradd --system --user-group --no-create-home --shell /usr/sbin/nologin libvirt-qemu" >&2
+    return 1
+  fi
+  useradd --system --user-group --no-create-home --shell /usr/sbin/nologin libvirt-qemu
+}
 
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 command -v go >/dev/null || { echo "minivirt: Go is not installed; install Go 1.26 or newer (https://go.dev/doc/install)" >&2; exit 1; }
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -eq 0 ]; then ensure_libvirt_user; exit 0; fi
 
 cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}"
 if [ "$(id -u)" -ne 0 ]; then
@@ -21,3 +36,4 @@ fi
 echo "installing: ${missing[*]}"
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+ensure_libvirt_user

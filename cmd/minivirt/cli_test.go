@@ -115,7 +115,7 @@ func TestBadInput(t *testing.T) {
 		want        string
 	}{
 		{"malformed XML", "<domain><name>x</name>", []string{"define", "-"}, "XML: "},
-		{"no name", domainXML("", ""), []string{"define", "-"}, `name ""`},
+		{"no name", domainXML("", ""), []string{"define", "-"}, `<name>: empty; give it a value`},
 		{"slash name", domainXML("a/b", ""), []string{"define", "-"}, `name "a/b"`},
 		{"65 chars", domainXML(strings.Repeat("x", 65), ""), []string{"define", "-"}, "1-64 characters"},
 		{"port 0", vmc("port='0'", "/s"), []string{"define", "-"}, "vmchannel port 0: must be 1-65535"},

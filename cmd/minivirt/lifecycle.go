@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/manager"
 	"github.com/minivirt/minivirt/pkg/supervisor"
 )
@@ -170,19 +171,23 @@ func (a *app) qmpCommand() *cobra.Command {
 
 // statusReport is `status -o json`.
 type statusReport struct {
-	Name          string          `json:"name"`
-	UUID          string          `json:"uuid"`
-	State         string          `json:"state"`
-	Reason        string          `json:"reason,omitempty"`
-	Detail        string          `json:"detail,omitempty"`
-	Accel         string          `json:"accel,omitempty"`
-	Network       string          `json:"network,omitempty"`
-	QEMUPID       int             `json:"qemu_pid"`
-	SupervisorPID int             `json:"supervisor_pid"`
-	Supervised    bool            `json:"supervised"`
-	Monitor       string          `json:"monitor,omitempty"` // "connected" or "lost" while QEMU runs
-	Since         *time.Time      `json:"since,omitempty"`
-	VMChannels    []vmchannelItem `json:"vmchannels"`
+	Name          string `json:"name"`
+	UUID          string `json:"uuid"`
+	State         string `json:"state"`
+	Reason        string `json:"reason,omitempty"`
+	Detail        string `json:"detail,omitempty"`
+	Accel         string `json:"accel,omitempty"`
+	Network       string `json:"network,omitempty"`
+	QEMUPID       int    `json:"qemu_pid"`
+	SupervisorPID int    `json:"supervisor_pid"`
+	Supervised    bool   `json:"supervised"`
+	Monitor       string `json:"monitor,omitempty"` // "connected" or "lost" while QEMU runs
+	// Tainted says QEMU gets options minivirt did not write
+	// (<qemu:commandline>), as libvirt's "tainted: custom-argv".
+	Tainted     bool                `json:"tainted,omitempty"`
+	Since       *time.Time          `json:"since,omitempty"`
+	VMChannels  []vmchannelItem     `json:"vmchannels"`
+	VirtioPorts []domain.VirtioPort `json:"virtio_ports,omitempty"`
 }
 
 func (a *app) statusCommand() *cobra.Command {
@@ -201,7 +206,10 @@ func (a *app) statusCommand() *cobra.Command {
 			}
 			d, o := st.Domain, st.Observed
 			r := statusReport{Name: d.Name, UUID: d.UUID, State: o.State, Reason: o.Reason, Detail: o.Detail,
-				VMChannels: vmchannelItems(d, st.Live)}
+				Tainted: d.Tainted(), VMChannels: vmchannelItems(d, st.Live)}
+			if st.Live != nil {
+				r.VirtioPorts = st.Live.VirtioPorts
+			}
 			if !o.Since.IsZero() {
 				r.Since = &o.Since
 			}
@@ -233,6 +241,9 @@ func (a *app) statusCommand() *cobra.Command {
 			if r.Detail != "" {
 				fmt.Fprintf(w, "Detail:      %s\n", r.Detail)
 			}
+			if r.Tainted {
+				fmt.Fprintf(w, "Tainted:     custom-argv (<qemu:commandline> passes QEMU options minivirt did not write)\n")
+			}
 			if o.Active() {
 				network := r.Network
 				if network == "" {
@@ -246,6 +257,9 @@ func (a *app) statusCommand() *cobra.Command {
 					fmt.Fprintf(w, "Supervisor:  pid %d, not answering (%v)\n", r.SupervisorPID, st.LiveError)
 				default:
 					fmt.Fprintf(w, "Supervisor:  pid %d\n", r.SupervisorPID)
+				}
+				for _, p := range r.VirtioPorts {
+					fmt.Fprintf(w, "Channel:     %s on %s\n", p.Name, p.Path)
 				}
 				if r.Monitor == "lost" {
 					fmt.Fprintf(w, "Monitor:     lost (the supervisor is reconnecting; shutdown cannot press the power button meanwhile)\n")

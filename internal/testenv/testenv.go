@@ -187,3 +187,56 @@ func PrepareRig() (guestDir string, cleanup func(), err error) {
 	}
 	return guestDir, cleanup, nil
 }
+
+// Libvirtd starts a private libvirtd (Debian's, as root) listening on a
+// socket of its own under dir, and returns the URI that reaches it. It is
+// stopped by pid when the test ends.
+func Libvirtd(t testing.TB, dir string) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("libvirtd needs root here (run `make test` as root)")
+	}
+	bin, err := exec.LookPath("libvirtd")
+	if err != nil {
+		t.Fatal("libvirtd not found: run `make deps` (Debian packages libvirt-daemon and libvirt-daemon-driver-qemu)")
+	}
+	sockDir := filepath.Join(dir, "libvirt")
+	if err := os.MkdirAll(sockDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "libvirtd.conf")
+	body := fmt.Sprintf("unix_sock_dir = %q\nunix_sock_rw_perms = \"0700\"\nunix_sock_ro_perms = \"0700\"\nunix_sock_admin_perms = \"0700\"\n", sockDir)
+	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{"/run/libvirt", "/var/log/libvirt", "/var/lib/libvirt/qemu"} {
+		os.MkdirAll(d, 0o755)
+	}
+	logf, err := os.Create(filepath.Join(dir, "libvirtd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--config", conf, "--pid-file", filepath.Join(dir, "libvirtd.pid"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		logf.Close()
+	})
+	sock := filepath.Join(sockDir, "libvirt-sock")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return "qemu:///system?socket=" + sock
+		}
+		if time.Now().After(deadline) {
+			data, _ := os.ReadFile(logf.Name())
+			t.Fatalf("libvirtd did not listen on %s within 30s:\n%s", sock, data)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,84 +1,82 @@
-// Package domain is minivirt's domain model: libvirt's domain XML subset plus
-// the vmchannel interface, read, normalised, validated and written back.
+// Package domain is minivirt's domain model: libvirt's domain XML, read and
+// written by libvirt's own Go binding of its schema (libvirt.org/go/libvirtxml),
+// plus what minivirt adds: defaults, its rules with errors that name the
+// element and value, the vmchannel, and the libvirt export.
 //
-// The package does no I/O of its own: bytes go in, a model comes out, and the
-// model is written back as minivirt's form or as libvirt's form.
+// Nothing is dropped or misread without a word. Parse compares what the
+// document holds with what the model keeps and refuses, naming it, any
+// element or attribute the model would lose; Validate puts every element in
+// one of three classes (acted on, kept with a warning, refused) and refuses
+// what minivirt cannot honour. No XML text is rewritten: the model writes the
+// document.
+//
+// The vmchannel is minivirt's own, so it travels in libvirt's place for an
+// application's data: a <vmchannels> element in <metadata> under minivirt's
+// namespace (Namespace). The form of the first release, an
+// <interface type='vmchannel'> among the devices, is still read, and written
+// back in the metadata form.
+//
+// The package does no I/O of its own: bytes go in, a model comes out.
 package domain
 
 import (
 	"encoding/xml"
 	"net/netip"
+
+	"libvirt.org/go/libvirtxml"
 )
 
-// Domain is one virtual machine definition.
-//
-// Elements minivirt does not act on (features, clock, cpu, graphics, ...) are
-// kept verbatim in Extra (and in Devices.Extra) and written back unchanged.
+// Namespace is minivirt's XML namespace, for its element in <metadata>.
+const Namespace = "https://github.com/minivirt/minivirt/xmlns/domain/1"
+
+// Defaults of the user-mode network, as QEMU's user network (libslirp) has them.
+var (
+	// UserNet is the guest network of a user-mode NIC.
+	UserNet = netip.MustParsePrefix("10.0.2.0/24")
+	// DefaultVMChannelAddress is where a vmchannel listens when no address is given.
+	DefaultVMChannelAddress = netip.MustParseAddr("10.0.2.4")
+	// GatewayAddress is the user network's gateway (and, for QEMU's, the host).
+	GatewayAddress = netip.MustParseAddr("10.0.2.2")
+	// GuestAddress is the address the user network gives the guest by DHCP.
+	GuestAddress = netip.MustParseAddr("10.0.2.15")
+)
+
+// Domain is one virtual machine definition: libvirt's model, and what
+// minivirt adds to it.
 type Domain struct {
-	XMLName    xml.Name   `xml:"domain"`
-	Type       string     `xml:"type,attr"`
-	ExtraAttrs []xml.Attr `xml:",any,attr"`
-	Name       string     `xml:"name"`
-	UUID       string     `xml:"uuid,omitempty"`
-	Memory     Memory     `xml:"memory"`
-	VCPU       VCPU       `xml:"vcpu"`
-	OS         OS         `xml:"os"`
-	OnPoweroff string     `xml:"on_poweroff,omitempty"`
-	OnReboot   string     `xml:"on_reboot,omitempty"`
-	OnCrash    string     `xml:"on_crash,omitempty"`
-	Devices    Devices    `xml:"devices"`
-	Extra      []Raw      `xml:",any"`
+	libvirtxml.Domain
+	// Ext is minivirt's own data, kept in <metadata>: the vmchannels and
+	// the network that carries them.
+	Ext Extension
 
 	uuidGenerated bool
+	// dropped names what the document held that the model does not keep.
+	dropped []string
+	// otherMetadata are the other applications' elements in <metadata>,
+	// each exactly as it was read.
+	otherMetadata []string
 }
 
-// Memory is the guest's memory. After Parse, KiB holds the size and Unit is
-// "KiB", the way libvirt writes it back.
-type Memory struct {
-	Unit  string `xml:"unit,attr,omitempty"`
-	Value string `xml:",chardata"`
-	KiB   uint64 `xml:"-"`
+// Extension is minivirt's element in <metadata>.
+type Extension struct {
+	XMLName xml.Name `xml:"https://github.com/minivirt/minivirt/xmlns/domain/1 vmchannels"`
+	// Network carries the vmchannels: NetworkNetstack or NetworkSlirp;
+	// empty for the default (see Domain.Network).
+	Network    string         `xml:"network,attr,omitempty"`
+	VMChannels []ExtVMChannel `xml:"vmchannel"`
 }
 
-// VCPU is the number of virtual CPUs.
-type VCPU struct {
-	ExtraAttrs []xml.Attr `xml:",any,attr"`
-	Value      string     `xml:",chardata"`
-	Count      int        `xml:"-"`
-}
+func (e Extension) empty() bool { return e.Network == "" && len(e.VMChannels) == 0 }
 
-// OS says what to boot.
-type OS struct {
-	Type    OSType `xml:"type"`
-	Kernel  string `xml:"kernel,omitempty"`
-	Initrd  string `xml:"initrd,omitempty"`
-	Cmdline string `xml:"cmdline,omitempty"`
-	Extra   []Raw  `xml:",any"`
-}
-
-// OSType is <os><type arch="..." machine="...">hvm</type>.
-type OSType struct {
-	Arch    string `xml:"arch,attr,omitempty"`
-	Machine string `xml:"machine,attr,omitempty"`
-	Value   string `xml:",chardata"`
-}
-
-// Devices holds the devices minivirt acts on, and the rest verbatim.
-type Devices struct {
-	Emulator   string      `xml:"emulator,omitempty"`
-	Disks      []Disk      `xml:"disk"`
-	Interfaces []Interface `xml:"interface"`
-	Channels   []Channel   `xml:"channel"`
-	Serials    []CharDev   `xml:"serial"`
-	Consoles   []CharDev   `xml:"console"`
-	VMChannels *VMChannels `xml:"vmchannels"`
-	Extra      []Raw       `xml:",any"`
-}
-
-// VMChannels is minivirt's <vmchannels network="..."/>: which user network
-// carries the domain's vmchannels.
-type VMChannels struct {
-	Network string `xml:"network,attr"`
+// ExtVMChannel is one <vmchannel> of minivirt's metadata. With a path it is
+// a vmchannel of its own; without one it holds the options of the libvirt
+// guestfwd <channel> on the same address and port.
+type ExtVMChannel struct {
+	Address        string `xml:"address,attr,omitempty"`
+	Port           uint   `xml:"port,attr"`
+	Path           string `xml:"path,attr,omitempty"`
+	Proxy          string `xml:"proxy,attr,omitempty"`
+	MaxConnections uint   `xml:"maxconnections,attr,omitempty"`
 }
 
 // Networks that can carry vmchannels.
@@ -91,119 +89,20 @@ const (
 	NetworkNetstack = "netstack"
 )
 
-// Disk is a file-backed disk or cdrom.
-type Disk struct {
-	Type     string      `xml:"type,attr"`
-	Device   string      `xml:"device,attr,omitempty"`
-	Driver   *DiskDriver `xml:"driver"`
-	Source   DiskSource  `xml:"source"`
-	Target   DiskTarget  `xml:"target"`
-	ReadOnly *struct{}   `xml:"readonly"`
-}
-
-// DiskDriver names the image format.
-type DiskDriver struct {
-	Name string `xml:"name,attr,omitempty"`
-	Type string `xml:"type,attr,omitempty"`
-}
-
-// DiskSource is the image file.
-type DiskSource struct {
-	File string `xml:"file,attr"`
-}
-
-// DiskTarget is the guest-side name and bus.
-type DiskTarget struct {
-	Dev string `xml:"dev,attr"`
-	Bus string `xml:"bus,attr,omitempty"`
-}
-
-// Interface is a network interface: type='user' (QEMU's user-mode network) or
-// type='vmchannel' (minivirt's per-connection channel to a host Unix socket).
-type Interface struct {
-	Type   string           `xml:"type,attr"`
-	MAC    *MAC             `xml:"mac"`
-	Source *InterfaceSource `xml:"source"`
-	Target *InterfaceTarget `xml:"target"`
-	Model  *Model           `xml:"model"`
-}
-
-// MAC is <mac address="..."/>.
-type MAC struct {
-	Address string `xml:"address,attr"`
-}
-
-// Model is <model type="..."/>.
-type Model struct {
-	Type string `xml:"type,attr"`
-}
-
-// InterfaceSource is a vmchannel's guest-side address and port.
-type InterfaceSource struct {
-	Address string `xml:"address,attr,omitempty"`
-	Port    string `xml:"port,attr,omitempty"`
-}
-
-// InterfaceTarget is a vmchannel's host-side socket and options.
-type InterfaceTarget struct {
-	Path           string `xml:"path,attr"`
-	Proxy          string `xml:"proxy,attr,omitempty"`
-	MaxConnections string `xml:"maxconnections,attr,omitempty"`
-}
-
-// Channel is libvirt's <channel>: a guestfwd channel (the same meaning as a
-// vmchannel) or a virtio-serial port.
-type Channel struct {
-	Type   string        `xml:"type,attr"`
-	Source ChannelSource `xml:"source"`
-	Target ChannelTarget `xml:"target"`
-}
-
-// ChannelSource is the host-side Unix socket of a channel.
-type ChannelSource struct {
-	Mode string `xml:"mode,attr,omitempty"`
-	Path string `xml:"path,attr"`
-}
-
-// ChannelTarget is the guest side of a channel.
-type ChannelTarget struct {
-	Type           string `xml:"type,attr"`
-	Address        string `xml:"address,attr,omitempty"`
-	Port           string `xml:"port,attr,omitempty"`
-	Name           string `xml:"name,attr,omitempty"`
-	Proxy          string `xml:"proxy,attr,omitempty"`
-	MaxConnections string `xml:"maxconnections,attr,omitempty"`
-}
-
-// CharDev is a <serial> or <console>. minivirt always logs the first serial
-// port and offers it through `minivirt console`.
-type CharDev struct {
-	Type   string         `xml:"type,attr"`
-	Target *CharDevTarget `xml:"target"`
-}
-
-// CharDevTarget is <target type="..." port="..."/> of a serial or console.
-type CharDevTarget struct {
-	Type string `xml:"type,attr,omitempty"`
-	Port string `xml:"port,attr,omitempty"`
-}
-
-// Raw is an element kept verbatim.
-type Raw struct {
-	XMLName xml.Name
-	Attrs   []xml.Attr `xml:",any,attr"`
-	Inner   string     `xml:",innerxml"`
-}
-
 // Proxy protocol choices for a vmchannel.
 const (
 	ProxyNone = ""
 	ProxyV2   = "v2"
 )
 
+// DefaultMaxConnections is a vmchannel's limit of concurrent guest
+// connections when the definition sets none: enough for a busy guest, small
+// enough that a runaway guest cannot exhaust the host's descriptors.
+const DefaultMaxConnections = 256
+
 // VMChannel is one guest TCP address:port relayed to a host Unix socket, one
-// host connection for every guest connection. It is derived from either an
-// <interface type='vmchannel'> or a guestfwd <channel>.
+// host connection for every guest connection. It comes from minivirt's
+// metadata or from a libvirt guestfwd <channel>.
 type VMChannel struct {
 	Address        netip.Addr
 	Port           uint16
@@ -215,5 +114,8 @@ type VMChannel struct {
 // VirtioPort is a virtio-serial port whose host socket minivirt binds.
 type VirtioPort struct {
 	Name string
-	Path string
+	Path string // empty: minivirt picks one in the domain's run directory
 }
+
+// UUIDGenerated reports whether Parse made up the uuid because the XML had none.
+func (d *Domain) UUIDGenerated() bool { return d.uuidGenerated }

@@ -41,7 +41,7 @@ func TestRejects(t *testing.T) {
 		{"slash in name", strings.Replace(minimal(""), "<name>t</name>", "<name>a/b</name>", 1), `name "a/b"`},
 		{"65 char name", strings.Replace(minimal(""), "<name>t</name>", "<name>"+strings.Repeat("n", 65)+"</name>", 1), "must be 1-64 characters"},
 		{"bad type", strings.Replace(minimal(""), "type='qemu'", "type='xen'", 1), `domain type "xen"`},
-		{"zero memory", strings.Replace(minimal(""), ">64<", ">0<", 1), "memory \"0\" KiB: must be greater than 0"},
+		{"zero memory", strings.Replace(minimal(""), ">64<", ">0<", 1), "memory 0 KiB: must be greater than 0"},
 		{"bad unit", strings.Replace(minimal(""), "MiB", "XB", 1), `memory unit "XB": unknown`},
 		{"zero vcpu", strings.Replace(minimal(""), "<os>", "<vcpu>0</vcpu><os>", 1), "vcpu 0: must be 1-255"},
 		{"bad uuid", strings.Replace(minimal(""), "<os>", "<uuid>nope</uuid><os>", 1), `uuid "nope"`},
@@ -61,14 +61,22 @@ func TestRejects(t *testing.T) {
 		{"outside", minimal(`<interface type='vmchannel'><source address='192.168.1.4' port='600'/><target path='/s'/></interface>`), "outside the user network"},
 		{"ipv6", minimal(`<interface type='vmchannel'><source address='::1' port='600'/><target path='/s'/></interface>`), "must be an IPv4 address"},
 		{"bad proxy", minimal(`<interface type='vmchannel'><source port='600'/><target path='/s' proxy='v1'/></interface>`), `proxy "v1"`},
-		{"bad limit", minimal(`<interface type='vmchannel'><source port='600'/><target path='/s' maxconnections='0'/></interface>`), `maxconnections "0"`},
+		{"bad limit", minimal(`<interface type='vmchannel'><source port='600'/><target path='/s' maxconnections='0'/></interface>`), `maxconnections 0: must be 1-65535`},
 		{"no target", minimal(`<interface type='vmchannel'><source port='600'/></interface>`), "missing <target path=''/>"},
-		{"bridge", minimal(`<interface type='bridge'><source bridge='br0'/></interface>`), `interface type "bridge": not supported`},
-		{"block disk", minimal(`<disk type='block'><source dev='/dev/sda'/><target dev='vda'/></disk>`), `disk type "block"`},
-		{"pty channel", minimal(`<channel type='pty'><target type='virtio' name='x'/></channel>`), `channel type "pty"`},
-		{"xen channel", minimal(`<channel type='unix'><source path='/s'/><target type='xen' name='x'/></channel>`), `channel target type "xen"`},
+		{"bridge", minimal(`<interface type='bridge'><source bridge='br0'/></interface>`), `interface type bridge: not supported`},
+		{"network disk", minimal(`<disk type='network'><source protocol='nbd' name='x'><host name='h'/></source><target dev='vda'/></disk>`), `disk vda: source must be type='file'`},
+		{"disk address", minimal(`<disk type='file'><source file='/i'/><target dev='vda'/><address type='pci' domain='0x0000' bus='0x00' slot='0x05' function='0x0'/></disk>`), `disk vda: <address> not supported`},
+		{"unknown element", minimal(`<disk type='file'><source file='/i'/><target dev='vda'/><frobnicate/></disk>`), `<devices/disk/frobnicate>: not part of libvirt's domain XML`},
+		{"unknown attribute", minimal(`<disk type='file' colour='red'><source file='/i'/><target dev='vda'/></disk>`), `attribute colour of <devices/disk>`},
+		{"two names", strings.Replace(minimal(""), "<name>t</name>", "<name>t</name><name>u</name>", 1), `<name>: given 2 times where libvirt takes one`},
+		{"hostdev", minimal(`<hostdev mode='subsystem' type='pci'><source><address domain='0' bus='0' slot='3' function='0'/></source></hostdev>`), `devices: <hostdev> not supported`},
+		{"efi secure boot", strings.Replace(minimal(""), "<os>", "<os firmware='efi'><loader secure='yes'/>", 1), `Secure Boot`},
+		{"commandline collision", strings.Replace(minimal(""), "</domain>", "<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-m'/></qemu:commandline></domain>", 1), `qemu:commandline arg "-m": minivirt passes -m itself`},
+		{"vcpu current", strings.Replace(minimal(""), "<os>", "<vcpu current='3'>2</vcpu><os>", 1), `vcpu current 3: more than the 2`},
+		{"pty channel", minimal(`<channel type='pty'><target type='virtio' name='x'/></channel>`), `channel source type pty: not supported`},
+		{"xen channel", minimal(`<channel type='unix'><source path='/s'/><target type='xen' name='x'/></channel>`), `channel target type xen: not supported`},
 		{"virtio connect", minimal(`<channel type='unix'><source mode='connect' path='/s'/><target type='virtio' name='x'/></channel>`), "must be bind"},
-		{"file serial", minimal(`<serial type='file'><source path='/tmp/x'/></serial>`), `serial/console type "file"`},
+		{"tcp serial", minimal(`<serial type='tcp'><source mode='bind' host='127.0.0.1' service='4555'/></serial>`), `serial 0 type tcp: not supported`},
 		{"two user nics", minimal(`<interface type='user'/><interface type='user'/>`), "one user-mode NIC"},
 		{"bad mac", minimal(`<interface type='user'><mac address='zz'/></interface>`), `mac address "zz"`},
 		{"bad arch", strings.Replace(minimal(""), "<os>", "<os><type arch='aarch64'>hvm</type>", 1), `arch "aarch64"`},
@@ -97,27 +105,28 @@ func TestRejects(t *testing.T) {
 
 func TestMemoryUnits(t *testing.T) {
 	tests := []struct {
-		unit, value string
-		kib         uint64
+		unit  string
+		value uint
+		kib   uint
 	}{
-		{"", "1024", 1024},
-		{"KiB", "1024", 1024},
-		{"k", "7", 7},
-		{"MiB", "256", 256 * 1024},
-		{"M", "1", 1024},
-		{"GiB", "2", 2 << 20},
-		{"MB", "1", 977}, // 1,000,000 bytes rounds up to 977 KiB
-		{"b", "1", 1},    // rounds up
-		{"bytes", "2048", 2},
-		{"KB", "1024", 1000},
+		{"", 1024, 1024},
+		{"KiB", 1024, 1024},
+		{"k", 7, 7},
+		{"MiB", 256, 256 * 1024},
+		{"M", 1, 1024},
+		{"GiB", 2, 2 << 20},
+		{"MB", 1, 977}, // 1,000,000 bytes rounds up to 977 KiB
+		{"b", 1, 1},    // rounds up
+		{"bytes", 2048, 2},
+		{"KB", 1024, 1000},
 	}
 	for _, tt := range tests {
-		m := Memory{Unit: tt.unit, Value: tt.value}
-		if err := m.normalise(); err != nil {
-			t.Fatalf("%s %s: %v", tt.value, tt.unit, err)
+		kib, err := toKiB("memory", tt.value, tt.unit)
+		if err != nil {
+			t.Fatalf("%d %s: %v", tt.value, tt.unit, err)
 		}
-		if m.KiB != tt.kib || m.Unit != "KiB" {
-			t.Errorf("%s %s = %d %s; want %d KiB", tt.value, tt.unit, m.KiB, m.Unit, tt.kib)
+		if kib != tt.kib {
+			t.Errorf("%d %s = %d KiB; want %d KiB", tt.value, tt.unit, kib, tt.kib)
 		}
 	}
 }
@@ -128,16 +137,16 @@ func TestNormalise(t *testing.T) {
 	if !d.UUIDGenerated() || len(d.UUID) != 36 {
 		t.Errorf("uuid %q generated=%v; want a generated canonical uuid", d.UUID, d.UUIDGenerated())
 	}
-	if d.VCPU.Count != 1 || d.OnPoweroff != "destroy" || d.OnReboot != "restart" || d.OnCrash != "destroy" {
-		t.Errorf("defaults not applied: vcpu %d, %s/%s/%s", d.VCPU.Count, d.OnPoweroff, d.OnReboot, d.OnCrash)
+	if d.VCPU.Value != 1 || d.OnPoweroff != "destroy" || d.OnReboot != "restart" || d.OnCrash != "destroy" {
+		t.Errorf("defaults not applied: vcpu %d, %s/%s/%s", d.VCPU.Value, d.OnPoweroff, d.OnReboot, d.OnCrash)
 	}
 	vcs := d.VMChannels()
 	want := VMChannel{Address: DefaultVMChannelAddress, Port: 600, Path: "/s", MaxConnections: DefaultMaxConnections}
 	if len(vcs) != 1 || vcs[0] != want {
 		t.Errorf("VMChannels = %+v; want [%+v]", vcs, want)
 	}
-	if p := d.VirtioPorts(); len(p) != 1 || p[0] != (VirtioPort{Name: "org.x.0", Path: "/v"}) || d.Devices.Channels[0].Source.Mode != "bind" {
-		t.Errorf("VirtioPorts = %+v, mode %q", p, d.Devices.Channels[0].Source.Mode)
+	if p := d.VirtioPorts(); len(p) != 1 || p[0] != (VirtioPort{Name: "org.x.0", Path: "/v"}) || d.Devices.Channels[0].Source.UNIX.Mode != "bind" {
+		t.Errorf("VirtioPorts = %+v, mode %q", p, d.Devices.Channels[0].Source.UNIX.Mode)
 	}
 	nic, ok := d.UserNIC()
 	if !ok || !nic.Isolated || nic.Model != "virtio" {
@@ -200,7 +209,7 @@ func TestRoundTrip(t *testing.T) {
 func TestCompactElementsReadBack(t *testing.T) {
 	for _, extra := range []string{
 		`<clock offset='utc'><timer name='rtc' tickpolicy='catchup'/></clock>`,
-		`<cpu mode='host-model'><topology sockets='1' cores='2' threads='1'/></cpu>`,
+		`<vcpu>2</vcpu><cpu mode='host-model'><topology sockets='1' cores='2' threads='1'/></cpu>`,
 		`<pm><suspend-to-mem enabled='no'/><suspend-to-disk enabled='no'/></pm>`,
 		`<features><acpi/><apic/></features>`,
 	} {
@@ -221,21 +230,28 @@ func TestCompactElementsReadBack(t *testing.T) {
 	}
 }
 
-func TestKeepsUnknownElements(t *testing.T) {
+// TestKeepsWhatItDoesNotActOn: a definition as libvirt writes it keeps
+// every element, and define says which ones the guest will not get.
+func TestKeepsWhatItDoesNotActOn(t *testing.T) {
 	data, err := os.ReadFile("../../examples/libvirt-style.xml")
 	if err != nil {
 		t.Fatal(err)
 	}
 	d := mustParse(t, string(data))
 	out, _ := d.XML()
-	for _, s := range []string{`<timer name='rtc' tickpolicy='catchup'/>`, `<graphics type="vnc" port="-1" autoport="yes"></graphics>`, `<vcpu placement="static">2</vcpu>`, `<acpi/>`} {
-		if !bytes.Contains(out, []byte(s)) {
-			t.Errorf("lost %s:\n%s", s, out)
-		}
+	back := mustParse(t, string(out))
+	if c := back.Clock; c == nil || len(c.Timer) != 1 || c.Timer[0].Name != "rtc" || c.Timer[0].TickPolicy != "catchup" {
+		t.Errorf("clock timer lost: %+v", back.Clock)
+	}
+	if len(back.Devices.Graphics) != 1 || back.Devices.Graphics[0].VNC == nil || len(back.Devices.Videos) != 1 {
+		t.Errorf("graphics or video lost:\n%s", out)
+	}
+	if back.VCPU.Placement != "static" || back.Features == nil || back.Features.ACPI == nil || back.CPU == nil || back.CPU.Check != "partial" {
+		t.Errorf("vcpu placement, features or cpu lost:\n%s", out)
 	}
 	w := d.Warnings()
-	if len(w) != 1 || !strings.Contains(w[0], "devices/graphics") || !strings.Contains(w[0], "features") {
-		t.Errorf("Warnings = %q; want one line naming devices/graphics and features", w)
+	if len(w) != 1 || !strings.Contains(w[0], "<graphics>, <video>") || !strings.Contains(w[0], "headless") {
+		t.Errorf("Warnings = %q; want one line naming <graphics> and <video> as not given to the guest", w)
 	}
 }
 
@@ -247,7 +263,7 @@ func TestLibvirtExport(t *testing.T) {
 		t.Fatal(err)
 	}
 	back := mustParse(t, string(out))
-	if got := len(back.Devices.Interfaces); got != 1 || back.Devices.Interfaces[0].Type != "user" {
+	if got := len(back.Devices.Interfaces); got != 1 || back.Devices.Interfaces[0].Source.User == nil {
 		t.Errorf("libvirt form has interfaces %+v; want one type='user'", back.Devices.Interfaces)
 	}
 	if bytes.Contains(out, []byte("proxy=")) || bytes.Contains(out, []byte("maxconnections=")) {
@@ -367,6 +383,69 @@ func TestNetworkChoice(t *testing.T) {
 		lv, _ := d.LibvirtXML()
 		if bytes.Contains(lv, []byte("vmchannels")) {
 			t.Errorf("the libvirt form carries <vmchannels>:\n%s", lv)
+		}
+	}
+}
+
+// An XML encoding declaration is honoured: ISO-8859-1 bytes become UTF-8.
+func TestEncodingDeclaration(t *testing.T) {
+	doc := "<?xml version='1.0' encoding='ISO-8859-1'?>\n<domain type='qemu'><name>enc</name><description>caf\xe9</description><memory>65536</memory><os><kernel>/k</kernel></os></domain>"
+	d := mustParse(t, doc)
+	if d.Description != "café" {
+		t.Errorf("description = %q; want café", d.Description)
+	}
+}
+
+// Ports are numbers: port='0600' is port 600 everywhere, so remove and add
+// by 600 work on it.
+func TestPortsAreNumbers(t *testing.T) {
+	d := mustParse(t, minimal(`<interface type='vmchannel'><source port='0600'/><target path='/s'/></interface>
+<channel type='unix'><source mode='connect' path='/g'/><target type='guestfwd' address='10.0.2.5' port='0700'/></channel>`))
+	vcs := d.VMChannels()
+	if len(vcs) != 2 || vcs[0].Port != 600 || vcs[1].Port != 700 {
+		t.Fatalf("VMChannels = %+v; want ports 600 and 700", vcs)
+	}
+	if err := d.AddVMChannel(VMChannel{Port: 600, Path: "/t"}); err == nil || !strings.Contains(err.Error(), "used twice") {
+		t.Errorf("adding port 600 beside port 0600: %v", err)
+	}
+	if err := d.RemoveVMChannel(600, netip.Addr{}); err != nil {
+		t.Errorf("removing port 600 (written 0600): %v", err)
+	}
+	if err := d.RemoveVMChannel(700, netip.Addr{}); err != nil {
+		t.Errorf("removing port 700 (written 0700): %v", err)
+	}
+	if len(d.VMChannels()) != 0 {
+		t.Errorf("left: %+v", d.VMChannels())
+	}
+}
+
+// Minivirt's vmchannels travel in <metadata> under its namespace, beside
+// other applications' metadata, which stays exactly as written.
+func TestMetadataCarriage(t *testing.T) {
+	other := `<libosinfo:libosinfo xmlns:libosinfo="http://libosinfo.org/xmlns/libvirt/domain/1.0"><libosinfo:os id="http://debian.org/debian/12"/></libosinfo:libosinfo>`
+	d := mustParse(t, strings.Replace(minimal(`<interface type='vmchannel'><source port='600'/><target path='/s' proxy='v2' maxconnections='8'/></interface><vmchannels network='slirp'/>`),
+		"<os>", "<metadata>"+other+"</metadata><os>", 1))
+	out, err := d.XML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(out, []byte(other)) {
+		t.Errorf("other metadata changed:\n%s", out)
+	}
+	if bytes.Contains(out, []byte(`type="vmchannel"`)) || !bytes.Contains(out, []byte(`<vmchannels xmlns="`+Namespace+`" network="slirp">`)) {
+		t.Errorf("vmchannels not carried in metadata:\n%s", out)
+	}
+	back := mustParse(t, string(out))
+	want := VMChannel{Address: DefaultVMChannelAddress, Port: 600, Path: "/s", Proxy: "v2", MaxConnections: 8}
+	if vcs := back.VMChannels(); len(vcs) != 1 || vcs[0] != want || back.Network() != NetworkSlirp {
+		t.Errorf("read back: %+v on %s; want [%+v] on slirp", vcs, back.Network(), want)
+	}
+	// libvirt's own validator accepts the stored form as it is.
+	if validator, err := exec.LookPath("virt-xml-validate"); err == nil {
+		path := filepath.Join(t.TempDir(), "d.xml")
+		os.WriteFile(path, out, 0o644)
+		if msg, err := exec.Command(validator, path, "domain").CombinedOutput(); err != nil {
+			t.Errorf("minivirt's stored form fails libvirt's schema: %v\n%s\n%s", err, msg, out)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package domain
 import (
 	"bytes"
 	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -18,6 +19,20 @@ func FuzzDomain(f *testing.F) {
 	}
 	for i := 0; i < 4; i++ {
 		f.Add([]byte(generated(i)))
+	}
+	// Compact, pretty, commented and namespaced forms, and virt-install's.
+	for _, seed := range []string{
+		`<domain type='kvm'><name>c</name><memory>65536</memory><os><kernel>/k</kernel></os><clock offset='utc'><timer name='rtc' tickpolicy='catchup'/></clock><cpu><topology sockets='1' cores='1' threads='1'/></cpu><pm><suspend-to-mem enabled='no'/></pm><devices><console type='pty'><target type='virtio'/></console></devices></domain>`,
+		"<domain type='qemu'>\n  <!-- a comment -->\n  <name>p</name>\n  <memory unit='MiB'>64</memory>\n  <vcpu current='1'>2</vcpu>\n  <os firmware='efi'>\n    <boot dev='hd'/>\n  </os>\n  <devices>\n    <disk type='block'><source dev='/dev/loop0'/><target dev='vda'/><transient/></disk>\n  </devices>\n</domain>\n",
+		`<?xml version='1.0' encoding='ISO-8859-1'?><domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>n</name><memory>65536</memory><metadata><app:x xmlns:app='urn:app'><app:y a='1'/></app:x><vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1' network='netstack'><vmchannel port='600' path='/s'/></vmchannels></metadata><os><kernel>/k</kernel></os><qemu:commandline><qemu:arg value='-no-hpet'/><qemu:env name='A' value='b'/></qemu:commandline></domain>`,
+	} {
+		f.Add([]byte(seed))
+	}
+	if files, _ := filepath.Glob("testdata/corpus/*/*.xml"); len(files) > 0 {
+		for _, file := range files {
+			data, _ := os.ReadFile(file)
+			f.Add(data)
+		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		d, err := Parse(bytes.NewReader(data))

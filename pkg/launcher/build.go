@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 
+	"libvirt.org/go/libvirtxml"
+
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/usernet"
 )
@@ -22,7 +24,19 @@ type Env struct {
 	LogDir    string // where NAME.log (serial console) lives
 	KVM       bool   // KVM is usable on this host
 	KVMReason string // why not, when it is not
+	// NVRAM is where this domain's UEFI variable store lives when the
+	// domain names none (in the state directory, kept across starts).
+	NVRAM string
+	// OVMFCode and OVMFVars are the UEFI firmware and its variable-store
+	// template when the domain names none (Debian's ovmf).
+	OVMFCode, OVMFVars string
 }
+
+// Default UEFI firmware, from Debian's ovmf package.
+const (
+	DefaultOVMFCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	DefaultOVMFVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
 
 // Socket is a listening Unix socket the supervisor creates before QEMU starts
 // and hands to QEMU as an inherited descriptor.
@@ -42,11 +56,19 @@ type Plan struct {
 	Sockets []Socket // listening sockets QEMU inherits, each at its FD
 	// NetFD, when not 0, is where QEMU expects its end of the stream socket
 	// of minivirt's own network (Network "netstack").
-	NetFD    int
-	Network  string // domain.NetworkSlirp or domain.NetworkNetstack; "" without vmchannels or a NIC
-	Paths    Paths
-	Accel    string // "kvm" or "tcg"
-	Warnings []string
+	NetFD   int
+	Network string // domain.NetworkSlirp or domain.NetworkNetstack; "" without vmchannels or a NIC
+	Paths   Paths
+	Accel   string // "kvm" or "tcg"
+	// Env is added to QEMU's environment (<qemu:commandline> env).
+	Env []string
+	// NVRAM, when Path is set, is the UEFI variable store QEMU opens: the
+	// supervisor copies Template there when it does not exist yet.
+	NVRAM struct{ Path, Template string }
+	// VirtioPorts are the virtio-serial ports with their socket paths,
+	// the ones minivirt picked included.
+	VirtioPorts []domain.VirtioPort
+	Warnings    []string
 }
 
 // Files returns the descriptors QEMU inherits in exec.Cmd.ExtraFiles order:
@@ -107,143 +129,594 @@ func Build(d *domain.Domain, env Env) (Plan, error) {
 			return Plan{}, fmt.Errorf("runtime directory %s: socket path %s is %d bytes, over the %d a Unix socket allows; use a shorter --run-dir", env.RunDir, s, len(s), domain.MaxSocketPath)
 		}
 	}
+	b := &builder{d: d, env: env, p: &p, fd: FirstFD}
+	for _, step := range []func() error{b.machine, b.cpu, b.firmware, b.boot, b.consoles, b.disks, b.network, b.channels, b.controllers, b.devices, b.commandline} {
+		if err := step(); err != nil {
+			return Plan{}, err
+		}
+	}
+	p.Argv = b.a
+	return p, nil
+}
+
+// builder collects one command line.
+type builder struct {
+	d   *domain.Domain
+	env Env
+	p   *Plan
+	a   []string
+	fd  int
+	// virtioSerial is set once the virtio-serial bus exists.
+	virtioSerial bool
+	ahci         string // the AHCI controller's id on a pc machine, once added
+}
+
+func (b *builder) add(args ...string) { b.a = append(b.a, args...) }
+
+// inherit registers a listening socket QEMU gets at the next descriptor.
+func (b *builder) inherit(path string) int {
+	b.p.Sockets = append(b.p.Sockets, Socket{Path: path, FD: b.fd})
+	b.fd++
+	return b.fd - 1
+}
+
+// q35 tells the machine family: q35 (PCIe, AHCI, ICH9) or pc (i440fx, PIIX).
+func (b *builder) q35() bool {
+	m := b.d.OS.Type.Machine
+	return m == "" || strings.Contains(m, "q35")
+}
+
+func (b *builder) machine() error {
+	d, p := b.d, b.p
 	qemu := d.Devices.Emulator
 	if qemu == "" {
-		qemu = env.QEMU
+		qemu = b.env.QEMU
 	}
 	p.Accel = "tcg"
 	if d.Type == "kvm" {
-		if env.KVM {
+		if b.env.KVM {
 			p.Accel = "kvm"
 		} else {
-			p.Warnings = append(p.Warnings, "KVM is not usable on this host ("+env.KVMReason+"); running under TCG, which is much slower")
+			p.Warnings = append(p.Warnings, "KVM is not usable on this host ("+b.env.KVMReason+"); running under TCG, which is much slower")
 		}
-	}
-	cpu := "max"
-	if p.Accel == "kvm" {
-		cpu = "host"
 	}
 	machine := d.OS.Type.Machine
 	if machine == "" {
 		machine = "q35"
 	}
-
-	a := []string{qemu,
-		"-name", "guest=" + d.Name + ",debug-threads=on",
+	if f := d.Features; f != nil {
+		if f.VMPort != nil && f.VMPort.State != "" {
+			machine += ",vmport=" + f.VMPort.State
+		}
+		if f.SMM != nil && f.SMM.State != "" {
+			machine += ",smm=" + f.SMM.State
+		}
+	}
+	if c := d.Memory.DumpCore; c != "" {
+		machine += ",dump-guest-core=" + c
+	}
+	if c := d.Clock; c != nil {
+		for _, t := range c.Timer {
+			if t.Name == "hpet" && t.Present != "" {
+				machine += ",hpet=" + map[string]string{"yes": "on", "no": "off"}[t.Present]
+			}
+		}
+	}
+	b.add(qemu,
+		"-name", "guest="+escapeOpt(d.Name)+",debug-threads=on",
 		"-uuid", d.UUID,
 		"-machine", machine,
 		"-accel", p.Accel,
-		"-cpu", cpu,
-		"-m", strconv.FormatUint(d.Memory.MiB(), 10),
-		"-smp", strconv.Itoa(d.VCPU.Count),
+		"-m", strconv.FormatUint(d.MemoryMiB(), 10),
 		"-nodefaults", "-no-user-config", "-display", "none",
 		"-S", "-no-shutdown",
 		// The supervisor applies on_crash: QEMU only stops the guest.
 		"-action", "panic=pause",
-	}
-	// minivirt's own network carries the vmchannels (or was asked for).
-	netstack := d.Network() == domain.NetworkNetstack && (len(d.VMChannels()) > 0 || d.Devices.VMChannels != nil)
-	if !netstack && len(d.VMChannels()) > 0 {
-		// spawn and elevateprivileges stay allowed: guestfwd's cmd: needs both.
-		a = append(a, "-sandbox", "on,obsolete=deny,resourcecontrol=deny")
-	} else {
+	)
+	if b.netstack() || len(d.VMChannels()) == 0 {
 		// Nothing is ever spawned: the full set.
-		a = append(a, "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
+		b.add("-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
+	} else {
+		// spawn and elevateprivileges stay allowed: guestfwd's cmd: needs both.
+		b.add("-sandbox", "on,obsolete=deny,resourcecontrol=deny")
 	}
 	if d.OnReboot == "destroy" {
-		a = append(a, "-no-reboot") // a guest reboot becomes a SHUTDOWN
+		b.add("-no-reboot") // a guest reboot becomes a SHUTDOWN
 	}
-
-	fd := FirstFD
-	inherit := func(path string) int {
-		p.Sockets = append(p.Sockets, Socket{Path: path, FD: fd})
-		fd++
-		return fd - 1
+	b.add("-chardev", fmt.Sprintf("socket,id=monitor,fd=%d,server=on,wait=off", b.inherit(p.Paths.QMP)),
+		"-mon", "chardev=monitor,mode=control")
+	if c := d.Clock; c != nil {
+		rtc := "base=" + c.Offset
+		if c.Offset == "" {
+			rtc = "base=utc"
+		}
+		for _, t := range c.Timer {
+			switch {
+			case t.Name == "rtc" && t.TickPolicy == "catchup":
+				rtc += ",driftfix=slew"
+			case t.Name == "pit" && t.TickPolicy != "" && p.Accel == "kvm":
+				b.add("-global", "kvm-pit.lost_tick_policy="+map[string]string{"delay": "delay", "catchup": "delay", "discard": "discard"}[t.TickPolicy])
+			}
+		}
+		b.add("-rtc", rtc)
 	}
-	a = append(a,
-		"-chardev", fmt.Sprintf("socket,id=monitor,fd=%d,server=on,wait=off", inherit(p.Paths.QMP)),
-		"-mon", "chardev=monitor,mode=control",
-		"-chardev", fmt.Sprintf("socket,id=serial0,fd=%d,server=on,wait=off,logfile=%s,logappend=on",
-			inherit(p.Paths.Console), escapeOpt(filepath.Join(env.LogDir, d.Name+".log"))),
-		"-serial", "chardev:serial0",
-	)
-
-	if d.OS.Kernel != "" {
-		a = append(a, "-kernel", d.OS.Kernel)
-		if d.OS.Initrd != "" {
-			a = append(a, "-initrd", d.OS.Initrd)
+	if pm := d.PM; pm != nil {
+		dev := "PIIX4_PM"
+		if b.q35() {
+			dev = "ICH9-LPC"
 		}
-		if d.OS.Cmdline != "" {
-			a = append(a, "-append", d.OS.Cmdline)
+		for _, s := range [...]struct {
+			n   string
+			pol *libvirtxml.DomainPMPolicy
+		}{{"3", pm.SuspendToMem}, {"4", pm.SuspendToDisk}} {
+			if s.pol != nil && s.pol.Enabled != "" {
+				b.add("-global", fmt.Sprintf("%s.disable_s%s=%d", dev, s.n, map[string]int{"yes": 0, "no": 1}[s.pol.Enabled]))
+			}
 		}
 	}
+	return nil
+}
 
-	ide := 0
-	for i, disk := range d.Devices.Disks {
-		id := "drive-" + disk.Target.Dev
-		format := "raw"
-		if disk.Driver != nil && disk.Driver.Type != "" {
-			format = disk.Driver.Type
-		}
-		drive := fmt.Sprintf("file=%s,format=%s,if=none,id=%s", escapeOpt(disk.Source.File), format, id)
-		if disk.ReadOnly != nil || disk.Device == "cdrom" {
-			drive += ",readonly=on"
-		}
-		var dev string
+func (b *builder) cpu() error {
+	d, p := b.d, b.p
+	model := "max"
+	if p.Accel == "kvm" {
+		model = "host"
+	}
+	smp := strconv.FormatUint(uint64(d.VCPU.Value), 10)
+	if cur := d.VCPU.Current; cur != 0 {
+		smp = fmt.Sprintf("%d,maxcpus=%d", cur, d.VCPU.Value)
+	}
+	if c := d.CPU; c != nil {
 		switch {
-		case disk.Target.Bus == "virtio" || disk.Target.Bus == "" && strings.HasPrefix(disk.Target.Dev, "vd"):
-			dev = "virtio-blk-pci,drive=" + id
-		default: // ide and sata both sit on q35's AHCI controller
+		case c.Mode == "host-passthrough" && p.Accel != "kvm":
+			p.Warnings = append(p.Warnings, "cpu mode host-passthrough: there is no host CPU to pass through under TCG; the guest gets QEMU's max model")
+		case c.Mode == "custom" || c.Mode == "" && c.Model != nil:
+			model = c.Model.Value
+		}
+		for _, f := range c.Features {
+			switch f.Policy {
+			case "disable", "forbid":
+				model += ",-" + f.Name
+			default:
+				model += ",+" + f.Name
+			}
+		}
+		if t := c.Topology; t != nil {
+			for _, part := range [...]struct {
+				name string
+				n    int
+			}{{"sockets", t.Sockets}, {"dies", t.Dies}, {"cores", t.Cores}, {"threads", t.Threads}} {
+				if part.n > 0 {
+					smp += fmt.Sprintf(",%s=%d", part.name, part.n)
+				}
+			}
+		}
+	}
+	if c := d.Clock; c != nil && p.Accel == "kvm" {
+		for _, t := range c.Timer {
+			if t.Name == "kvmclock" && t.Present == "no" {
+				model += ",-kvmclock"
+			}
+		}
+	}
+	b.add("-cpu", model, "-smp", smp)
+	return nil
+}
+
+// firmware sets up UEFI (OVMF as pflash, with the domain's own variable
+// store) or a ROM loader.
+func (b *builder) firmware() error {
+	os := b.d.OS
+	if os.Loader != nil && os.Loader.Type == "rom" {
+		b.add("-bios", os.Loader.Path)
+		return nil
+	}
+	if os.Firmware != "efi" && os.Loader == nil {
+		return nil
+	}
+	code := b.env.OVMFCode
+	if os.Loader != nil && os.Loader.Path != "" {
+		code = os.Loader.Path
+	}
+	nv := b.env.NVRAM
+	template := b.env.OVMFVars
+	if n := os.NVRam; n != nil {
+		if n.NVRam != "" {
+			nv = n.NVRam
+		}
+		if n.Template != "" {
+			template = n.Template
+		}
+	}
+	if code == "" || nv == "" {
+		return fmt.Errorf("os firmware efi: no UEFI firmware known; install Debian's ovmf or give <loader>")
+	}
+	b.p.NVRAM.Path, b.p.NVRAM.Template = nv, template
+	b.add("-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+escapeOpt(code),
+		"-drive", "if=pflash,format=raw,unit=1,file="+escapeOpt(nv))
+	return nil
+}
+
+func (b *builder) boot() error {
+	os := b.d.OS
+	if os.Kernel != "" {
+		b.add("-kernel", os.Kernel)
+		if os.Initrd != "" {
+			b.add("-initrd", os.Initrd)
+		}
+		if os.Cmdline != "" {
+			b.add("-append", os.Cmdline)
+		}
+	}
+	var opts []string
+	if len(os.BootDevices) > 0 {
+		order := ""
+		for _, dev := range os.BootDevices {
+			order += map[string]string{"hd": "c", "cdrom": "d", "network": "n"}[dev.Dev]
+		}
+		opts = append(opts, "order="+order)
+	}
+	if os.BootMenu != nil && os.BootMenu.Enable != "" {
+		opts = append(opts, "menu="+map[string]string{"yes": "on", "no": "off"}[os.BootMenu.Enable])
+	}
+	if len(opts) > 0 {
+		b.add("-boot", strings.Join(opts, ","))
+	}
+	return nil
+}
+
+// chardev writes a character device: the primary console is minivirt's
+// console socket with the console log; others follow their <source>.
+func (b *builder) chardev(id string, src *libvirtxml.DomainChardevSource, log *libvirtxml.DomainChardevLog, primary bool) (string, error) {
+	var s string
+	switch {
+	case primary && (src == nil || src.Pty != nil):
+		if log != nil {
+			return "", fmt.Errorf("console log file %s: minivirt logs the first console to %s; remove <log>", log.File, filepath.Join(b.env.LogDir, b.d.Name+".log"))
+		}
+		return fmt.Sprintf("socket,id=%s,fd=%d,server=on,wait=off,logfile=%s,logappend=on",
+			id, b.inherit(b.p.Paths.Console), escapeOpt(filepath.Join(b.env.LogDir, b.d.Name+".log"))), nil
+	case src == nil || src.Pty != nil:
+		s = "pty,id=" + id
+	case src.Null != nil:
+		s = "null,id=" + id
+	case src.File != nil:
+		s = "file,id=" + id + ",path=" + escapeOpt(src.File.Path)
+		if src.File.Append != "" {
+			s += ",append=" + src.File.Append
+		}
+	case src.UNIX != nil:
+		s = "socket,id=" + id + ",path=" + escapeOpt(src.UNIX.Path)
+		if src.UNIX.Mode == "bind" {
+			s += ",server=on,wait=off"
+		}
+	}
+	if log != nil {
+		s += ",logfile=" + escapeOpt(log.File)
+		if log.Append != "" {
+			s += ",logappend=" + log.Append
+		}
+	}
+	return s, nil
+}
+
+// consoles gives the guest its serial ports and virtio consoles. As in
+// libvirt, a first <console> of target type serial is the first serial
+// port; a domain with neither gets one serial port, minivirt's console.
+func (b *builder) consoles() error {
+	d := b.d
+	type port struct {
+		src *libvirtxml.DomainChardevSource
+		log *libvirtxml.DomainChardevLog
+	}
+	var serials, virtio []port
+	for _, s := range d.Devices.Serials {
+		serials = append(serials, port{s.Source, s.Log})
+	}
+	for i, c := range d.Devices.Consoles {
+		switch {
+		case c.Target != nil && c.Target.Type == "virtio":
+			virtio = append(virtio, port{c.Source, c.Log})
+		case i == 0 && len(serials) == 0:
+			serials = append(serials, port{c.Source, c.Log})
+		}
+	}
+	if len(serials) == 0 && len(d.Devices.Consoles) == 0 {
+		serials = append(serials, port{})
+	}
+	// The primary console: the first <console> when it is virtio, else
+	// the first serial port.
+	virtioFirst := len(d.Devices.Consoles) > 0 && d.Devices.Consoles[0].Target != nil && d.Devices.Consoles[0].Target.Type == "virtio"
+	for i, s := range serials {
+		id := fmt.Sprintf("serial%d", i)
+		dev, err := b.chardev(id, s.src, s.log, i == 0 && !virtioFirst)
+		if err != nil {
+			return err
+		}
+		b.add("-chardev", dev, "-device", fmt.Sprintf("isa-serial,chardev=%s,index=%d", id, i))
+	}
+	for i, c := range virtio {
+		id := fmt.Sprintf("console%d", i)
+		dev, err := b.chardev(id, c.src, c.log, i == 0 && virtioFirst)
+		if err != nil {
+			return err
+		}
+		b.virtioSerialBus()
+		b.add("-chardev", dev, "-device", fmt.Sprintf("virtconsole,bus=virtio-serial0.0,chardev=%s,id=%s", id, id))
+	}
+	return nil
+}
+
+func (b *builder) virtioSerialBus() {
+	if !b.virtioSerial {
+		b.virtioSerial = true
+		b.add("-device", "virtio-serial-pci,id=virtio-serial0")
+	}
+}
+
+// diskFormatDefault is libvirt's format for a disk whose driver names none.
+const diskFormatDefault = "raw"
+
+func (b *builder) disks() error {
+	d := b.d
+	for i, disk := range d.Devices.Disks {
+		dev := disk.Target.Dev
+		id := "drive-" + dev
+		format := diskFormatDefault
+		var opts []string
+		path := ""
+		if disk.Source.File != nil {
+			path = disk.Source.File.File
+		} else {
+			path = disk.Source.Block.Dev
+		}
+		if dr := disk.Driver; dr != nil {
+			if dr.Type != "" {
+				format = dr.Type
+			}
+			if dr.Cache != "" && dr.Cache != "default" {
+				opts = append(opts, "cache="+dr.Cache)
+			}
+			if dr.IO != "" {
+				opts = append(opts, "aio="+dr.IO)
+			}
+			if dr.Discard != "" {
+				opts = append(opts, "discard="+dr.Discard)
+			}
+			if dr.DetectZeros != "" {
+				opts = append(opts, "detect-zeroes="+dr.DetectZeros)
+			}
+			if dr.ErrorPolicy != "" {
+				opts = append(opts, "werror="+strings.Replace(dr.ErrorPolicy, "enospace", "enospc", 1))
+			}
+			if dr.RErrorPolicy != "" {
+				opts = append(opts, "rerror="+dr.RErrorPolicy)
+			}
+		}
+		if disk.ReadOnly != nil || disk.Device == "cdrom" {
+			opts = append(opts, "readonly=on")
+		}
+		if disk.Device == "cdrom" {
+			opts = append(opts, "media=cdrom")
+		}
+		if disk.Transient != nil {
+			// QEMU writes to a throwaway overlay, removed when it exits.
+			opts = append(opts, "snapshot=on")
+		}
+		drive := fmt.Sprintf("file=%s,format=%s,if=none,id=%s", escapeOpt(path), format, id)
+		if len(opts) > 0 {
+			drive += "," + strings.Join(opts, ",")
+		}
+		bus := disk.Target.Bus
+		if bus == "" {
+			bus = map[string]string{"vd": "virtio", "sd": "sata", "hd": "ide"}[dev[:2]]
+		}
+		var device string
+		unit := int(dev[len(dev)-1] - 'a') // vda, sdb, hdc: the last letter
+		switch bus {
+		case "virtio":
+			device = "virtio-blk-pci,drive=" + id + ",id=" + dev
+		default:
 			kind := "ide-hd"
 			if disk.Device == "cdrom" {
 				kind = "ide-cd"
 			}
-			dev = fmt.Sprintf("%s,drive=%s,bus=ide.%d", kind, id, ide)
-			ide++
-		}
-		if i == 0 && d.OS.Kernel == "" {
-			dev += ",bootindex=1"
-		}
-		a = append(a, "-drive", drive, "-device", dev)
-	}
-
-	if netstack {
-		p.Network, p.NetFD = domain.NetworkNetstack, fd
-		fd++
-		a = append(a, "-netdev", fmt.Sprintf("stream,id=net0,server=off,addr.type=fd,addr.str=%d", p.NetFD),
-			"-device", fmt.Sprintf("virtio-net-pci,netdev=net0,host_mtu=%d", usernet.MTU))
-	} else if nic, ok := d.UserNIC(); ok {
-		p.Network = domain.NetworkSlirp
-		netdev := "user,id=net0"
-		if nic.Isolated {
-			netdev += ",restrict=on"
-		}
-		for _, vc := range d.VMChannels() {
-			rule := GuestfwdRule(d, vc, env.Self, p.Paths.Relay)
-			if len(rule) > maxGuestfwdRule {
-				return Plan{}, fmt.Errorf("vmchannel port %d: the guestfwd rule is %d bytes, over the %d QEMU keeps; use shorter paths (the minivirt binary, --run-dir or the target)", vc.Port, len(rule), maxGuestfwdRule)
+			switch {
+			case bus == "sata" && !b.q35():
+				if b.ahci == "" {
+					b.ahci = "sata0"
+					b.add("-device", "ich9-ahci,id=sata0")
+				}
+				device = fmt.Sprintf("%s,drive=%s,id=%s,bus=sata0.%d", kind, id, dev, unit)
+			case bus == "ide" && !b.q35():
+				device = fmt.Sprintf("%s,drive=%s,id=%s,bus=ide.%d,unit=%d", kind, id, dev, unit/2, unit%2)
+			default: // q35's AHCI ports are its ide.N buses
+				device = fmt.Sprintf("%s,drive=%s,id=%s,bus=ide.%d", kind, id, dev, unit)
 			}
-			netdev += ",guestfwd=" + escapeOpt(rule)
 		}
-		dev := map[string]string{"virtio": "virtio-net-pci", "e1000": "e1000", "rtl8139": "rtl8139"}[nic.Model] + ",netdev=net0"
-		if nic.MAC != "" {
-			dev += ",mac=" + nic.MAC
+		if disk.Serial != "" {
+			device += ",serial=" + disk.Serial
 		}
-		a = append(a, "-netdev", netdev, "-device", dev)
+		if disk.Shareable != nil {
+			device += ",share-rw=on"
+		}
+		switch {
+		case disk.Boot != nil:
+			device += fmt.Sprintf(",bootindex=%d", disk.Boot.Order)
+		case i == 0 && d.OS.Kernel == "" && len(d.OS.BootDevices) == 0 && !b.hasBootOrder():
+			device += ",bootindex=1"
+		}
+		b.add("-drive", drive, "-device", device)
 	}
+	return nil
+}
 
-	if ports := d.VirtioPorts(); len(ports) > 0 {
-		a = append(a, "-device", "virtio-serial-pci,id=virtio-serial0")
-		for i, port := range ports {
-			id := fmt.Sprintf("channel%d", i)
-			a = append(a,
-				"-chardev", fmt.Sprintf("socket,id=%s,fd=%d,server=on,wait=off", id, inherit(port.Path)),
-				"-device", fmt.Sprintf("virtserialport,bus=virtio-serial0.0,nr=%d,chardev=%s,name=%s", i+1, id, port.Name))
+func (b *builder) hasBootOrder() bool {
+	for _, disk := range b.d.Devices.Disks {
+		if disk.Boot != nil {
+			return true
 		}
 	}
-	a = append(a, "-device", "pvpanic-pci")
-	p.Argv = a
-	return p, nil
+	for _, nic := range b.d.Devices.Interfaces {
+		if nic.Boot != nil {
+			return true
+		}
+	}
+	return false
+}
+
+// netstack reports whether minivirt's own network carries the domain's
+// vmchannels.
+func (b *builder) netstack() bool {
+	d := b.d
+	return d.Network() == domain.NetworkNetstack && (len(d.VMChannels()) > 0 || d.Ext.Network != "")
+}
+
+func (b *builder) network() error {
+	d, p := b.d, b.p
+	if b.netstack() {
+		p.Network, p.NetFD = domain.NetworkNetstack, b.fd
+		b.fd++
+		b.add("-netdev", fmt.Sprintf("stream,id=net0,server=off,addr.type=fd,addr.str=%d", p.NetFD),
+			"-device", fmt.Sprintf("virtio-net-pci,netdev=net0,host_mtu=%d", usernet.MTU))
+		return nil
+	}
+	nic, ok := d.UserNIC()
+	if !ok {
+		return nil
+	}
+	p.Network = domain.NetworkSlirp
+	netdev := "user,id=net0"
+	if nic.Isolated {
+		netdev += ",restrict=on"
+	}
+	for _, vc := range d.VMChannels() {
+		rule := GuestfwdRule(d, vc, b.env.Self, p.Paths.Relay)
+		if len(rule) > maxGuestfwdRule {
+			return fmt.Errorf("vmchannel port %d: the guestfwd rule is %d bytes, over the %d QEMU keeps; use shorter paths (the minivirt binary, --run-dir or the target)", vc.Port, len(rule), maxGuestfwdRule)
+		}
+		netdev += ",guestfwd=" + escapeOpt(rule)
+	}
+	dev := map[string]string{"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e", "rtl8139": "rtl8139"}[nic.Model] + ",netdev=net0"
+	if nic.MAC != "" {
+		dev += ",mac=" + nic.MAC
+	}
+	if nic.Boot != 0 {
+		dev += fmt.Sprintf(",bootindex=%d", nic.Boot)
+	}
+	b.add("-netdev", netdev, "-device", dev)
+	return nil
+}
+
+func (b *builder) channels() error {
+	for i, port := range b.d.VirtioPorts() {
+		if port.Path == "" { // as libvirt does: a path of minivirt's choosing
+			port.Path = filepath.Join(b.env.RunDir, "channel."+port.Name+".sock")
+			if len(port.Path) > domain.MaxSocketPath {
+				return fmt.Errorf("channel virtio %s: the socket minivirt would bind, %s, is %d bytes, over the %d a Unix socket allows; give <source path=''/>", port.Name, port.Path, len(port.Path), domain.MaxSocketPath)
+			}
+		}
+		b.p.VirtioPorts = append(b.p.VirtioPorts, port)
+		b.virtioSerialBus()
+		id := fmt.Sprintf("channel%d", i)
+		b.add("-chardev", fmt.Sprintf("socket,id=%s,fd=%d,server=on,wait=off", id, b.inherit(port.Path)),
+			"-device", fmt.Sprintf("virtserialport,bus=virtio-serial0.0,nr=%d,chardev=%s,name=%s", i+1, id, port.Name))
+	}
+	return nil
+}
+
+func (b *builder) controllers() error {
+	usbMaster := ""
+	rootPorts := 0
+	for i, c := range b.d.Devices.Controllers {
+		switch c.Type {
+		case "usb":
+			id := fmt.Sprintf("usb%d", i)
+			switch c.Model {
+			case "", "qemu-xhci", "nec-xhci":
+				dev := map[string]string{"": "qemu-xhci", "qemu-xhci": "qemu-xhci", "nec-xhci": "nec-usb-xhci"}[c.Model] + ",id=" + id
+				if c.USB != nil && c.USB.Port != nil {
+					dev += fmt.Sprintf(",p2=%d,p3=%d", *c.USB.Port, *c.USB.Port)
+				}
+				b.add("-device", dev)
+			case "ich9-ehci1":
+				usbMaster = id
+				b.add("-device", "ich9-usb-ehci1,id="+id)
+			case "ich9-uhci1", "ich9-uhci2", "ich9-uhci3":
+				dev := "ich9-usb-" + strings.TrimPrefix(c.Model, "ich9-") + ",id=" + id
+				if usbMaster != "" && c.USB != nil && c.USB.Master != nil {
+					dev += fmt.Sprintf(",masterbus=%s.0,firstport=%d", usbMaster, c.USB.Master.StartPort)
+				}
+				b.add("-device", dev)
+			case "piix3-uhci":
+				b.add("-device", "piix3-usb-uhci,id="+id)
+			}
+		case "pci":
+			switch c.Model {
+			case "pcie-root-port":
+				if !b.q35() {
+					return fmt.Errorf("controller pci model pcie-root-port: needs a q35 machine")
+				}
+				rootPorts++
+				b.add("-device", fmt.Sprintf("pcie-root-port,id=pci.%d,chassis=%d", rootPorts, rootPorts))
+			case "pcie-root":
+				if !b.q35() {
+					return fmt.Errorf("controller pci model pcie-root: the pc machine has pci-root; use q35 or pci-root")
+				}
+			case "pci-root":
+				if b.q35() {
+					return fmt.Errorf("controller pci model pci-root: the q35 machine has pcie-root; use pc or pcie-root")
+				}
+			}
+		case "virtio-serial":
+			b.virtioSerialBus()
+		}
+	}
+	return nil
+}
+
+func (b *builder) devices() error {
+	d := b.d
+	if m := d.Devices.MemBalloon; m != nil && m.Model == "virtio" {
+		b.add("-device", "virtio-balloon-pci,id=balloon0")
+	}
+	for i, r := range d.Devices.RNGs {
+		obj := fmt.Sprintf("rng-builtin,id=objrng%d", i)
+		if r.Backend.Random != nil {
+			obj = fmt.Sprintf("rng-random,id=objrng%d,filename=%s", i, r.Backend.Random.Device)
+		}
+		dev := fmt.Sprintf("virtio-rng-pci,rng=objrng%d,id=rng%d", i, i)
+		if r.Rate != nil {
+			period := r.Rate.Period
+			if period == 0 {
+				period = 1000
+			}
+			dev += fmt.Sprintf(",max-bytes=%d,period=%d", r.Rate.Bytes, period)
+		}
+		b.add("-object", obj, "-device", dev)
+	}
+	pvpanic := "pvpanic-pci" // the supervisor needs GUEST_PANICKED for on_crash
+	if len(d.Devices.Panics) > 0 && d.Devices.Panics[0].Model == "isa" {
+		pvpanic = "pvpanic"
+	}
+	b.add("-device", pvpanic)
+	return nil
+}
+
+// commandline passes <qemu:commandline> through, last, as libvirt does.
+func (b *builder) commandline() error {
+	c := b.d.QEMUCommandline
+	if c == nil {
+		return nil
+	}
+	for _, a := range c.Args {
+		b.add(a.Value)
+	}
+	for _, e := range c.Envs {
+		b.p.Env = append(b.p.Env, e.Name+"="+e.Value)
+	}
+	return nil
 }
 
 // GuestfwdRule is the guestfwd rule of one vmchannel, before QEMU's option

@@ -8,13 +8,23 @@ import (
 	"github.com/minivirt/minivirt/pkg/domain"
 )
 
-var testEnv = Env{QEMU: "/usr/bin/qemu-system-x86_64", Self: "/usr/bin/minivirt", RunDir: "/run/minivirt/t", LogDir: "/var/lib/minivirt/logs"}
+var testEnv = Env{QEMU: "/usr/bin/qemu-system-x86_64", Self: "/usr/bin/minivirt", RunDir: "/run/minivirt/t", LogDir: "/var/lib/minivirt/logs",
+	NVRAM: "/var/lib/minivirt/nvram/t_VARS.fd", OVMFCode: DefaultOVMFCode, OVMFVars: DefaultOVMFVars}
 
 func parse(t *testing.T, devices string, extra ...string) *domain.Domain {
 	t.Helper()
-	top := strings.Join(extra, "")
+	return parseWith(t, devices, strings.Join(extra, ""), "")
+}
+
+// parseWith parses a test domain with devices, extra top-level elements,
+// and an <os> of its own (empty: direct kernel boot of /k).
+func parseWith(t *testing.T, devices, top, os string) *domain.Domain {
+	t.Helper()
+	if os == "" {
+		os = `<os><kernel>/k</kernel></os>`
+	}
 	xml := `<domain type='qemu'><name>t</name><uuid>6c3b1f0e-8a4d-4f6b-9c2e-1d7a5b3e9f40</uuid><memory unit='MiB'>128</memory>` + top +
-		`<os><kernel>/k</kernel></os><devices>` + devices + `</devices></domain>`
+		os + `<devices>` + devices + `</devices></domain>`
 	d, err := domain.Parse(strings.NewReader(xml))
 	if err == nil {
 		err = d.Validate()
@@ -159,48 +169,94 @@ func TestBuildAccel(t *testing.T) {
 	}
 }
 
+// TestBuildDevices: each element minivirt acts on becomes exactly this
+// QEMU option.
 func TestBuildDevices(t *testing.T) {
+	const helper = "'/usr/bin/minivirt' '__vmchannel-helper' '/run/minivirt/t/relay.sock'"
+	vmchannel := `<interface type='vmchannel'><source port='600'/><target path='/s.sock'/></interface>`
 	tests := []struct {
-		name    string
-		devices string
-		flag    string
-		nth     int
-		want    string
+		name, devices, top, flag, want string
 	}{
-		{"virtio disk", `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/d.qcow2'/><target dev='vda' bus='virtio'/></disk>`,
-			"-drive", 0, "file=/d.qcow2,format=qcow2,if=none,id=drive-vda"},
-		{"virtio disk device", `<disk type='file' device='disk'><source file='/d.img'/><target dev='vda' bus='virtio'/></disk>`,
-			"-device", 0, "virtio-blk-pci,drive=drive-vda"},
-		{"cdrom", `<disk type='file' device='cdrom'><source file='/c.iso'/><target dev='hdc' bus='ide'/></disk>`,
-			"-drive", 0, "file=/c.iso,format=raw,if=none,id=drive-hdc,readonly=on"},
-		{"cdrom device", `<disk type='file' device='cdrom'><source file='/c.iso'/><target dev='hdc' bus='ide'/></disk>`,
-			"-device", 0, "ide-cd,drive=drive-hdc,bus=ide.0"},
-		{"user nic", `<interface type='user'><mac address='52:54:00:12:34:56'/><model type='e1000'/></interface>`,
-			"-netdev", 0, "user,id=net0"},
-		{"user nic device", `<interface type='user'><mac address='52:54:00:12:34:56'/><model type='e1000'/></interface>`,
-			"-device", 0, "e1000,netdev=net0,mac=52:54:00:12:34:56"},
-		{"vmchannel only: netstack", `<interface type='vmchannel'><source port='600'/><target path='/s.sock'/></interface>`,
-			"-netdev", 0, "stream,id=net0,server=off,addr.type=fd,addr.str=5"},
-		{"netstack: full sandbox", `<interface type='vmchannel'><source port='600'/><target path='/s.sock'/></interface>`,
-			"-sandbox", 0, "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"},
-		{"slirp: the sandbox lets QEMU spawn", `<interface type='vmchannel'><source port='600'/><target path='/s.sock'/></interface><vmchannels network='slirp'/>`,
-			"-sandbox", 0, "on,obsolete=deny,resourcecontrol=deny"},
-		{"vmchannel on slirp isolates", `<interface type='vmchannel'><source port='600'/><target path='/s.sock'/></interface><vmchannels network='slirp'/>`,
-			"-netdev", 0, "user,id=net0,restrict=on,guestfwd=tcp:10.0.2.4:600-cmd:'/usr/bin/minivirt' '__vmchannel-helper' '/run/minivirt/t/relay.sock' '10.0.2.4:600' '/s.sock'"},
-		{"vmchannel with user nic: NAT", `<interface type='user'/><channel type='unix'><source mode='connect' path='/g.sock'/><target type='guestfwd' address='10.0.2.9' port='7'/></channel>`,
-			"-netdev", 0, "user,id=net0,guestfwd=tcp:10.0.2.9:7-cmd:'/usr/bin/minivirt' '__vmchannel-helper' '/run/minivirt/t/relay.sock' '10.0.2.9:7' '/g.sock'"},
-		{"virtio-serial", `<channel type='unix'><source mode='bind' path='/a.sock'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>`,
-			"-chardev", 2, "socket,id=channel0,fd=5,server=on,wait=off"},
-		{"virtio-serial port", `<channel type='unix'><source mode='bind' path='/a.sock'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>`,
-			"-device", 1, "virtserialport,bus=virtio-serial0.0,nr=1,chardev=channel0,name=org.qemu.guest_agent.0"},
+		{"virtio disk", `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='/d.qcow2'/><target dev='vda' bus='virtio'/></disk>`, "",
+			"-drive", "file=/d.qcow2,format=qcow2,if=none,id=drive-vda"},
+		{"virtio disk device", `<disk type='file' device='disk'><source file='/d.img'/><target dev='vda' bus='virtio'/></disk>`, "",
+			"-device", "virtio-blk-pci,drive=drive-vda,id=vda"},
+		{"block disk", `<disk type='block' device='disk'><source dev='/dev/loop7'/><target dev='vdb'/></disk>`, "",
+			"-drive", "file=/dev/loop7,format=raw,if=none,id=drive-vdb"},
+		{"disk options", `<disk type='file'><driver name='qemu' type='raw' cache='none' io='native' discard='unmap' detect_zeroes='unmap' error_policy='enospace' rerror_policy='report'/><source file='/d'/><target dev='vda'/></disk>`, "",
+			"-drive", "file=/d,format=raw,if=none,id=drive-vda,cache=none,aio=native,discard=unmap,detect-zeroes=unmap,werror=enospc,rerror=report"},
+		{"readonly, shareable, serial, boot order", `<disk type='file'><source file='/d'/><target dev='vda'/><readonly/><shareable/><serial>SN-1</serial><boot order='2'/></disk>`, "",
+			"-device", "virtio-blk-pci,drive=drive-vda,id=vda,serial=SN-1,share-rw=on,bootindex=2"},
+		{"transient", `<disk type='file'><driver name='qemu' type='qcow2'/><source file='/base.qcow2'/><target dev='vda'/><transient/></disk>`, "",
+			"-drive", "file=/base.qcow2,format=qcow2,if=none,id=drive-vda,snapshot=on"},
+		{"cdrom", `<disk type='file' device='cdrom'><source file='/c.iso'/><target dev='hdc' bus='ide'/></disk>`, "",
+			"-drive", "file=/c.iso,format=raw,if=none,id=drive-hdc,readonly=on,media=cdrom"},
+		{"cdrom device on q35", `<disk type='file' device='cdrom'><source file='/c.iso'/><target dev='sda' bus='sata'/></disk>`, "",
+			"-device", "ide-cd,drive=drive-sda,id=sda,bus=ide.0"},
+		{"user nic device", `<interface type='user'><mac address='52:54:00:12:34:56'/><model type='e1000'/><boot order='1'/></interface>`, "",
+			"-device", "e1000,netdev=net0,mac=52:54:00:12:34:56,bootindex=1"},
+		{"vmchannel only: netstack", vmchannel, "",
+			"-netdev", "stream,id=net0,server=off,addr.type=fd,addr.str=5"},
+		{"netstack: full sandbox", vmchannel, "",
+			"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"},
+		{"slirp: the sandbox lets QEMU spawn", vmchannel + `<vmchannels network='slirp'/>`, "",
+			"-sandbox", "on,obsolete=deny,resourcecontrol=deny"},
+		{"vmchannel on slirp isolates", vmchannel + `<vmchannels network='slirp'/>`, "",
+			"-netdev", "user,id=net0,restrict=on,guestfwd=tcp:10.0.2.4:600-cmd:" + helper + " '10.0.2.4:600' '/s.sock'"},
+		{"vmchannel with user nic: NAT", `<interface type='user'/><channel type='unix'><source mode='connect' path='/g.sock'/><target type='guestfwd' address='10.0.2.9' port='7'/></channel>`, "",
+			"-netdev", "user,id=net0,guestfwd=tcp:10.0.2.9:7-cmd:" + helper + " '10.0.2.9:7' '/g.sock'"},
+		{"virtio-serial", `<channel type='unix'><source mode='bind' path='/a.sock'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>`, "",
+			"-chardev", "socket,id=channel0,fd=5,server=on,wait=off"},
+		{"virtio-serial port", `<channel type='unix'><source mode='bind' path='/a.sock'/><target type='virtio' name='org.qemu.guest_agent.0'/></channel>`, "",
+			"-device", "virtserialport,bus=virtio-serial0.0,nr=1,chardev=channel0,name=org.qemu.guest_agent.0"},
+		{"virtio console: hvc0", `<console type='pty'><target type='virtio'/></console>`, "",
+			"-device", "virtconsole,bus=virtio-serial0.0,chardev=console0,id=console0"},
+		{"virtio console is the logged console", `<console type='pty'><target type='virtio'/></console>`, "",
+			"-chardev", "socket,id=console0,fd=4,server=on,wait=off,logfile=/var/lib/minivirt/logs/t.log,logappend=on"},
+		{"second serial to a file, logged", `<serial type='pty'/><serial type='file'><source path='/tmp/s1'/><log file='/tmp/s1.log' append='on'/></serial>`, "",
+			"-chardev", "file,id=serial1,path=/tmp/s1,logfile=/tmp/s1.log,logappend=on"},
+		{"serial to a unix socket", `<serial type='unix'><source mode='bind' path='/tmp/s.sock'/></serial>`, "",
+			"-chardev", "socket,id=serial0,path=/tmp/s.sock,server=on,wait=off"},
+		{"vcpu current", "", `<vcpu current='2'>4</vcpu>`,
+			"-smp", "2,maxcpus=4"},
+		{"cpu topology and model", "", `<vcpu>4</vcpu><cpu mode='custom'><model>qemu64</model><topology sockets='1' cores='2' threads='2'/><feature policy='require' name='sse4.2'/><feature policy='disable' name='svm'/></cpu>`,
+			"-cpu", "qemu64,+sse4.2,-svm"},
+		{"boot dev order", `<disk type='file' device='cdrom'><source file='/c.iso'/><target dev='sda' bus='sata'/></disk>`, `<os><boot dev='cdrom'/><boot dev='hd'/><bootmenu enable='yes'/></os>`,
+			"-boot", "order=dc,menu=on"},
+		{"clock", "", `<clock offset='localtime'><timer name='rtc' tickpolicy='catchup'/><timer name='hpet' present='no'/></clock>`,
+			"-rtc", "base=localtime,driftfix=slew"},
+		{"hpet off, vmport off", "", `<features><acpi/><apic/><vmport state='off'/></features><clock offset='utc'><timer name='hpet' present='no'/></clock>`,
+			"-machine", "q35,vmport=off,hpet=off"},
+		{"pm", "", `<pm><suspend-to-mem enabled='no'/><suspend-to-disk enabled='no'/></pm>`,
+			"-global", "ICH9-LPC.disable_s4=1"},
+		{"uefi", "", `<os firmware='efi'></os>`,
+			"-drive", "if=pflash,format=raw,unit=1,file=/var/lib/minivirt/nvram/t_VARS.fd"},
+		{"usb and root ports", `<controller type='usb' model='qemu-xhci' ports='15'/><controller type='pci' model='pcie-root'/><controller type='pci' model='pcie-root-port'/>`, "",
+			"-device", "pcie-root-port,id=pci.1,chassis=1"},
+		{"qemu-xhci ports", `<controller type='usb' model='qemu-xhci' ports='15'/>`, "",
+			"-device", "qemu-xhci,id=usb0,p2=15,p3=15"},
+		{"rng and balloon", `<memballoon model='virtio'/><rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>`, "",
+			"-object", "rng-random,id=objrng0,filename=/dev/urandom"},
+		{"qemu:commandline", "", `<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-device'/><qemu:arg value='virtio-rng-pci,id=extra'/></qemu:commandline>`,
+			"-device", "virtio-rng-pci,id=extra"},
 	}
 	for _, tt := range tests {
-		p, err := Build(parse(t, tt.devices), testEnv)
+		top, os := tt.top, ""
+		if strings.HasPrefix(top, "<os") { // replaces the default <os>
+			os, top = tt.top, ""
+		}
+		p, err := Build(parseWith(t, tt.devices, top, os), testEnv)
 		if err != nil {
 			t.Fatalf("%s: %v", tt.name, err)
 		}
-		if got := optionAfter(p.Argv, tt.flag, tt.nth); got != tt.want {
-			t.Errorf("%s: %s #%d = %q; want %q", tt.name, tt.flag, tt.nth, got, tt.want)
+		var values []string
+		for i := 0; i+1 < len(p.Argv); i++ {
+			if p.Argv[i] == tt.flag {
+				values = append(values, p.Argv[i+1])
+			}
+		}
+		if !slices.Contains(values, tt.want) {
+			t.Errorf("%s: no %s %q among %q", tt.name, tt.flag, tt.want, values)
 		}
 	}
 }

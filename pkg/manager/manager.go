@@ -48,6 +48,13 @@ func (m *Manager) DomainRunDir(name string) string { return filepath.Join(m.RunD
 // and the supervisor's (NAME.supervisor.log).
 func (m *Manager) LogDir() string { return filepath.Join(m.StateDir, "logs") }
 
+// NVRAMPath is where a UEFI domain's own variable store lives when its
+// definition names none: made at its first start, kept across starts,
+// removed by undefine.
+func (m *Manager) NVRAMPath(name string) string {
+	return filepath.Join(m.StateDir, "nvram", name+"_VARS.fd")
+}
+
 // ConsoleLog is the path of a domain's serial console log.
 func (m *Manager) ConsoleLog(name string) string { return filepath.Join(m.LogDir(), name+".log") }
 
@@ -193,7 +200,14 @@ func (m *Manager) Undefine(name string) error {
 		if o := observe(rt); o.Active() {
 			return fmt.Errorf("domain %s is %s; destroy it first: minivirt destroy %s", name, rt.State, name)
 		}
-		return s.Undefine(name)
+		if err := s.Undefine(name); err != nil {
+			return err
+		}
+		// The variable store minivirt made for it, and nothing else.
+		if err := os.Remove(m.NVRAMPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("removing the NVRAM of %s: %w", name, err)
+		}
+		return nil
 	})
 }
 

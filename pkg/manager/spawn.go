@@ -57,11 +57,19 @@ func (m *Manager) Supervise(ctx context.Context, name string, opt SuperviseOptio
 		opt.Ready(nil, err)
 		return err
 	}
+	if err := d.Validate(); err != nil {
+		// Written by an earlier release, or changed by hand: refuse rather
+		// than run it wrongly.
+		err = fmt.Errorf("the stored definition: %w; redefine the domain", err)
+		opt.Ready(nil, err)
+		return err
+	}
 	kvm, why := launcher.DetectKVM(os.Getenv)
 	return supervisor.Run(ctx, supervisor.Config{
 		Domain: d,
 		Env: launcher.Env{QEMU: qemu, Self: opt.Self, RunDir: m.DomainRunDir(name), LogDir: m.LogDir(),
-			KVM: kvm, KVMReason: why},
+			KVM: kvm, KVMReason: why, NVRAM: m.NVRAMPath(name),
+			OVMFCode: launcher.DefaultOVMFCode, OVMFVars: launcher.DefaultOVMFVars},
 		OpenStore:     m.OpenStore,
 		Ready:         opt.Ready,
 		Log:           logger,

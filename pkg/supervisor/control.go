@@ -8,6 +8,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/vmchannel"
 )
 
@@ -50,6 +51,9 @@ type Status struct {
 	Detail      string          `json:"detail,omitempty"`
 	MonitorLost bool            `json:"monitor_lost,omitempty"`
 	VMChannels  []ChannelStatus `json:"vmchannels,omitempty"`
+	// VirtioPorts are the virtio-serial ports with the sockets bound for
+	// them, minivirt's own choices included.
+	VirtioPorts []domain.VirtioPort `json:"virtio_ports,omitempty"`
 }
 
 // ChannelStatus carries one vmchannel's counters.

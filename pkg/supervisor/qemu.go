@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"syscall"
 
@@ -53,7 +54,14 @@ func qemuWords(path string, offset int64) string {
 func CheckHost(d *domain.Domain) (warnings []string, err error) {
 	need := map[string]string{"os kernel": d.OS.Kernel, "os initrd": d.OS.Initrd}
 	for _, disk := range d.Devices.Disks {
-		need["disk "+disk.Target.Dev+" source file"] = disk.Source.File
+		if disk.Source.File != nil {
+			need["disk "+disk.Target.Dev+" source file"] = disk.Source.File.File
+		} else {
+			need["disk "+disk.Target.Dev+" source dev"] = disk.Source.Block.Dev
+		}
+	}
+	if d.OS.Loader != nil {
+		need["os loader"] = d.OS.Loader.Path
 	}
 	for elem, path := range need {
 		if path == "" {
@@ -73,9 +81,38 @@ func CheckHost(d *domain.Domain) (warnings []string, err error) {
 		}
 	}
 	for _, p := range d.VirtioPorts() {
+		if p.Path == "" {
+			continue
+		}
 		if fi, err := os.Lstat(p.Path); err == nil && fi.Mode()&os.ModeSocket == 0 {
 			return nil, fmt.Errorf("channel virtio %s source path %s exists and is not a socket", p.Name, p.Path)
 		}
 	}
 	return warnings, nil
+}
+
+// prepareNVRAM gives a UEFI domain its own variable store: a copy of the
+// template, made once and kept across starts.
+func prepareNVRAM(path, template string) error {
+	if path == "" {
+		return nil
+	}
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	if template == "" {
+		return fmt.Errorf("os nvram %s: does not exist and there is no template to copy; install Debian's ovmf or give <nvram template=''>", path)
+	}
+	data, err := os.ReadFile(template)
+	if err != nil {
+		return fmt.Errorf("os nvram template: %w (install Debian's ovmf)", err)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return fmt.Errorf("os nvram: %w", err)
+	}
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return fmt.Errorf("os nvram: %w", err)
+	}
+	return os.Rename(tmp, path)
 }

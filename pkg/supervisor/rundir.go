@@ -164,6 +164,13 @@ func RemoveDir(dir string) error {
 			return fmt.Errorf("cleaning %s: %w", dir, unwrap(err))
 		}
 	}
+	// Sockets minivirt bound for virtio channels without a path of their own.
+	picked, _ := filepath.Glob(filepath.Join(dir, "channel.*.sock"))
+	for _, f := range picked {
+		if fi, err := os.Lstat(f); err == nil && fi.Mode()&fs.ModeSocket != 0 {
+			os.Remove(f)
+		}
+	}
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return fmt.Errorf("cleaning %s: %w", dir, unwrap(err))

@@ -120,6 +120,9 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 		return err
 	}
 	s.plan.Warnings = append(s.plan.Warnings, warnings...)
+	if err := prepareNVRAM(s.plan.NVRAM.Path, s.plan.NVRAM.Template); err != nil {
+		return err
+	}
 	if err := claimDir(env.RunDir, s.self); err != nil {
 		return err
 	}
@@ -194,6 +197,7 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 
 	cmd := exec.Command(s.plan.Argv[0], s.plan.Argv[1:]...)
 	cmd.Stdout, cmd.Stderr = qemuLog, qemuLog
+	cmd.Env = append(os.Environ(), s.plan.Env...)
 	cmd.ExtraFiles = files
 	cmd.Dir = "/"
 	// QEMU gets its own session: it must outlive a killed supervisor.
@@ -466,7 +470,7 @@ func (s *supervisor) cleanup() {
 	if s.network != nil {
 		s.network.Close()
 	}
-	for _, p := range s.d.VirtioPorts() {
+	for _, p := range s.plan.VirtioPorts {
 		removeSocket(p.Path)
 	}
 	if owner, ok := readOwner(s.cfg.Env.RunDir); ok && owner == s.self {
@@ -490,7 +494,8 @@ func (s *supervisor) handle(ctx context.Context, req Request) Response {
 	switch req.Op {
 	case OpStatus:
 		s.mu.Lock()
-		st := &Status{State: s.m.State, Reason: s.m.Reason, Detail: s.m.Detail, MonitorLost: s.m.MonitorLost}
+		st := &Status{State: s.m.State, Reason: s.m.Reason, Detail: s.m.Detail, MonitorLost: s.m.MonitorLost,
+			VirtioPorts: s.plan.VirtioPorts}
 		s.mu.Unlock()
 		for _, vc := range s.d.VMChannels() {
 			ap := netip.AddrPortFrom(vc.Address, vc.Port)

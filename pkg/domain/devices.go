@@ -1,0 +1,176 @@
+package domain
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+
+	"libvirt.org/go/libvirtxml"
+)
+
+// VMChannels returns every vmchannel of the domain: minivirt's own, then
+// libvirt's guestfwd channels (with their options from the metadata), in
+// document order. Call it on a validated domain.
+func (d *Domain) VMChannels() []VMChannel {
+	var out []VMChannel
+	options := map[netip.AddrPort]ExtVMChannel{}
+	for _, e := range d.Ext.VMChannels {
+		a, _ := netip.ParseAddr(e.Address)
+		if e.Path == "" {
+			options[netip.AddrPortFrom(a, uint16(e.Port))] = e
+			continue
+		}
+		out = append(out, vmchannel(a, uint16(e.Port), e.Path, e.Proxy, e.MaxConnections))
+	}
+	for _, ch := range d.guestfwdChannels() {
+		t := ch.Target.GuestFWD
+		a, _ := netip.ParseAddr(t.Address)
+		p, _ := strconv.ParseUint(t.Port, 10, 16)
+		opt := options[netip.AddrPortFrom(a, uint16(p))]
+		out = append(out, vmchannel(a, uint16(p), ch.Source.UNIX.Path, opt.Proxy, opt.MaxConnections))
+	}
+	return out
+}
+
+func vmchannel(a netip.Addr, port uint16, path, proxy string, maxConns uint) VMChannel {
+	limit := DefaultMaxConnections
+	if maxConns != 0 {
+		limit = int(maxConns)
+	}
+	return VMChannel{Address: a, Port: port, Path: path, Proxy: proxy, MaxConnections: limit}
+}
+
+// guestfwdChannels are libvirt's <channel type='unix'> with a guestfwd target.
+func (d *Domain) guestfwdChannels() []libvirtxml.DomainChannel {
+	var out []libvirtxml.DomainChannel
+	for _, ch := range d.Devices.Channels {
+		if ch.Target != nil && ch.Target.GuestFWD != nil && ch.Source != nil && ch.Source.UNIX != nil {
+			out = append(out, ch)
+		}
+	}
+	return out
+}
+
+// VirtioPorts returns the virtio-serial ports whose sockets minivirt binds.
+func (d *Domain) VirtioPorts() []VirtioPort {
+	var out []VirtioPort
+	for _, ch := range d.Devices.Channels {
+		if ch.Target != nil && ch.Target.VirtIO != nil && ch.Source != nil && ch.Source.UNIX != nil {
+			out = append(out, VirtioPort{Name: ch.Target.VirtIO.Name, Path: ch.Source.UNIX.Path})
+		}
+	}
+	return out
+}
+
+// Network returns the network that carries the domain's vmchannels: the one
+// the metadata names; else QEMU's user network when the domain has a user
+// interface (it wants NAT); else minivirt's own.
+func (d *Domain) Network() string {
+	if d.Ext.Network != "" {
+		return d.Ext.Network
+	}
+	if _, ok := d.userInterface(); ok {
+		return NetworkSlirp
+	}
+	return NetworkNetstack
+}
+
+func (d *Domain) userInterface() (libvirtxml.DomainInterface, bool) {
+	for _, nic := range d.Devices.Interfaces {
+		if nic.Source != nil && nic.Source.User != nil {
+			return nic, true
+		}
+	}
+	return libvirtxml.DomainInterface{}, false
+}
+
+// UserNIC describes the domain's user-mode NIC.
+type UserNIC struct {
+	Model string
+	MAC   string
+	Boot  uint // boot order, 0 for none
+	// Isolated is true for the NIC minivirt adds for vmchannels: the guest
+	// reaches nothing but its vmchannels (QEMU's restrict=on).
+	Isolated bool
+}
+
+// UserNIC returns the explicit <interface type='user'>, or the isolated one
+// implied by vmchannels, or false when the domain has no network. The
+// implied NIC is never written into the definition: it follows the
+// vmchannels, so removing the last vmchannel removes it too.
+func (d *Domain) UserNIC() (UserNIC, bool) {
+	if nic, ok := d.userInterface(); ok {
+		u := UserNIC{Model: "virtio"}
+		if nic.Model != nil {
+			u.Model = nic.Model.Type
+		}
+		if nic.MAC != nil {
+			u.MAC = nic.MAC.Address
+		}
+		if nic.Boot != nil {
+			u.Boot = nic.Boot.Order
+		}
+		return u, true
+	}
+	if len(d.VMChannels()) > 0 {
+		return UserNIC{Model: "virtio", Isolated: true}, true
+	}
+	return UserNIC{}, false
+}
+
+// AddVMChannel adds a vmchannel of minivirt's own and validates the result;
+// on error the domain is unchanged.
+func (d *Domain) AddVMChannel(vc VMChannel) error {
+	if !vc.Address.IsValid() {
+		vc.Address = DefaultVMChannelAddress
+	}
+	e := ExtVMChannel{Address: vc.Address.String(), Port: uint(vc.Port), Path: vc.Path, Proxy: vc.Proxy}
+	if vc.MaxConnections != 0 {
+		e.MaxConnections = uint(vc.MaxConnections)
+	}
+	before := d.Ext.VMChannels
+	d.Ext.VMChannels = append(append([]ExtVMChannel(nil), before...), e)
+	if err := d.Validate(); err != nil {
+		d.Ext.VMChannels = before
+		return err
+	}
+	return nil
+}
+
+// RemoveVMChannel removes the vmchannel on port (and address, when valid),
+// whichever form defines it. It fails when none or several match.
+func (d *Domain) RemoveVMChannel(port uint16, addr netip.Addr) error {
+	match := func(a string, p uint64) bool {
+		return p == uint64(port) && (!addr.IsValid() || a == addr.String())
+	}
+	var ext []ExtVMChannel
+	var chans []libvirtxml.DomainChannel
+	found := 0
+	for _, ch := range d.Devices.Channels {
+		if ch.Target != nil && ch.Target.GuestFWD != nil {
+			p, _ := strconv.ParseUint(ch.Target.GuestFWD.Port, 10, 32)
+			if match(ch.Target.GuestFWD.Address, p) {
+				found++ // its options in the metadata go below
+				continue
+			}
+		}
+		chans = append(chans, ch)
+	}
+	for _, e := range d.Ext.VMChannels {
+		if match(e.Address, uint64(e.Port)) {
+			if e.Path != "" {
+				found++
+			}
+			continue
+		}
+		ext = append(ext, e)
+	}
+	switch {
+	case found == 0:
+		return fmt.Errorf("vmchannel port %d: domain %s has no such vmchannel", port, d.Name)
+	case found > 1:
+		return fmt.Errorf("vmchannel port %d: on several addresses; name one with --address", port)
+	}
+	d.Devices.Channels, d.Ext.VMChannels = chans, ext
+	return nil
+}

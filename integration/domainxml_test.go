@@ -132,7 +132,7 @@ func TestVirtioConsole(t *testing.T) {
 // defines as printed and starts. virt-install runs against a private
 // libvirtd that the test starts.
 func TestVirtInstallDomains(t *testing.T) {
-	t.Parallel()
+	// Not parallel: one libvirtd at a time (its QEMU driver locks system-wide state).
 	h := newHost(t)
 	vi, err := exec.LookPath("virt-install")
 	if err != nil {

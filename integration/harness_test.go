@@ -70,6 +70,11 @@ func newHost(t *testing.T) *host {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Enter, not list: QEMU runs unprivileged, and on QEMU's user network
+	// its helper reaches the relay socket in the run directory.
+	if err := os.Chmod(top, 0o711); err != nil {
+		t.Fatal(err)
+	}
 	h := &host{t: t, top: top, stateDir: filepath.Join(top, "state dir,1"), runDir: filepath.Join(top, "run")}
 	h.CLI = testenv.CLI{T: t, Binary: binary, StateDir: h.stateDir, RunDir: h.runDir, Env: []string{"MINIVIRT_ACCEL="}}
 	t.Cleanup(h.cleanup)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/launcher"
+	"github.com/minivirt/minivirt/pkg/supervisor"
 )
 
 // TestArgvAsIntended: with target paths full of characters that would
@@ -63,8 +64,12 @@ func TestArgvAsIntended(t *testing.T) {
 	}
 	d.UUID = h.uuid("argv") // generated at define
 	kvm, why := launcher.DetectKVM(os.Getenv)
-	plan, err := launcher.Build(d, launcher.Env{QEMU: "/usr/bin/qemu-system-x86_64", Self: binary, RunDir: h.runDirOf("argv"),
-		LogDir: filepath.Join(h.stateDir, "logs"), KVM: kvm, KVMReason: why})
+	env := launcher.Env{QEMU: "/usr/bin/qemu-system-x86_64", Self: binary, RunDir: h.runDirOf("argv"),
+		LogDir: filepath.Join(h.stateDir, "logs"), KVM: kvm, KVMReason: why}
+	if os.Geteuid() == 0 {
+		env.RunAs = supervisor.QEMUUser // this domain spawns the helper: no chroot
+	}
+	plan, err := launcher.Build(d, env)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,15 +9,18 @@ set -euo pipefail
 packages=(qemu-system-x86 qemu-utils ovmf busybox-static libxml2-utils libvirt-clients libvirt-daemon
   libvirt-daemon-driver-qemu virtinst cpio socat)
 
-# libvirtd's QEMU driver will not start without the user it runs QEMU as
-# (Debian's libvirt-daemon-system makes it; minivirt's tests need only the daemon).
-ensure_libvirt_user() {
-  getent passwd libvirt-qemu >/dev/null && return 0
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "minivirt: libvirtd needs the system user libvirt-qemu; run as root: useradd --system --user-group --no-create-home --shell /usr/sbin/nologin libvirt-qemu" >&2
-    return 1
-  fi
-  useradd --system --user-group --no-create-home --shell /usr/sbin/nologin libvirt-qemu
+# System users: minivirt-qemu, whom QEMU becomes when minivirt runs as root;
+# libvirt-qemu, without whom libvirtd's QEMU driver will not start (Debian's
+# libvirt-daemon-system makes it; minivirt's tests need only the daemon).
+ensure_users() {
+  for u in minivirt-qemu libvirt-qemu; do
+    getent passwd "$u" >/dev/null && continue
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "minivirt: missing system user $u; run as root: useradd --system --user-group --no-create-home --shell /usr/sbin/nologin $u" >&2
+      return 1
+    fi
+    useradd --system --user-group --no-create-home --shell /usr/sbin/nologin "$u"
+  done
 }
 
 missing=()
@@ -25,7 +28,7 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 command -v go >/dev/null || { echo "minivirt: Go is not installed; install Go 1.26 or newer (https://go.dev/doc/install)" >&2; exit 1; }
-if [ ${#missing[@]} -eq 0 ]; then ensure_libvirt_user; exit 0; fi
+if [ ${#missing[@]} -eq 0 ]; then ensure_users; exit 0; fi
 
 cmd="apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ${missing[*]}"
 if [ "$(id -u)" -ne 0 ]; then
@@ -36,4 +39,4 @@ fi
 echo "installing: ${missing[*]}"
 apt-get update -qq
 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-ensure_libvirt_user
+ensure_users

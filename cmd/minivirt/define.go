@@ -85,27 +85,39 @@ func (a *app) undefineCommand() *cobra.Command {
 
 func (a *app) dumpxmlCommand() *cobra.Command {
 	var libvirt bool
+	var socket string
 	cmd := &cobra.Command{
 		Use:   "dumpxml NAME",
-		Short: "Write a domain's XML (minivirt's form, or libvirt's with --libvirt)",
-		Args:  exactArgs("NAME"),
+		Short: "Write a domain's XML (minivirt's form, or for a libvirtd with --libvirt)",
+		Long: `dumpxml writes the domain's definition as minivirt stores it.
+
+With --libvirt it writes the domain for a real libvirtd: its vmchannels are
+carried by a virtio NIC (through <qemu:commandline>) whose network
+` + "`minivirt network serve NAME`" + ` runs at --socket. Start that first. A domain that
+cannot be moved with working vmchannels is refused, saying why.`,
+		Example: `  minivirt dumpxml demo
+  minivirt dumpxml demo --libvirt > demo-libvirt.xml && virsh define demo-libvirt.xml`,
+		Args: exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			d, err := a.mgr.Get(args[0])
+			var out []byte
+			var err error
+			if libvirt {
+				out, err = a.mgr.LibvirtXML(args[0], socket)
+			} else {
+				var d *domain.Domain
+				if d, err = a.mgr.Get(args[0]); err == nil {
+					out, err = d.XML()
+				}
+			}
 			if err != nil {
 				return userError(err)
-			}
-			out, err := d.XML()
-			if libvirt {
-				out, err = d.LibvirtXML()
-			}
-			if err != nil {
-				return err
 			}
 			_, err = a.stdout.Write(out)
 			return err
 		},
 	}
-	cmd.Flags().BoolVar(&libvirt, "libvirt", false, "write libvirt's form: vmchannels as guestfwd <channel> elements")
+	cmd.Flags().BoolVar(&libvirt, "libvirt", false, "write the domain for a real libvirtd, vmchannels served by `minivirt network serve`")
+	cmd.Flags().StringVar(&socket, "socket", "", "with --libvirt: the socket `minivirt network serve` listens on (default beside the run directory)")
 	return cmd
 }
 

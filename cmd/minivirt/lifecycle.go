@@ -15,6 +15,7 @@ import (
 
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/manager"
+	"github.com/minivirt/minivirt/pkg/proc"
 	"github.com/minivirt/minivirt/pkg/supervisor"
 )
 
@@ -171,14 +172,18 @@ func (a *app) qmpCommand() *cobra.Command {
 
 // statusReport is `status -o json`.
 type statusReport struct {
-	Name          string `json:"name"`
-	UUID          string `json:"uuid"`
-	State         string `json:"state"`
-	Reason        string `json:"reason,omitempty"`
-	Detail        string `json:"detail,omitempty"`
-	Accel         string `json:"accel,omitempty"`
-	Network       string `json:"network,omitempty"`
-	QEMUPID       int    `json:"qemu_pid"`
+	Name    string `json:"name"`
+	UUID    string `json:"uuid"`
+	State   string `json:"state"`
+	Reason  string `json:"reason,omitempty"`
+	Detail  string `json:"detail,omitempty"`
+	Accel   string `json:"accel,omitempty"`
+	Network string `json:"network,omitempty"`
+	QEMUPID int    `json:"qemu_pid"`
+	// QEMUUID is the user QEMU runs as (its effective uid; -1 when it is
+	// not running), and Confined the directory it is confined to, if any.
+	QEMUUID       int    `json:"qemu_uid"`
+	Confined      string `json:"confined,omitempty"`
 	SupervisorPID int    `json:"supervisor_pid"`
 	Supervised    bool   `json:"supervised"`
 	Monitor       string `json:"monitor,omitempty"` // "connected" or "lost" while QEMU runs
@@ -205,7 +210,7 @@ func (a *app) statusCommand() *cobra.Command {
 				return userError(err)
 			}
 			d, o := st.Domain, st.Observed
-			r := statusReport{Name: d.Name, UUID: d.UUID, State: o.State, Reason: o.Reason, Detail: o.Detail,
+			r := statusReport{Name: d.Name, UUID: d.UUID, State: o.State, Reason: o.Reason, Detail: o.Detail, QEMUUID: -1,
 				Tainted: d.Tainted(), VMChannels: vmchannelItems(d, st.Live)}
 			if st.Live != nil {
 				r.VirtioPorts = st.Live.VirtioPorts
@@ -217,6 +222,12 @@ func (a *app) statusCommand() *cobra.Command {
 				r.Accel, r.Network, r.Supervised = o.Accel, o.Network, o.Supervised
 				if o.QEMUAlive {
 					r.QEMUPID = o.QEMU.PID
+					if _, euid, err := proc.UIDs(o.QEMU.PID); err == nil {
+						r.QEMUUID = euid
+					}
+					if root, err := proc.Root(o.QEMU.PID); err == nil && root != "/" {
+						r.Confined = root
+					}
 				}
 				if o.Supervised {
 					r.SupervisorPID = o.Supervisor.PID
@@ -250,6 +261,13 @@ func (a *app) statusCommand() *cobra.Command {
 					network = "none"
 				}
 				fmt.Fprintf(w, "Accel:       %s\nNetwork:     %s\nQEMU pid:    %d\n", r.Accel, network, r.QEMUPID)
+				if r.QEMUUID >= 0 {
+					confined := "not confined"
+					if r.Confined != "" {
+						confined = "confined to " + r.Confined
+					}
+					fmt.Fprintf(w, "QEMU user:   uid %d, %s\n", r.QEMUUID, confined)
+				}
 				switch {
 				case !r.Supervised:
 					fmt.Fprintf(w, "Supervisor:  gone (unsupervised; `minivirt destroy %s` still works)\n", r.Name)

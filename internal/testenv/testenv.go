@@ -25,6 +25,11 @@ func Root() string {
 
 // Minivirt builds the minivirt binary into dir and returns its path.
 func Minivirt(dir string) (string, error) {
+	// QEMU runs as an unprivileged user when the tests run as root, and
+	// runs minivirt's helper: the binary must be reachable by others.
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
 	bin := filepath.Join(dir, "minivirt")
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/minivirt")
 	cmd.Dir = Root()
@@ -190,7 +195,9 @@ func PrepareRig() (guestDir string, cleanup func(), err error) {
 
 // Libvirtd starts a private libvirtd (Debian's, as root) listening on a
 // socket of its own under dir, and returns the URI that reaches it. It is
-// stopped by pid when the test ends.
+// stopped by pid when the test ends. Only one may run at a time: its QEMU
+// driver locks state under /run/libvirt, so tests that call it must not run
+// in parallel with each other.
 func Libvirtd(t testing.TB, dir string) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
@@ -236,6 +243,48 @@ func Libvirtd(t testing.TB, dir string) string {
 		if time.Now().After(deadline) {
 			data, _ := os.ReadFile(logf.Name())
 			t.Fatalf("libvirtd did not listen on %s within 30s:\n%s", sock, data)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// Virtlogd makes sure a virtlogd serves libvirtd's QEMU logs: it starts one
+// (stopped by pid when the test ends) unless one already listens.
+func Virtlogd(t testing.TB, dir string) {
+	t.Helper()
+	const sock = "/run/libvirt/virtlogd-sock"
+	if c, err := net.Dial("unix", sock); err == nil {
+		c.Close()
+		return
+	}
+	bin, err := exec.LookPath("virtlogd")
+	if err != nil {
+		t.Fatal("virtlogd not found: run `make deps` (Debian package libvirt-daemon)")
+	}
+	os.MkdirAll("/run/libvirt", 0o755)
+	logf, err := os.Create(filepath.Join(dir, "virtlogd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--pid-file", filepath.Join(dir, "virtlogd.pid"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		logf.Close()
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			data, _ := os.ReadFile(logf.Name())
+			t.Fatalf("virtlogd did not listen on %s within 30s:\n%s", sock, data)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

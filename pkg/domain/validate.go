@@ -858,6 +858,9 @@ func (d *Domain) validateCommandline() error {
 		if strings.ContainsRune(a.Value, 0) {
 			return fmt.Errorf("qemu:commandline arg %q: contains a NUL byte", a.Value)
 		}
+		if strings.Contains(a.Value, "id="+netdevID) {
+			return fmt.Errorf("qemu:commandline arg %q: this is minivirt's export for libvirt; define the domain minivirt exported instead", a.Value)
+		}
 		if strings.Contains(a.Value, "id=monitor") || strings.Contains(a.Value, "id=console0") {
 			return fmt.Errorf("qemu:commandline arg %q: the id is minivirt's own; use another", a.Value)
 		}

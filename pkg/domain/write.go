@@ -1,8 +1,9 @@
 package domain
 
 import (
+	"errors"
 	"fmt"
-	"strconv"
+	"strings"
 
 	"libvirt.org/go/libvirtxml"
 )
@@ -27,33 +28,72 @@ func (d *Domain) XML() ([]byte, error) {
 	return append([]byte(out), '\n'), nil
 }
 
-// LibvirtXML writes the definition in libvirt's own form: every vmchannel
-// becomes a guestfwd <channel> beside an <interface type='user'>, and
-// minivirt's own options (proxy, maxconnections, network) are left out.
-func (d *Domain) LibvirtXML() ([]byte, error) {
+// LibvirtNetwork is how an exported domain reaches minivirt's network:
+// the Unix socket `minivirt network serve` listens on, and its MTU.
+type LibvirtNetwork struct {
+	Socket string
+	MTU    int
+}
+
+// ErrNotMovable wraps the reason a domain cannot be moved to libvirt with
+// working vmchannels.
+var ErrNotMovable = errors.New("cannot be moved to libvirt with working vmchannels")
+
+// netdevID is the id of the exported domain's minivirt network device.
+const netdevID = "minivirt-net0"
+
+// LibvirtXML writes the definition for a real libvirtd. libvirt 9.0 does not
+// carry a guestfwd <channel> to the guest (it becomes a -netdev with no
+// device on it), so the vmchannels travel the way minivirt's own network
+// does: through <qemu:commandline>, a virtio NIC whose -netdev stream
+// connects to net.Socket, where `minivirt network serve` runs the network
+// and the relay, one host connection for every guest connection. libvirt's
+// seccomp sandbox stays on: QEMU spawns nothing. A domain whose vmchannels
+// share a user network with NAT cannot be moved so; the error says why.
+func (d *Domain) LibvirtXML(net LibvirtNetwork) ([]byte, error) {
 	c := *d
 	devices := *d.Devices
 	c.Devices = &devices
-	var chans []libvirtxml.DomainChannel
-	for _, vc := range d.VMChannels() {
-		chans = append(chans, libvirtxml.DomainChannel{
-			Source: &libvirtxml.DomainChardevSource{UNIX: &libvirtxml.DomainChardevSourceUNIX{Mode: "connect", Path: vc.Path}},
-			Target: &libvirtxml.DomainChannelTarget{GuestFWD: &libvirtxml.DomainChannelTargetGuestFWD{
-				Address: vc.Address.String(), Port: strconv.Itoa(int(vc.Port))}},
-		})
+	vcs := d.VMChannels()
+	if len(vcs) == 0 {
+		return c.XML()
 	}
+	if _, ok := d.userInterface(); ok {
+		return nil, fmt.Errorf("domain %s %w: its vmchannels share the user network with NAT (<interface type='user'>), and minivirt's network has no NAT; remove that interface to move it", d.Name, ErrNotMovable)
+	}
+	if net.Socket == "" {
+		return nil, fmt.Errorf("domain %s: no socket for minivirt's network", d.Name)
+	}
+	var chans []libvirtxml.DomainChannel
 	for _, ch := range d.Devices.Channels {
-		if ch.Target == nil || ch.Target.GuestFWD == nil {
+		if ch.Target == nil || ch.Target.GuestFWD == nil { // guestfwd: served by minivirt's network
 			chans = append(chans, ch)
 		}
 	}
 	devices.Channels = chans
-	if nic, ok := d.UserNIC(); ok && nic.Isolated {
-		devices.Interfaces = append(append([]libvirtxml.DomainInterface(nil), devices.Interfaces...), libvirtxml.DomainInterface{
-			Source: &libvirtxml.DomainInterfaceSource{User: &libvirtxml.DomainInterfaceSourceUser{}},
-			Model:  &libvirtxml.DomainInterfaceModel{Type: nic.Model},
-		})
+	// The vmchannels themselves stay in minivirt's metadata, where
+	// `minivirt network serve` and a later import find them.
+	c.Ext.VMChannels = nil
+	for _, vc := range vcs {
+		e := ExtVMChannel{Address: vc.Address.String(), Port: uint(vc.Port), Path: vc.Path, Proxy: vc.Proxy}
+		if vc.MaxConnections != DefaultMaxConnections {
+			e.MaxConnections = uint(vc.MaxConnections)
+		}
+		c.Ext.VMChannels = append(c.Ext.VMChannels, e)
 	}
-	c.Ext = Extension{} // minivirt's own: libvirt would keep, not act on it
+	c.Ext.Network = NetworkNetstack
+	cl := &libvirtxml.DomainQEMUCommandline{}
+	if d.QEMUCommandline != nil {
+		*cl = *d.QEMUCommandline
+		cl.Args = append([]libvirtxml.DomainQEMUCommandlineArg(nil), d.QEMUCommandline.Args...)
+	}
+	cl.Args = append(cl.Args,
+		libvirtxml.DomainQEMUCommandlineArg{Value: "-netdev"},
+		libvirtxml.DomainQEMUCommandlineArg{Value: "stream,id=" + netdevID + ",server=off,addr.type=unix,addr.path=" + strings.ReplaceAll(net.Socket, ",", ",,")},
+		libvirtxml.DomainQEMUCommandlineArg{Value: "-device"},
+		// An address of its own: libvirt places its devices in the low slots.
+		libvirtxml.DomainQEMUCommandlineArg{Value: fmt.Sprintf("virtio-net-pci,netdev=%s,host_mtu=%d,addr=0x10", netdevID, net.MTU)},
+	)
+	c.QEMUCommandline = cl
 	return c.XML()
 }

@@ -30,6 +30,12 @@ type Env struct {
 	// OVMFCode and OVMFVars are the UEFI firmware and its variable-store
 	// template when the domain names none (Debian's ovmf).
 	OVMFCode, OVMFVars string
+	// RunAs, when set, is the unprivileged user QEMU becomes once it has
+	// initialised (-runas): it opens every file it needs first.
+	RunAs string
+	// Chroot, when set, is the empty directory QEMU is confined to once it
+	// has initialised (-chroot).
+	Chroot string
 }
 
 // Default UEFI firmware, from Debian's ovmf package.
@@ -213,12 +219,26 @@ func (b *builder) machine() error {
 		// The supervisor applies on_crash: QEMU only stops the guest.
 		"-action", "panic=pause",
 	)
-	if b.netstack() || len(d.VMChannels()) == 0 {
-		// Nothing is ever spawned: the full set.
-		b.add("-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
-	} else {
+	switch {
+	case !b.Spawns():
+		// Nothing is ever spawned: the full set, less elevateprivileges
+		// when QEMU drops to another user (-runas needs set*uid, which
+		// the sandbox is installed before; once it has dropped, QEMU holds
+		// no capability to take anything back).
+		if b.env.RunAs != "" {
+			b.add("-sandbox", "on,obsolete=deny,spawn=deny,resourcecontrol=deny")
+		} else {
+			b.add("-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
+		}
+	default:
 		// spawn and elevateprivileges stay allowed: guestfwd's cmd: needs both.
 		b.add("-sandbox", "on,obsolete=deny,resourcecontrol=deny")
+	}
+	if b.env.RunAs != "" {
+		b.add("-runas", b.env.RunAs)
+	}
+	if b.env.Chroot != "" {
+		b.add("-chroot", b.env.Chroot)
 	}
 	if d.OnReboot == "destroy" {
 		b.add("-no-reboot") // a guest reboot becomes a SHUTDOWN
@@ -564,6 +584,19 @@ func (b *builder) hasBootOrder() bool {
 		}
 	}
 	return false
+}
+
+// Spawns reports whether QEMU will spawn processes: minivirt's helper, once
+// per guest connection, for vmchannels on QEMU's user network.
+func (b *builder) Spawns() bool { return !b.netstack() && len(b.d.VMChannels()) > 0 }
+
+// NeedsFilesystem reports whether QEMU needs the host's filesystem after it
+// has started, so that it cannot be confined to an empty directory: it
+// spawns minivirt's helper (vmchannels on QEMU's user network), or runs
+// options minivirt did not write (<qemu:commandline>).
+func NeedsFilesystem(d *domain.Domain) bool {
+	b := &builder{d: d}
+	return b.Spawns() || d.QEMUCommandline != nil
 }
 
 // netstack reports whether minivirt's own network carries the domain's

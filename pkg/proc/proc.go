@@ -108,3 +108,28 @@ func processState(pid int) (byte, error) {
 	}
 	return f[0][0], nil
 }
+
+// UIDs returns the real and effective user ids of the running process pid.
+func UIDs(pid int) (real, effective int, err error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(line); len(f) >= 3 && f[0] == "Uid:" {
+			real, err1 := strconv.Atoi(f[1])
+			effective, err2 := strconv.Atoi(f[2])
+			if err1 != nil || err2 != nil {
+				break
+			}
+			return real, effective, nil
+		}
+	}
+	return 0, 0, fmt.Errorf("no Uid line in /proc/%d/status", pid)
+}
+
+// Root returns the root directory of the running process pid: "/" unless
+// it is confined (chroot).
+func Root(pid int) (string, error) {
+	return os.Readlink("/proc/" + strconv.Itoa(pid) + "/root")
+}

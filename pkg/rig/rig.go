@@ -66,6 +66,11 @@ func New(g Guest) *Builder {
 	b := &Builder{guest: g}
 	// Socket paths are limited to 107 bytes: t.TempDir() can be too long.
 	b.dir, b.err = os.MkdirTemp("", "mvrig-")
+	if b.err == nil {
+		// Enter, not list: run as root, QEMU runs unprivileged, and on
+		// QEMU's user network its helper reaches the relay socket here.
+		b.err = os.Chmod(b.dir, 0o711)
+	}
 	return b
 }
 

@@ -29,7 +29,7 @@ const (
 // knownFiles are the only names minivirt removes from a runtime directory.
 func knownFiles(dir string) []string {
 	p := launcher.PathsIn(dir)
-	return []string{p.QMP, p.Console, p.Control, p.Relay, filepath.Join(dir, ownerFile), filepath.Join(dir, markerFile)}
+	return []string{p.QMP, p.Console, p.Control, p.Relay, filepath.Join(dir, chrootDir), filepath.Join(dir, ownerFile), filepath.Join(dir, markerFile)}
 }
 
 // CheckDir checks a directory minivirt keeps sockets in: a real directory

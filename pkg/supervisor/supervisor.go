@@ -112,6 +112,10 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 	if s.self, err = proc.Self(); err != nil {
 		return err
 	}
+	if err := privileges(s.d, &env); err != nil {
+		return err
+	}
+	s.cfg.Env = env
 	if s.plan, err = launcher.Build(s.d, env); err != nil {
 		return err
 	}
@@ -167,6 +171,9 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 	s.listeners = append(s.listeners, relayListener)
 	s.relay = vmchannel.New(vmchannel.Identity{Name: s.d.Name, UUID: s.d.UUID}, s.d.VMChannels())
 	go s.relay.Serve(context.Background(), relayListener)
+	if err := prepareConfinement(env, s.plan, env.Self); err != nil {
+		return err
+	}
 	if ourEnd != nil {
 		// minivirt's own network: guest connections reach the same relay
 		// without a process per connection.

@@ -1,0 +1,123 @@
+package manager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+
+	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/usernet"
+	"github.com/minivirt/minivirt/pkg/vmchannel"
+)
+
+// NetworkSocket is where `minivirt network serve` listens for the QEMU of a
+// domain exported to libvirt, when no other path is given: beside the
+// runtime directory, in a directory others may traverse but not list, since
+// libvirt runs QEMU as another user (libvirt-qemu).
+func (m *Manager) NetworkSocket(name string) string {
+	return filepath.Join(filepath.Dir(m.RunDir), "minivirt-net", name+".sock")
+}
+
+// LibvirtXML is a domain's definition for a real libvirtd, its vmchannels
+// carried by minivirt's network at socket (NetworkSocket when empty).
+func (m *Manager) LibvirtXML(name, socket string) ([]byte, error) {
+	d, err := m.Get(name)
+	if err != nil {
+		return nil, err
+	}
+	if socket == "" {
+		socket = m.NetworkSocket(name)
+	}
+	if len(socket) > domain.MaxSocketPath {
+		return nil, fmt.Errorf("network socket %s: %d bytes, over the %d a Unix socket allows; give a shorter --socket", socket, len(socket), domain.MaxSocketPath)
+	}
+	return d.LibvirtXML(domain.LibvirtNetwork{Socket: socket, MTU: usernet.MTU})
+}
+
+// ServeNetwork runs minivirt's own network for a domain that libvirt runs:
+// it listens on socket for QEMU's -netdev stream (one QEMU at a time; a
+// restarted QEMU connects again), and relays the guest's vmchannel
+// connections, one host connection each. The socket is given to qemuUser
+// (libvirt's QEMU user) and no one else. It returns when ctx ends.
+func (m *Manager) ServeNetwork(ctx context.Context, name, socket, qemuUser string, logger *log.Logger) error {
+	d, err := m.Get(name)
+	if err != nil {
+		return err
+	}
+	if err := d.Validate(); err != nil {
+		return fmt.Errorf("the stored definition: %w", err)
+	}
+	channels := d.VMChannels()
+	if len(channels) == 0 {
+		return fmt.Errorf("domain %s has no vmchannels to serve", name)
+	}
+	if socket == "" {
+		socket = m.NetworkSocket(name)
+	}
+	uid, gid := -1, -1
+	if qemuUser != "" {
+		u, err := user.Lookup(qemuUser)
+		if err != nil {
+			return fmt.Errorf("--qemu-user %s: %w", qemuUser, err)
+		}
+		uid, _ = strconv.Atoi(u.Uid)
+		gid, _ = strconv.Atoi(u.Gid)
+	}
+	dir := filepath.Dir(socket)
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return fmt.Errorf("network socket directory: %w", err)
+	}
+	if fi, err := os.Lstat(socket); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return fmt.Errorf("network socket %s exists and is not a socket; move it away", socket)
+		}
+		if c, err := net.Dial("unix", socket); err == nil {
+			c.Close()
+			return fmt.Errorf("network socket %s: another process serves it", socket)
+		}
+		os.Remove(socket) // a stale socket of an earlier serve
+	}
+	l, err := net.Listen("unix", socket)
+	if err != nil {
+		return fmt.Errorf("network socket: %w", err)
+	}
+	defer l.Close()
+	if err := os.Chmod(socket, 0o600); err != nil {
+		return err
+	}
+	if uid >= 0 {
+		if err := os.Chown(socket, uid, gid); err != nil {
+			return fmt.Errorf("giving %s to %s: %w", socket, qemuUser, err)
+		}
+	}
+	context.AfterFunc(ctx, func() { l.Close() })
+	relay := vmchannel.New(vmchannel.Identity{Name: d.Name, UUID: d.UUID}, channels)
+	logger.Printf("serving the network of %s on %s: %d vmchannels", name, socket, len(channels))
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				relay.Wait()
+				return nil
+			}
+			return err
+		}
+		// A fresh stack for each QEMU: a restarted guest starts clean.
+		network, err := usernet.New(channels, relay.Handle)
+		if err != nil {
+			conn.Close()
+			return err
+		}
+		logger.Printf("QEMU connected")
+		err = network.Serve(ctx, conn)
+		network.Close()
+		conn.Close()
+		logger.Printf("QEMU disconnected (%v)", err)
+	}
+}

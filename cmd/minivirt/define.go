@@ -116,16 +116,26 @@ cannot be moved with working vmchannels is refused, saying why.`,
 			return err
 		},
 	}
+	// virsh's flags that ask for the persistent definition or more of it:
+	// minivirt's dumpxml is always the whole persistent definition.
+	for _, f := range []string{"inactive", "security-info", "migratable"} {
+		cmd.Flags().Bool(f, false, "accepted as virsh's: minivirt writes the whole persistent definition either way")
+	}
 	cmd.Flags().BoolVar(&libvirt, "libvirt", false, "write the domain for a real libvirtd, vmchannels served by `minivirt network serve`")
 	cmd.Flags().StringVar(&socket, "socket", "", "with --libvirt: the socket `minivirt network serve` listens on (default beside the run directory)")
 	return cmd
 }
 
-// exactArgs is cobra.ExactArgs with a message that names what is missing.
+// exactArgs is cobra.ExactArgs with a message in the user's terms.
 func exactArgs(names ...string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
-		if len(args) != len(names) {
-			return fmt.Errorf("%s: want %d argument(s) (%s), got %d; see `%s --help`", cmd.Name(), len(names), strings.Join(names, " "), len(args), cmd.CommandPath())
+		switch {
+		case len(names) == 0 && len(args) > 0:
+			return fmt.Errorf("%s takes no arguments; got %q; see `%s --help`", cmd.Name(), strings.Join(args, " "), cmd.CommandPath())
+		case len(args) < len(names):
+			return fmt.Errorf("%s: give %s; see `%s --help`", cmd.Name(), strings.Join(names[len(args):], " "), cmd.CommandPath())
+		case len(args) > len(names):
+			return fmt.Errorf("%s takes %s; %q is one too many; see `%s --help`", cmd.Name(), strings.Join(names, " "), args[len(names)], cmd.CommandPath())
 		}
 		for i, a := range args {
 			if a == "" {

@@ -25,11 +25,23 @@ const (
 )
 
 func (a *app) startCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "start NAME",
+	var marked bool
+	cmd := &cobra.Command{
+		Use:   "start NAME | --autostart",
 		Short: "Start a domain; returns once its CPUs run under supervision",
-		Args:  exactArgs("NAME"),
+		Long: `start starts a domain and returns once its CPUs run under supervision.
+With --autostart it starts every domain marked with ` + "`minivirt autostart`" + ` that is
+not running, and reports each: the host's boot unit runs it once.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if marked {
+				return exactArgs()(cmd, args)
+			}
+			return exactArgs("NAME")(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if marked {
+				return a.startMarked(cmd.Context())
+			}
 			name := args[0]
 			warnings, err := a.mgr.Start(cmd.Context(), name)
 			for _, w := range warnings {
@@ -42,6 +54,8 @@ func (a *app) startCommand() *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&marked, "autostart", false, "start every domain marked for autostart")
+	return cmd
 }
 
 // superviseCommand is the hidden command a detached supervisor runs; its

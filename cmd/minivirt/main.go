@@ -4,10 +4,12 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -46,7 +48,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	root.SetIn(stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	err := root.Execute()
+	cmd, err := root.ExecuteC()
 	if err == nil {
 		return 0
 	}
@@ -55,10 +57,42 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if errors.As(err, &ee) {
 		code = ee.code
 	}
-	if msg := err.Error(); msg != "" {
-		fmt.Fprintf(stderr, "minivirt: %s\n", oneLine(msg))
+	msg := userWords(root, err.Error())
+	if msg != "" {
+		fmt.Fprintf(stderr, "minivirt: %s\n", msg)
+		// With -o json a script reads stdout: the error is there too.
+		if f := cmd.Flags().Lookup("output"); f != nil && f.Value.String() == "json" {
+			json.NewEncoder(stdout).Encode(map[string]string{"error": msg})
+		}
 	}
 	return code
+}
+
+// userWords puts cobra's own errors in the user's terms, on one line.
+func userWords(root *cobra.Command, msg string) string {
+	msg = oneLine(msg)
+	rest, ok := strings.CutPrefix(msg, "unknown command ")
+	if !ok {
+		return msg
+	}
+	// cobra: unknown command "x" for "minivirt vmchannel" Did you mean this? y
+	quoted, tail, _ := strings.Cut(rest, " for ")
+	parentPath, sugg, _ := strings.Cut(tail, " Did you mean this? ")
+	parentPath = strings.Trim(parentPath, `"`)
+	if sugg != "" {
+		return fmt.Sprintf("unknown command %s for %q; did you mean %q? See `%s --help`", quoted, parentPath, strings.Fields(sugg)[0], parentPath)
+	}
+	parent, _, err := root.Find(strings.Fields(parentPath)[1:])
+	if err != nil {
+		parent = root
+	}
+	var names []string
+	for _, c := range parent.Commands() {
+		if c.IsAvailableCommand() {
+			names = append(names, c.Name())
+		}
+	}
+	return fmt.Sprintf("unknown command %s for %q; it has: %s", quoted, parentPath, strings.Join(names, ", "))
 }
 
 func (a *app) rootCommand() *cobra.Command {
@@ -73,13 +107,27 @@ with end-of-stream carried both ways.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	}
-	root.CompletionOptions.DisableDefaultCmd = true
-	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return err })
+	root.SetFlagErrorFunc(flagError)
 	f := root.PersistentFlags()
 	f.StringVar(&a.stateDir, "state-dir", "", "state directory (definitions, logs); default $MINIVIRT_STATE_DIR, /var/lib/minivirt for root, else $XDG_DATA_HOME/minivirt")
 	f.StringVar(&a.runDir, "run-dir", "", "runtime directory (sockets, pids); default $MINIVIRT_RUN_DIR, /run/minivirt for root, else $XDG_RUNTIME_DIR/minivirt")
 	f.DurationVar(&a.lockTimeout, "lock-timeout", defaultLockTimeout, "how long to wait for another minivirt that holds the state database")
-	root.PersistentPreRunE = func(*cobra.Command, []string) error { return a.resolveDirs() }
+	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
+		if err := a.resolveDirs(); err != nil {
+			return err
+		}
+		// virsh takes a uuid wherever it takes a name: the first argument
+		// of a domain verb becomes the name here, for every verb at once.
+		// cobra hands RunE this same slice.
+		if cmd.Annotations[domainArg] == "true" && len(args) > 0 {
+			name, err := a.mgr.Resolve(args[0])
+			if err != nil {
+				return userError(err)
+			}
+			args[0] = name
+		}
+		return nil
+	}
 
 	root.AddCommand(
 		a.defineCommand(),
@@ -101,6 +149,42 @@ with end-of-stream carried both ways.`,
 		a.qmpCommand(),
 		a.runCommand(),
 		a.superviseCommand(),
+		a.dominfoCommand(),
+		a.domstateCommand(),
+		a.domifaddrCommand(),
+		a.autostartCommand(),
+		a.editCommand(),
 	)
+	root.AddCommand(a.lookupCommands()...)
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "undefine", "dumpxml", "start", "shutdown", "destroy", "stop", "reboot", "suspend", "resume", "status", "log", "console", "qmp":
+			a.domainCommand(c)
+		}
+		for _, sub := range c.Commands() {
+			if c.Name() == "vmchannel" || c.Name() == "network" {
+				a.domainCommand(sub)
+			}
+		}
+	}
+	addExamples(root)
 	return root
+}
+
+// flagError words a flag that did not parse, without the parser's words.
+func flagError(cmd *cobra.Command, err error) error {
+	msg := err.Error()
+	// pflag: invalid argument "-1" for "--port" flag: strconv.ParseUint: ...
+	if rest, ok := strings.CutPrefix(msg, "invalid argument "); ok {
+		value, tail, _ := strings.Cut(rest, " for ")
+		flag, _, _ := strings.Cut(strings.TrimPrefix(tail, "\""), "\"")
+		name := strings.TrimLeft(strings.Split(flag, ",")[len(strings.Split(flag, ","))-1], "- ")
+		want := "a valid value"
+		if f := cmd.Flags().Lookup(name); f != nil {
+			want = map[string]string{"uint": "a whole number, 0 or more", "int": "a whole number", "duration": "a duration such as 90s or 2m",
+				"bool": "true or false", "string": "text"}[f.Value.Type()]
+		}
+		return fmt.Errorf("flag --%s %s: must be %s", name, value, want)
+	}
+	return fmt.Errorf("%s; see `%s --help`", msg, cmd.CommandPath())
 }

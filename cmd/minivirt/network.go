@@ -10,10 +10,10 @@ import (
 )
 
 func (a *app) networkCommand() *cobra.Command {
-	cmd := &cobra.Command{
+	cmd := groupCommand(&cobra.Command{
 		Use:   "network",
 		Short: "minivirt's own network for a domain that libvirt runs",
-	}
+	})
 	cmd.AddCommand(a.networkServeCommand())
 	return cmd
 }

@@ -13,10 +13,10 @@ import (
 )
 
 func (a *app) vmchannelCommand() *cobra.Command {
-	cmd := &cobra.Command{
+	cmd := groupCommand(&cobra.Command{
 		Use:   "vmchannel",
 		Short: "Add, remove and list a domain's vmchannels",
-	}
+	})
 	cmd.AddCommand(a.vmchannelAddCommand(), a.vmchannelRemoveCommand(), a.vmchannelListCommand())
 	return cmd
 }

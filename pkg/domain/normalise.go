@@ -111,8 +111,10 @@ func formatUUID(b [16]byte) string {
 	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
 }
 
-// canonicalUUID accepts the forms libvirt accepts (with or without dashes,
+// CanonicalUUID accepts the forms libvirt accepts (with or without dashes,
 // either case) and returns the lower-case dashed form.
+func CanonicalUUID(s string) (string, error) { return canonicalUUID(s) }
+
 func canonicalUUID(s string) (string, error) {
 	h := strings.ReplaceAll(strings.TrimSpace(s), "-", "")
 	var b [16]byte

@@ -31,8 +31,12 @@ func Parse(r io.Reader) (*Domain, error) {
 	if len(data) > maxDocument {
 		return nil, fmt.Errorf("XML: over %d MiB; a domain definition is far smaller", maxDocument>>20)
 	}
-	if len(bytes.TrimSpace(data)) == 0 {
+	trimmed := bytes.TrimSpace(bytes.TrimPrefix(data, []byte("\xef\xbb\xbf")))
+	if len(trimmed) == 0 {
 		return nil, errors.New("XML: empty document; give one <domain> element")
+	}
+	if trimmed[0] != '<' {
+		return nil, fmt.Errorf("not XML: a domain definition is one <domain> element, and this starts with %q", string(trimmed[:min(len(trimmed), 12)]))
 	}
 	var w wire
 	dec := newDecoder(data)

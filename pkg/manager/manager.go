@@ -154,6 +154,7 @@ func (m *Manager) reconcile(name string, o Observed) error {
 // Entry is one domain in List.
 type Entry struct {
 	Name, UUID string
+	Autostart  bool
 	Observed
 }
 
@@ -170,7 +171,7 @@ func (m *Manager) List() ([]Entry, error) {
 	}
 	out := make([]Entry, len(entries))
 	for i, e := range entries {
-		out[i] = Entry{Name: e.Name, UUID: e.UUID, Observed: observe(e.Runtime)}
+		out[i] = Entry{Name: e.Name, UUID: e.UUID, Autostart: e.Autostart, Observed: observe(e.Runtime)}
 	}
 	return out, nil
 }
@@ -509,4 +510,64 @@ func waitGone(ctx context.Context, id proc.ID) error {
 		}
 	}
 	return nil
+}
+
+// Resolve returns the name of the domain that nameOrUUID names: virsh takes
+// a uuid wherever it takes a name.
+func (m *Manager) Resolve(nameOrUUID string) (string, error) {
+	var name string
+	err := m.read(func(s *store.Store) error {
+		var err error
+		name, err = s.Lookup(nameOrUUID)
+		return err
+	})
+	return name, err
+}
+
+// SetAutostart marks a domain to start when the host boots, or clears the
+// mark (see StartMarked).
+func (m *Manager) SetAutostart(name string, on bool) error {
+	return m.write(func(s *store.Store) error { return s.SetAutostart(name, on) })
+}
+
+// Autostart reports whether a domain is marked to start at boot.
+func (m *Manager) Autostart(name string) (bool, error) {
+	var on bool
+	err := m.read(func(s *store.Store) error {
+		var err error
+		on, err = s.Autostart(name)
+		return err
+	})
+	return on, err
+}
+
+// Started is the result of starting one marked domain.
+type Started struct {
+	Name     string
+	Warnings []string
+	Err      error // nil when it started, or ran already
+	Already  bool  // it was running
+}
+
+// StartMarked starts every domain marked for autostart that is not running,
+// one after another, and reports each: minivirt has no daemon, so a boot
+// unit calls this once.
+func (m *Manager) StartMarked(ctx context.Context) ([]Started, error) {
+	entries, err := m.List()
+	if err != nil {
+		return nil, err
+	}
+	var out []Started
+	for _, e := range entries {
+		if !e.Autostart {
+			continue
+		}
+		if e.Active() {
+			out = append(out, Started{Name: e.Name, Already: true})
+			continue
+		}
+		w, err := m.Start(ctx, e.Name)
+		out = append(out, Started{Name: e.Name, Warnings: w, Err: err})
+	}
+	return out, nil
 }

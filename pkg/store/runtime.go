@@ -3,6 +3,7 @@ package store
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -30,6 +31,9 @@ type Runtime struct {
 	QEMU       proc.ID   `json:"qemu"`
 	Supervisor proc.ID   `json:"supervisor"`
 	Since      time.Time `json:"since"`
+	// ID is the domain's id while it runs, as virsh shows it: a number
+	// the store gives each start, never reused; 0 while shut off.
+	ID int `json:"id,omitempty"`
 }
 
 // Active reports whether the record says the domain has a QEMU process.
@@ -75,8 +79,25 @@ func (s *Store) UpdateRuntime(name string, change func(*Runtime) error) error {
 				return fmt.Errorf("runtime record of %s: %w", name, err)
 			}
 		}
+		old := r
 		if err := change(&r); err != nil {
 			return err
+		}
+		switch {
+		case !r.Active():
+			r.ID = 0
+		case old.Active() && old.ID != 0:
+			r.ID = old.ID // the same run
+		case r.ID == 0:
+			meta := tx.Bucket(bucketMeta)
+			next := 1
+			if v := meta.Get(keyNextID); v != nil {
+				next, _ = strconv.Atoi(string(v))
+			}
+			r.ID = next
+			if err := meta.Put(keyNextID, []byte(strconv.Itoa(next+1))); err != nil {
+				return err
+			}
 		}
 		if r.Since.IsZero() {
 			r.Since = time.Now().UTC()

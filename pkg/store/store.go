@@ -30,6 +30,9 @@ var (
 	bucketIndex   = []byte("index")       // name -> uuid
 	bucketUUIDs   = []byte("uuids")       // uuid -> name
 	bucketRuntime = []byte("runtime")     // name -> Runtime as JSON
+	bucketMeta    = []byte("meta")        // store-wide counters
+	keyNextID     = []byte("next-id")     // the next domain id, as virsh shows it
+	bucketAuto    = []byte("autostart")   // name -> "" for domains marked to start at boot
 )
 
 // ErrNotFound is returned for a domain name that is not defined.
@@ -65,7 +68,7 @@ func Open(dir string, lockTimeout time.Duration) (*Store, error) {
 		return nil, fmt.Errorf("state database %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDefs, bucketIndex, bucketUUIDs, bucketRuntime} {
+		for _, b := range [][]byte{bucketDefs, bucketIndex, bucketUUIDs, bucketRuntime, bucketMeta, bucketAuto} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -216,7 +219,7 @@ func (s *Store) Undefine(name string) error {
 		if err := tx.Bucket(bucketUUIDs).Delete(uuid); err != nil {
 			return err
 		}
-		for _, b := range [][]byte{bucketDefs, bucketIndex, bucketRuntime} {
+		for _, b := range [][]byte{bucketDefs, bucketIndex, bucketRuntime, bucketAuto} {
 			if err := tx.Bucket(b).Delete([]byte(name)); err != nil {
 				return err
 			}
@@ -227,22 +230,24 @@ func (s *Store) Undefine(name string) error {
 
 // Entry is one domain as List sees it: no XML is parsed to list domains.
 type Entry struct {
-	Name    string
-	UUID    string
-	Runtime Runtime
+	Name      string
+	UUID      string
+	Autostart bool
+	Runtime   Runtime
 }
 
 // List returns every defined domain, sorted by name.
 func (s *Store) List() ([]Entry, error) {
 	var out []Entry
 	err := s.view(func(tx *bolt.Tx) error {
-		rt, index := bucket(tx, bucketRuntime), bucket(tx, bucketIndex)
+		rt, index, auto := bucket(tx, bucketRuntime), bucket(tx, bucketIndex), bucket(tx, bucketAuto)
 		if index == nil || rt == nil {
 			return nil
 		}
 		out = make([]Entry, 0, index.Stats().KeyN) // 10,000 domains: no regrowth
 		return index.ForEach(func(k, v []byte) error {
 			e := Entry{Name: string(k), UUID: string(v), Runtime: Runtime{State: StateShutoff}}
+			e.Autostart = auto != nil && auto.Get(k) != nil
 			if data := rt.Get(k); data != nil {
 				if err := json.Unmarshal(data, &e.Runtime); err != nil {
 					return fmt.Errorf("runtime record of %s: %w", k, err)
@@ -253,4 +258,50 @@ func (s *Store) List() ([]Entry, error) {
 		})
 	})
 	return out, err // bbolt iterates keys in byte order: sorted by name
+}
+
+// Lookup returns the name of the domain that nameOrUUID names: a name, or a
+// uuid in any form libvirt accepts.
+func (s *Store) Lookup(nameOrUUID string) (string, error) {
+	var name string
+	err := s.view(func(tx *bolt.Tx) error {
+		index, uuids := bucket(tx, bucketIndex), bucket(tx, bucketUUIDs)
+		if index != nil && index.Get([]byte(nameOrUUID)) != nil {
+			name = nameOrUUID
+			return nil
+		}
+		if u, err := domain.CanonicalUUID(nameOrUUID); err == nil && uuids != nil {
+			if n := uuids.Get([]byte(u)); n != nil {
+				name = string(n)
+				return nil
+			}
+		}
+		return &NotFoundError{nameOrUUID}
+	})
+	return name, err
+}
+
+// SetAutostart marks a domain to start at host boot, or clears the mark.
+func (s *Store) SetAutostart(name string, on bool) error {
+	return s.update(func(tx *bolt.Tx) error {
+		if tx.Bucket(bucketIndex).Get([]byte(name)) == nil {
+			return &NotFoundError{name}
+		}
+		if on {
+			return tx.Bucket(bucketAuto).Put([]byte(name), []byte{})
+		}
+		return tx.Bucket(bucketAuto).Delete([]byte(name))
+	})
+}
+
+// Autostart reports whether a domain is marked to start at host boot.
+func (s *Store) Autostart(name string) (bool, error) {
+	var on bool
+	err := s.view(func(tx *bolt.Tx) error {
+		if b := bucket(tx, bucketAuto); b != nil {
+			on = b.Get([]byte(name)) != nil
+		}
+		return nil
+	})
+	return on, err
 }

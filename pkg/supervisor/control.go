@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/minivirt/minivirt/pkg/domain"
@@ -54,6 +55,17 @@ type Status struct {
 	// VirtioPorts are the virtio-serial ports with the sockets bound for
 	// them, minivirt's own choices included.
 	VirtioPorts []domain.VirtioPort `json:"virtio_ports,omitempty"`
+	// Addresses are the guest's: from the DHCP leases of minivirt's own
+	// network, or QEMU's user network's fixed one.
+	Addresses []GuestAddress `json:"addresses,omitempty"`
+}
+
+// GuestAddress is one address of the guest, as domifaddr shows it.
+type GuestAddress struct {
+	Interface string       `json:"interface"`
+	MAC       string       `json:"mac"`
+	Address   netip.Prefix `json:"address"`
+	Source    string       `json:"source"` // "lease" or "user network"
 }
 
 // ChannelStatus carries one vmchannel's counters.

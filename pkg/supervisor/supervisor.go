@@ -509,6 +509,7 @@ func (s *supervisor) handle(ctx context.Context, req Request) Response {
 			c, _ := s.relay.Counters(ap)
 			st.VMChannels = append(st.VMChannels, ChannelStatus{Channel: ap.String(), Counters: c})
 		}
+		st.Addresses = s.addresses()
 		return Response{Status: st}
 	case OpShutdown, OpReboot:
 		if err := s.monitorUp(); err != nil {
@@ -559,6 +560,26 @@ func (s *supervisor) handle(ctx context.Context, req Request) Response {
 		return Response{QMP: out}
 	}
 	return fail(fmt.Errorf("unknown control operation %q", req.Op))
+}
+
+// addresses are the guest's addresses: the leases minivirt's own network
+// handed out, or the one QEMU's user network always gives its guest.
+func (s *supervisor) addresses() []GuestAddress {
+	if s.network != nil {
+		var out []GuestAddress
+		for _, l := range s.network.Leases() {
+			out = append(out, GuestAddress{Interface: "net0", MAC: l.MAC, Address: l.Address, Source: "lease"})
+		}
+		return out
+	}
+	if s.plan.Network != domain.NetworkSlirp {
+		return nil
+	}
+	mac := "52:54:00:12:34:56" // QEMU's default
+	if nic, ok := s.d.UserNIC(); ok && nic.MAC != "" {
+		mac = nic.MAC
+	}
+	return []GuestAddress{{Interface: "net0", MAC: mac, Address: netip.PrefixFrom(domain.GuestAddress, domain.UserNet.Bits()), Source: "user network"}}
 }
 
 // monitorUp fails, saying why, while the QMP monitor is lost.

@@ -2,6 +2,7 @@ package usernet
 
 import (
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
@@ -18,7 +19,8 @@ import (
 
 // serveDHCP answers DHCP on the NIC as QEMU's user network would for its one
 // guest: 10.0.2.15/24, router 10.0.2.2, no DNS server (there is none).
-func serveDHCP(s *stack.Stack, nic tcpip.NICID) (*server4.Server, error) {
+// onLease is told of each address it acknowledges.
+func serveDHCP(s *stack.Stack, nic tcpip.NICID, onLease func(Lease)) (*server4.Server, error) {
 	var wq waiter.Queue
 	ep, terr := s.NewEndpoint(udp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
 	if terr != nil {
@@ -54,7 +56,9 @@ func serveDHCP(s *stack.Stack, nic tcpip.NICID) (*server4.Server, error) {
 		if err != nil {
 			return
 		}
-		c.WriteTo(reply.ToBytes(), peer)
+		if _, err := c.WriteTo(reply.ToBytes(), peer); err == nil && kind == dhcpv4.MessageTypeAck {
+			onLease(Lease{MAC: m.ClientHWAddr.String(), Address: netip.PrefixFrom(domain.GuestAddress, domain.UserNet.Bits())})
+		}
 	}
 	srv, err := server4.NewServer("", nil, handle, server4.WithConn(conn))
 	if err != nil {

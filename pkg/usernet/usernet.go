@@ -49,6 +49,9 @@ type Network struct {
 	dhcp      *server4.Server
 	listeners []net.Listener
 	wg        sync.WaitGroup
+
+	mu     sync.Mutex
+	leases []Lease
 }
 
 // New builds the network for a domain's vmchannels and starts accepting on
@@ -100,7 +103,7 @@ func New(channels []domain.VMChannel, handle Handler) (*Network, error) {
 
 	n := &Network{stack: s, link: link}
 	var err error
-	if n.dhcp, err = serveDHCP(s, nic); err != nil {
+	if n.dhcp, err = serveDHCP(s, nic, n.lease); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("netstack: DHCP: %w", err)
 	}
@@ -139,6 +142,31 @@ func (n *Network) accept(l net.Listener, ch netip.AddrPort, handle Handler) {
 // ctx ends.
 func (n *Network) Serve(ctx context.Context, conn net.Conn) error {
 	return serveFrames(ctx, n.link, conn)
+}
+
+// Lease is an address the network's DHCP server handed out.
+type Lease struct {
+	MAC     string
+	Address netip.Prefix
+}
+
+func (n *Network) lease(l Lease) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for i, old := range n.leases {
+		if old.MAC == l.MAC {
+			n.leases[i] = l
+			return
+		}
+	}
+	n.leases = append(n.leases, l)
+}
+
+// Leases returns the addresses the network's DHCP server handed out.
+func (n *Network) Leases() []Lease {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]Lease(nil), n.leases...)
 }
 
 // Close stops accepting and tears the stack down.

@@ -1,0 +1,38 @@
+package main
+
+import "github.com/spf13/cobra"
+
+// examples are the --help examples of the verbs that do not set their own.
+var examples = map[string]string{
+	"minivirt define":           "  minivirt define demo.xml\n  virt-install --print-xml ... | minivirt define -",
+	"minivirt undefine":         "  minivirt undefine demo",
+	"minivirt list":             "  minivirt list\n  minivirt list --all\n  minivirt list --name --state-running\n  minivirt list --all -o json",
+	"minivirt start":            "  minivirt start demo\n  minivirt start --autostart",
+	"minivirt shutdown":         "  minivirt shutdown demo\n  minivirt shutdown demo --timeout 2m",
+	"minivirt destroy":          "  minivirt destroy demo",
+	"minivirt stop":             "  minivirt stop demo --timeout 30s",
+	"minivirt reboot":           "  minivirt reboot demo",
+	"minivirt suspend":          "  minivirt suspend demo",
+	"minivirt resume":           "  minivirt resume demo",
+	"minivirt status":           "  minivirt status demo\n  minivirt status demo -o json",
+	"minivirt log":              "  minivirt log demo\n  minivirt log -f demo",
+	"minivirt console":          "  minivirt console demo",
+	"minivirt qmp":              `  minivirt qmp demo '{"execute":"query-status"}'`,
+	"minivirt run":              "  minivirt run --rm --timeout 2m --console guest.xml",
+	"minivirt vmchannel":        "  minivirt vmchannel list demo",
+	"minivirt vmchannel add":    "  minivirt vmchannel add demo --port 600 --path /run/svc.sock\n  minivirt vmchannel add demo --port 601 --path /run/b.sock --address 10.0.2.5 --proxy v2",
+	"minivirt vmchannel remove": "  minivirt vmchannel remove demo --port 600",
+	"minivirt vmchannel list":   "  minivirt vmchannel list demo\n  minivirt vmchannel list demo -o json",
+	"minivirt network":          "  minivirt network serve demo",
+	"minivirt completion":       "  minivirt completion bash > /etc/bash_completion.d/minivirt",
+}
+
+// addExamples gives every command without an example its own.
+func addExamples(c *cobra.Command) {
+	if c.Example == "" {
+		c.Example = examples[c.CommandPath()]
+	}
+	for _, sub := range c.Commands() {
+		addExamples(sub)
+	}
+}

@@ -213,3 +213,26 @@ func TestQEMUCommandline(t *testing.T) {
 	}
 	h.OK("", "destroy", "cl")
 }
+
+// TestGuestDevices: video, a USB tablet and sound are given to the guest
+// (headless: nobody sees or hears them), as libvirt gives them.
+func TestGuestDevices(t *testing.T) {
+	t.Parallel()
+	h := newHost(t)
+	devices := `<video><model type='vga'/></video><input type='tablet' bus='usb'/><sound model='ich9'/><graphics type='vnc' port='-1'/>`
+	g := guest{name: "dev", devices: devices, cmdline: "minivirt.poweroff",
+		script: `for d in /sys/bus/pci/devices/*; do echo "pci class $(cat $d/class)"; done`}
+	_, stderr, code := h.Run(g.xml(), "run", "--timeout", "120s", "-")
+	if code != 0 {
+		t.Fatalf("run: exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stderr, "not served: <graphics>") {
+		t.Errorf("define did not say <graphics> is not served: %q", stderr)
+	}
+	log := h.readLog("dev")
+	for class, what := range map[string]string{"0x030000": "VGA", "0x040300": "HD audio", "0x0c0330": "xHCI USB"} {
+		if !strings.Contains(log, "pci class "+class) {
+			t.Errorf("the guest has no %s device (class %s):\n%s", what, class, log)
+		}
+	}
+}

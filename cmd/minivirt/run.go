@@ -40,6 +40,9 @@ name plus a random suffix (and a uuid of its own), and says so on stderr.`,
 				return err
 			}
 			asked := d.Name
+			for _, w := range d.Warnings() {
+				a.warn("domain %s: %s", d.Name, w)
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			opt := manager.RunOptions{Transient: rm, Timeout: timeout}

@@ -56,7 +56,8 @@ var Elements = []Element{
 	{"memballoon virtio, rng virtio, panic", ActedOn, "virtio-balloon, virtio-rng (random or builtin backend), pvpanic"},
 	{"qemu:commandline", ActedOn, "arguments and environment passed to QEMU; options minivirt passes itself refused; status says tainted"},
 	{"description, metadata of other applications", Kept, "stored and written back as given"},
-	{"graphics, video, input, sound, audio, redirdev type='spicevmc'", Kept, "not given to the guest: minivirt runs QEMU headless (-display none, -nodefaults); said at define"},
+	{"video, input, sound", ActedOn, "the guest gets the device (VGA, virtio-vga, QXL, ...; PS/2, USB or virtio input; HDA, AC97, ES1370 with no host audio); nobody sees or hears it: QEMU runs headless"},
+	{"graphics, audio, redirdev type='spicevmc'", Kept, "not served: minivirt runs QEMU headless (-display none) and opens no VNC or SPICE port; said at define"},
 	{"alias (user aliases)", Kept, "a name for management tools; the guest never sees it"},
 	{"seclabel type='none'", Kept, "minivirt has no security driver; other seclabels refused"},
 	{"address (PCI, drive, virtio-serial)", Refused, "minivirt places devices itself; remove addresses (virsh dumpxml --inactive --migratable keeps them; virt-install never writes them)"},
@@ -99,14 +100,13 @@ func (d *Domain) Warnings() []string {
 	for _, u := range [...]struct {
 		name string
 		n    int
-	}{{"graphics", len(d.Devices.Graphics)}, {"video", len(d.Devices.Videos)}, {"input", len(d.Devices.Inputs)},
-		{"sound", len(d.Devices.Sounds)}, {"audio", len(d.Devices.Audios)}, {"redirdev", len(d.Devices.RedirDevs)}} {
+	}{{"graphics", len(d.Devices.Graphics)}, {"audio", len(d.Devices.Audios)}, {"redirdev", len(d.Devices.RedirDevs)}} {
 		if u.n > 0 {
 			ui = append(ui, fmt.Sprintf("<%s>", u.name))
 		}
 	}
 	if len(ui) > 0 {
-		out = append(out, "kept, not given to the guest: "+strings.Join(ui, ", ")+" (minivirt runs QEMU headless)")
+		out = append(out, "kept, not served: "+strings.Join(ui, ", ")+" (minivirt runs QEMU headless and opens no display or audio on the host)")
 	}
 	if d.Tainted() {
 		out = append(out, "<qemu:commandline> passes options minivirt did not write: status will say tainted")

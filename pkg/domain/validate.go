@@ -33,6 +33,7 @@ var (
 	diskErrorPolicies = []string{"stop", "report", "ignore", "enospace"}
 	onOff             = []string{"on", "off"}
 	yesNo             = []string{"yes", "no"}
+	videoModels       = []string{"vga", "cirrus", "virtio", "qxl", "bochs", "ramfb", "none"}
 	dhcpFirst         = 15 // libslirp hands out 10.0.2.15-10.0.2.30
 	dhcpEnd           = 30
 )
@@ -804,6 +805,54 @@ func (d *Domain) validateOtherDevices() error {
 		}
 		if rt := r.Rate; rt != nil && rt.Bytes == 0 {
 			return fmt.Errorf("rng rate bytes: must be greater than 0")
+		}
+	}
+	for i, v := range d.Devices.Videos {
+		where := fmt.Sprintf("video %d", i)
+		if err := notSupported(where, unhandled(&v, "Model", "Alias")); err != nil {
+			return err
+		}
+		if err := notSupported(where+" model", unhandled(&v.Model, "Type", "Heads", "Primary", "VRam", "Ram", "VGAMem")); err != nil {
+			return err
+		}
+		if err := oneOf(where+" model type", v.Model.Type, videoModels); err != nil {
+			return err
+		}
+		if v.Model.Heads > 1 {
+			return fmt.Errorf("%s model heads %d: minivirt gives one head", where, v.Model.Heads)
+		}
+	}
+	for i, in := range d.Devices.Inputs {
+		where := fmt.Sprintf("input %d", i)
+		handled := []string{"Type", "Bus", "Alias"}
+		if in.Source != nil && *in.Source == (libvirtxml.DomainInputSource{}) {
+			handled = append(handled, "Source") // libvirtxml makes an empty one for every input
+		}
+		if err := notSupported(where, unhandled(&in, handled...)); err != nil {
+			return err
+		}
+		if err := oneOf(where+" type", in.Type, []string{"mouse", "keyboard", "tablet"}); err != nil {
+			return err
+		}
+		if err := oneOf(where+" bus", in.Bus, []string{"ps2", "usb", "virtio"}); err != nil {
+			return err
+		}
+		if in.Bus == "ps2" && in.Type == "tablet" {
+			return fmt.Errorf("%s: a tablet on ps2 does not exist; use bus='usb' or 'virtio'", where)
+		}
+	}
+	for i, snd := range d.Devices.Sounds {
+		where := fmt.Sprintf("sound %d", i)
+		if err := notSupported(where, unhandled(&snd, "Model", "Codec", "Alias")); err != nil {
+			return err
+		}
+		if err := oneOf(where+" model", snd.Model, []string{"ich6", "ich9", "ac97", "es1370"}); err != nil {
+			return err
+		}
+		for _, c := range snd.Codec {
+			if err := oneOf(where+" codec type", c.Type, []string{"duplex", "micro", "output"}); err != nil {
+				return err
+			}
 		}
 	}
 	for _, p := range d.Devices.Panics {

@@ -572,6 +572,16 @@ func (b *builder) disks() error {
 	return nil
 }
 
+// hasUSB reports whether the domain has a USB controller of its own.
+func (b *builder) hasUSB() bool {
+	for _, c := range b.d.Devices.Controllers {
+		if c.Type == "usb" && c.Model != "none" {
+			return true
+		}
+	}
+	return false
+}
+
 func (b *builder) hasBootOrder() bool {
 	for _, disk := range b.d.Devices.Disks {
 		if disk.Boot != nil {
@@ -728,6 +738,54 @@ func (b *builder) devices() error {
 			dev += fmt.Sprintf(",max-bytes=%d,period=%d", r.Rate.Bytes, period)
 		}
 		b.add("-object", obj, "-device", dev)
+	}
+	for i, v := range d.Devices.Videos {
+		dev := map[string]string{"vga": "VGA", "cirrus": "cirrus-vga", "virtio": "virtio-vga", "qxl": "qxl-vga",
+			"bochs": "bochs-display", "ramfb": "ramfb"}[v.Model.Type]
+		if i > 0 && v.Model.Type == "virtio" {
+			dev = "virtio-gpu-pci" // only the primary is a VGA device
+		}
+		if dev == "" {
+			continue // model none
+		}
+		opts := fmt.Sprintf("%s,id=video%d", dev, i)
+		if v.Model.VRam != 0 && (v.Model.Type == "vga" || v.Model.Type == "cirrus") {
+			opts += fmt.Sprintf(",vgamem_mb=%d", max(v.Model.VRam/1024, 1))
+		}
+		b.add("-device", opts)
+	}
+	usb := false
+	for _, in := range d.Devices.Inputs {
+		switch in.Bus {
+		case "usb":
+			if !usb && !b.hasUSB() {
+				b.add("-device", "qemu-xhci,id=usb-input") // a bus for it, as libvirt adds one
+			}
+			usb = true
+			b.add("-device", map[string]string{"mouse": "usb-mouse", "keyboard": "usb-kbd", "tablet": "usb-tablet"}[in.Type])
+		case "virtio":
+			b.add("-device", map[string]string{"mouse": "virtio-mouse-pci", "keyboard": "virtio-keyboard-pci", "tablet": "virtio-tablet-pci"}[in.Type])
+		}
+		// PS/2 mouse and keyboard are part of every x86 machine.
+	}
+	for i, snd := range d.Devices.Sounds {
+		audio := fmt.Sprintf("snd%d", i)
+		b.add("-audiodev", "none,id="+audio)
+		switch snd.Model {
+		case "ich6", "ich9":
+			b.add("-device", map[string]string{"ich6": "intel-hda", "ich9": "ich9-intel-hda"}[snd.Model]+fmt.Sprintf(",id=sound%d", i))
+			codecs := snd.Codec
+			if len(codecs) == 0 {
+				codecs = []libvirtxml.DomainSoundCodec{{Type: "duplex"}}
+			}
+			for _, c := range codecs {
+				b.add("-device", fmt.Sprintf("hda-%s,bus=sound%d.0,audiodev=%s", c.Type, i, audio))
+			}
+		case "ac97":
+			b.add("-device", "AC97,audiodev="+audio)
+		case "es1370":
+			b.add("-device", "ES1370,audiodev="+audio)
+		}
 	}
 	pvpanic := "pvpanic-pci" // the supervisor needs GUEST_PANICKED for on_crash
 	if len(d.Devices.Panics) > 0 && d.Devices.Panics[0].Model == "isa" {

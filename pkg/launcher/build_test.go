@@ -237,6 +237,12 @@ func TestBuildDevices(t *testing.T) {
 			"-device", "qemu-xhci,id=usb0,p2=15,p3=15"},
 		{"rng and balloon", `<memballoon model='virtio'/><rng model='virtio'><backend model='random'>/dev/urandom</backend></rng>`, "",
 			"-object", "rng-random,id=objrng0,filename=/dev/urandom"},
+		{"video", `<video><model type='vga' vram='16384' heads='1' primary='yes'/></video>`, "",
+			"-device", "VGA,id=video0,vgamem_mb=16"},
+		{"usb tablet gets a bus", `<input type='tablet' bus='usb'/><input type='mouse' bus='ps2'/>`, "",
+			"-device", "qemu-xhci,id=usb-input"},
+		{"sound", `<sound model='ich9'><codec type='micro'/></sound>`, "",
+			"-device", "hda-micro,bus=sound0.0,audiodev=snd0"},
 		{"qemu:commandline", "", `<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-device'/><qemu:arg value='virtio-rng-pci,id=extra'/></qemu:commandline>`,
 			"-device", "virtio-rng-pci,id=extra"},
 	}

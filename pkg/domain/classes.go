@@ -33,7 +33,7 @@ type Element struct {
 var Elements = []Element{
 	{"name, uuid, title", ActedOn, "name and uuid given to QEMU (-name, -uuid); title kept"},
 	{"memory, currentMemory", ActedOn, "-m; currentMemory must equal memory (no ballooning down)"},
-	{"vcpu (current, placement='static')", ActedOn, "-smp current,maxcpus=N; cpuset and placement='auto' refused"},
+	{"vcpu (current, placement='static')", ActedOn, "-smp current,maxcpus=N; placement='auto' refused"},
 	{"os type (arch x86_64, machine)", ActedOn, "-machine; other architectures refused"},
 	{"os kernel, initrd, cmdline", ActedOn, "direct kernel boot"},
 	{"os boot dev, bootmenu", ActedOn, "-boot order=..., menu=on"},
@@ -60,7 +60,9 @@ var Elements = []Element{
 	{"graphics, audio, redirdev type='spicevmc'", Kept, "not served: minivirt runs QEMU headless (-display none) and opens no VNC or SPICE port; said at define"},
 	{"alias (user aliases)", Kept, "a name for management tools; the guest never sees it"},
 	{"seclabel type='none'", Kept, "minivirt has no security driver; other seclabels refused"},
-	{"address (PCI, drive, virtio-serial)", Refused, "minivirt places devices itself; remove addresses (virsh dumpxml --inactive --migratable keeps them; virt-install never writes them)"},
+	{"address type pci (root bus), type drive", ActedOn, "PCI slot and function as addr=; a drive address must agree with where the target name puts the disk"},
+	{"vcpu cpuset", Kept, "minivirt does not pin host CPUs; the guest sees the same CPUs either way"},
+	{"address of other types or buses (ccw, usb, isa, a PCI bridge)", Refused, "named at define; remove the address"},
 	{"hostdev, filesystem, tpm, vsock, smartcard, parallel, redirdev, watchdog, shmem, iommu, memory devices", Refused, "named at define"},
 	{"memtune, memoryBacking, cputune, numatune, blkiotune, iothreads, sysinfo, resource, genid, maxMemory", Refused, "named at define"},
 	{"any element or attribute libvirtxml does not know, or a second <name>", Refused, "named at define: it would be lost"},
@@ -81,6 +83,9 @@ func (d *Domain) Warnings() []string {
 	}
 	if len(d.SecLabel) > 0 {
 		kept = append(kept, "<seclabel type='none'>")
+	}
+	if d.VCPU.CPUSet != "" {
+		kept = append(kept, "<vcpu cpuset> (minivirt does not pin host CPUs)")
 	}
 	aliases := 0
 	for _, disk := range d.Devices.Disks {

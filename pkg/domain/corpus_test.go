@@ -11,11 +11,16 @@ import (
 	"testing"
 )
 
-// corpusDirs are the corpus directories: testdata/corpus, and any more
-// named in MINIVIRT_CORPUS (colon-separated), for measuring against
-// collections that cannot be committed here.
+// corpusDirs are the corpus directories: testdata/corpus; the project's
+// shared corpus beside the checkout (../shared/corpus), where collections
+// that may not be committed to this repository, such as libvirt's own
+// test-suite domains, can be placed; and any more named in MINIVIRT_CORPUS
+// (colon-separated).
 func corpusDirs() []string {
 	dirs := []string{"testdata/corpus"}
+	if _, err := os.Stat("../../../shared/corpus"); err == nil {
+		dirs = append(dirs, "../../../shared/corpus")
+	}
 	if extra := os.Getenv("MINIVIRT_CORPUS"); extra != "" {
 		dirs = append(dirs, strings.Split(extra, ":")...)
 	}

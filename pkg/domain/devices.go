@@ -89,6 +89,8 @@ type UserNIC struct {
 	Model string
 	MAC   string
 	Boot  uint // boot order, 0 for none
+	// PCIAddr places the NIC at its PCI address (see PCIAddr), or "".
+	PCIAddr string
 	// Isolated is true for the NIC minivirt adds for vmchannels: the guest
 	// reaches nothing but its vmchannels (QEMU's restrict=on).
 	Isolated bool
@@ -110,6 +112,7 @@ func (d *Domain) UserNIC() (UserNIC, bool) {
 		if nic.Boot != nil {
 			u.Boot = nic.Boot.Order
 		}
+		u.PCIAddr = PCIAddr(nic.Address)
 		return u, true
 	}
 	if len(d.VMChannels()) > 0 {

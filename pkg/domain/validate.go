@@ -133,9 +133,6 @@ func (d *Domain) validateTop() error {
 	if v.Placement != "" && v.Placement != "static" {
 		return fmt.Errorf("vcpu placement %q: not supported by minivirt (no numad); use static or remove it", v.Placement)
 	}
-	if v.CPUSet != "" {
-		return fmt.Errorf("vcpu cpuset %q: not supported by minivirt (it does not pin host CPUs); remove it", v.CPUSet)
-	}
 	for _, a := range [...]struct{ elem, value string }{{"on_poweroff", d.OnPoweroff}, {"on_reboot", d.OnReboot}, {"on_crash", d.OnCrash}} {
 		if err := oneOf(a.elem, a.value, lifecycleActions); err != nil {
 			return err
@@ -427,7 +424,7 @@ func (d *Domain) validateDisks() error {
 		}
 		seen[disk.Target.Dev] = true
 		if err := notSupported(where, unhandled(&disk, "Device", "Driver", "Source", "Target", "ReadOnly", "Shareable",
-			"Transient", "Serial", "Boot", "Alias")); err != nil {
+			"Transient", "Serial", "Boot", "Alias", "Address")); err != nil {
 			return err
 		}
 		if err := oneOf(where+" device", disk.Device, []string{"disk", "cdrom"}); err != nil {
@@ -437,6 +434,13 @@ func (d *Domain) validateDisks() error {
 			return err
 		}
 		if err := oneOf(where+" target bus", disk.Target.Bus, diskBuses); err != nil {
+			return err
+		}
+		bus := disk.Target.Bus
+		if bus == "" {
+			bus = map[string]string{"vd": "virtio", "sd": "sata", "hd": "ide"}[disk.Target.Dev[:2]]
+		}
+		if err := d.checkDriveAddress(where, disk, bus); err != nil {
 			return err
 		}
 		if disk.Target.Tray != "" && (disk.Device != "cdrom" || disk.Target.Tray != "closed") {
@@ -519,7 +523,10 @@ func (d *Domain) validateInterfaces() error {
 		if users > 1 {
 			return fmt.Errorf("interface type 'user': minivirt supports one user-mode NIC per domain")
 		}
-		if err := notSupported("interface type 'user'", unhandled(&nic, "MAC", "Source", "Model", "Boot", "Alias", "Link")); err != nil {
+		if err := notSupported("interface type 'user'", unhandled(&nic, "MAC", "Source", "Model", "Boot", "Alias", "Link", "Address")); err != nil {
+			return err
+		}
+		if err := checkPCIAddress("interface type 'user'", nic.Address); err != nil {
 			return err
 		}
 		if nic.Source.User.Dev != "" {
@@ -740,7 +747,14 @@ func (d *Domain) validateControllers() error {
 		if c.Model != "" {
 			where += " model " + c.Model
 		}
-		if err := notSupported(where, unhandled(&c, "Type", "Index", "Model", "Alias", "USB", "PCI", "VirtIOSerial")); err != nil {
+		if err := notSupported(where, unhandled(&c, "Type", "Index", "Model", "Alias", "USB", "PCI", "VirtIOSerial", "Address")); err != nil {
+			return err
+		}
+		if c.Type == "sata" || c.Type == "ide" || c.Type == "pci" && c.Model != "pcie-root-port" {
+			if c.Address != nil && c.Address.PCI == nil {
+				return notSupported(where, []string{"<address>"})
+			}
+		} else if err := checkPCIAddress(where, c.Address); err != nil {
 			return err
 		}
 		switch c.Type {
@@ -781,7 +795,10 @@ func (d *Domain) validateControllers() error {
 
 func (d *Domain) validateOtherDevices() error {
 	if b := d.Devices.MemBalloon; b != nil {
-		if err := notSupported("memballoon", unhandled(b, "Model", "Alias")); err != nil {
+		if err := notSupported("memballoon", unhandled(b, "Model", "Alias", "Address")); err != nil {
+			return err
+		}
+		if err := checkPCIAddress("memballoon", b.Address); err != nil {
 			return err
 		}
 		if err := oneOf("memballoon model", b.Model, []string{"virtio", "none"}); err != nil {
@@ -789,7 +806,10 @@ func (d *Domain) validateOtherDevices() error {
 		}
 	}
 	for _, r := range d.Devices.RNGs {
-		if err := notSupported("rng", unhandled(&r, "Model", "Backend", "Rate", "Alias")); err != nil {
+		if err := notSupported("rng", unhandled(&r, "Model", "Backend", "Rate", "Alias", "Address")); err != nil {
+			return err
+		}
+		if err := checkPCIAddress("rng", r.Address); err != nil {
 			return err
 		}
 		if r.Model != "virtio" {
@@ -809,7 +829,10 @@ func (d *Domain) validateOtherDevices() error {
 	}
 	for i, v := range d.Devices.Videos {
 		where := fmt.Sprintf("video %d", i)
-		if err := notSupported(where, unhandled(&v, "Model", "Alias")); err != nil {
+		if err := notSupported(where, unhandled(&v, "Model", "Alias", "Address")); err != nil {
+			return err
+		}
+		if err := checkPCIAddress(where, v.Address); err != nil {
 			return err
 		}
 		if err := notSupported(where+" model", unhandled(&v.Model, "Type", "Heads", "Primary", "VRam", "Ram", "VGAMem")); err != nil {
@@ -843,7 +866,10 @@ func (d *Domain) validateOtherDevices() error {
 	}
 	for i, snd := range d.Devices.Sounds {
 		where := fmt.Sprintf("sound %d", i)
-		if err := notSupported(where, unhandled(&snd, "Model", "Codec", "Alias")); err != nil {
+		if err := notSupported(where, unhandled(&snd, "Model", "Codec", "Alias", "Address")); err != nil {
+			return err
+		}
+		if err := checkPCIAddress(where, snd.Address); err != nil {
 			return err
 		}
 		if err := oneOf(where+" model", snd.Model, []string{"ich6", "ich9", "ac97", "es1370"}); err != nil {

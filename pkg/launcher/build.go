@@ -533,15 +533,15 @@ func (b *builder) disks() error {
 			bus = map[string]string{"vd": "virtio", "sd": "sata", "hd": "ide"}[dev[:2]]
 		}
 		var device string
-		unit := int(dev[len(dev)-1] - 'a') // vda, sdb, hdc: the last letter
 		switch bus {
 		case "virtio":
-			device = "virtio-blk-pci,drive=" + id + ",id=" + dev
+			device = "virtio-blk-pci,drive=" + id + ",id=" + dev + domain.PCIAddr(disk.Address)
 		default:
 			kind := "ide-hd"
 			if disk.Device == "cdrom" {
 				kind = "ide-cd"
 			}
+			ideBus, unit := domain.DriveUnit(dev, bus == "ide" && !b.q35())
 			switch {
 			case bus == "sata" && !b.q35():
 				if b.ahci == "" {
@@ -550,7 +550,7 @@ func (b *builder) disks() error {
 				}
 				device = fmt.Sprintf("%s,drive=%s,id=%s,bus=sata0.%d", kind, id, dev, unit)
 			case bus == "ide" && !b.q35():
-				device = fmt.Sprintf("%s,drive=%s,id=%s,bus=ide.%d,unit=%d", kind, id, dev, unit/2, unit%2)
+				device = fmt.Sprintf("%s,drive=%s,id=%s,bus=ide.%d,unit=%d", kind, id, dev, ideBus, unit)
 			default: // q35's AHCI ports are its ide.N buses
 				device = fmt.Sprintf("%s,drive=%s,id=%s,bus=ide.%d", kind, id, dev, unit)
 			}
@@ -648,7 +648,7 @@ func (b *builder) network() error {
 	if nic.Boot != 0 {
 		dev += fmt.Sprintf(",bootindex=%d", nic.Boot)
 	}
-	b.add("-netdev", netdev, "-device", dev)
+	b.add("-netdev", netdev, "-device", dev+nic.PCIAddr)
 	return nil
 }
 
@@ -676,24 +676,29 @@ func (b *builder) controllers() error {
 		switch c.Type {
 		case "usb":
 			id := fmt.Sprintf("usb%d", i)
-			switch c.Model {
-			case "", "qemu-xhci", "nec-xhci":
-				dev := map[string]string{"": "qemu-xhci", "qemu-xhci": "qemu-xhci", "nec-xhci": "nec-usb-xhci"}[c.Model] + ",id=" + id
+			model := c.Model
+			if model == "" { // libvirt's default for the machine
+				model = map[bool]string{true: "qemu-xhci", false: "piix3-uhci"}[b.q35()]
+			}
+			addr := domain.PCIAddr(c.Address)
+			switch model {
+			case "qemu-xhci", "nec-xhci":
+				dev := map[string]string{"qemu-xhci": "qemu-xhci", "nec-xhci": "nec-usb-xhci"}[model] + ",id=" + id
 				if c.USB != nil && c.USB.Port != nil {
 					dev += fmt.Sprintf(",p2=%d,p3=%d", *c.USB.Port, *c.USB.Port)
 				}
-				b.add("-device", dev)
+				b.add("-device", dev+addr)
 			case "ich9-ehci1":
 				usbMaster = id
-				b.add("-device", "ich9-usb-ehci1,id="+id)
+				b.add("-device", "ich9-usb-ehci1,id="+id+addr)
 			case "ich9-uhci1", "ich9-uhci2", "ich9-uhci3":
-				dev := "ich9-usb-" + strings.TrimPrefix(c.Model, "ich9-") + ",id=" + id
+				dev := "ich9-usb-" + strings.TrimPrefix(model, "ich9-") + ",id=" + id
 				if usbMaster != "" && c.USB != nil && c.USB.Master != nil {
 					dev += fmt.Sprintf(",masterbus=%s.0,firstport=%d", usbMaster, c.USB.Master.StartPort)
 				}
-				b.add("-device", dev)
+				b.add("-device", dev+addr)
 			case "piix3-uhci":
-				b.add("-device", "piix3-usb-uhci,id="+id)
+				b.add("-device", "piix3-usb-uhci,id="+id+addr)
 			}
 		case "pci":
 			switch c.Model {
@@ -702,7 +707,7 @@ func (b *builder) controllers() error {
 					return fmt.Errorf("controller pci model pcie-root-port: needs a q35 machine")
 				}
 				rootPorts++
-				b.add("-device", fmt.Sprintf("pcie-root-port,id=pci.%d,chassis=%d", rootPorts, rootPorts))
+				b.add("-device", fmt.Sprintf("pcie-root-port,id=pci.%d,chassis=%d", rootPorts, rootPorts)+domain.PCIAddr(c.Address))
 			case "pcie-root":
 				if !b.q35() {
 					return fmt.Errorf("controller pci model pcie-root: the pc machine has pci-root; use q35 or pci-root")
@@ -722,14 +727,14 @@ func (b *builder) controllers() error {
 func (b *builder) devices() error {
 	d := b.d
 	if m := d.Devices.MemBalloon; m != nil && m.Model == "virtio" {
-		b.add("-device", "virtio-balloon-pci,id=balloon0")
+		b.add("-device", "virtio-balloon-pci,id=balloon0"+domain.PCIAddr(m.Address))
 	}
 	for i, r := range d.Devices.RNGs {
 		obj := fmt.Sprintf("rng-builtin,id=objrng%d", i)
 		if r.Backend.Random != nil {
 			obj = fmt.Sprintf("rng-random,id=objrng%d,filename=%s", i, r.Backend.Random.Device)
 		}
-		dev := fmt.Sprintf("virtio-rng-pci,rng=objrng%d,id=rng%d", i, i)
+		dev := fmt.Sprintf("virtio-rng-pci,rng=objrng%d,id=rng%d", i, i) + domain.PCIAddr(r.Address)
 		if r.Rate != nil {
 			period := r.Rate.Period
 			if period == 0 {
@@ -748,7 +753,7 @@ func (b *builder) devices() error {
 		if dev == "" {
 			continue // model none
 		}
-		opts := fmt.Sprintf("%s,id=video%d", dev, i)
+		opts := fmt.Sprintf("%s,id=video%d", dev, i) + domain.PCIAddr(v.Address)
 		if v.Model.VRam != 0 && (v.Model.Type == "vga" || v.Model.Type == "cirrus") {
 			opts += fmt.Sprintf(",vgamem_mb=%d", max(v.Model.VRam/1024, 1))
 		}
@@ -773,7 +778,7 @@ func (b *builder) devices() error {
 		b.add("-audiodev", "none,id="+audio)
 		switch snd.Model {
 		case "ich6", "ich9":
-			b.add("-device", map[string]string{"ich6": "intel-hda", "ich9": "ich9-intel-hda"}[snd.Model]+fmt.Sprintf(",id=sound%d", i))
+			b.add("-device", map[string]string{"ich6": "intel-hda", "ich9": "ich9-intel-hda"}[snd.Model]+fmt.Sprintf(",id=sound%d", i)+domain.PCIAddr(snd.Address))
 			codecs := snd.Codec
 			if len(codecs) == 0 {
 				codecs = []libvirtxml.DomainSoundCodec{{Type: "duplex"}}
@@ -782,9 +787,9 @@ func (b *builder) devices() error {
 				b.add("-device", fmt.Sprintf("hda-%s,bus=sound%d.0,audiodev=%s", c.Type, i, audio))
 			}
 		case "ac97":
-			b.add("-device", "AC97,audiodev="+audio)
+			b.add("-device", "AC97,audiodev="+audio+domain.PCIAddr(snd.Address))
 		case "es1370":
-			b.add("-device", "ES1370,audiodev="+audio)
+			b.add("-device", "ES1370,audiodev="+audio+domain.PCIAddr(snd.Address))
 		}
 	}
 	pvpanic := "pvpanic-pci" // the supervisor needs GUEST_PANICKED for on_crash

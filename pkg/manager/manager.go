@@ -300,7 +300,8 @@ var ErrShutdownTimeout = errors.New("shutdown timed out")
 // Shutdown presses the guest's ACPI power button and waits until the domain
 // is shut off, at most timeout.
 func (m *Manager) Shutdown(ctx context.Context, name string, timeout time.Duration) error {
-	if _, _, err := m.running(name); err != nil {
+	_, o, err := m.running(name)
+	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -308,7 +309,7 @@ func (m *Manager) Shutdown(ctx context.Context, name string, timeout time.Durati
 	if _, err := m.call(ctx, name, supervisor.Request{Op: supervisor.OpShutdown}); err != nil {
 		return fmt.Errorf("shutdown %s: %w", name, err)
 	}
-	if _, err := m.Wait(ctx, name); err != nil {
+	if _, err := m.waitEnd(ctx, name, o.Supervisor); err != nil {
 		return fmt.Errorf("domain %s did not shut off within %s: the guest ignores the ACPI power button; use `minivirt stop` or `minivirt destroy`: %w", name, timeout, ErrShutdownTimeout)
 	}
 	return nil
@@ -332,7 +333,7 @@ func (m *Manager) Destroy(ctx context.Context, name string) (note string, err er
 	if o.Supervised {
 		_, err := m.call(ctx, name, supervisor.Request{Op: supervisor.OpDestroy})
 		if err == nil {
-			if _, err := m.Wait(ctx, name); err != nil {
+			if _, err := m.waitEnd(ctx, name, o.Supervisor); err != nil {
 				return "", fmt.Errorf("destroy %s: the supervisor did not finish: %w", name, err)
 			}
 			return "", nil
@@ -463,10 +464,16 @@ func (m *Manager) Status(ctx context.Context, name string) (Status, error) {
 // record: "shut off" with reason "shutdown" after a clean power-off. It
 // reads the store only, a short read at a time.
 func (m *Manager) Wait(ctx context.Context, name string) (store.Runtime, error) {
+	return m.waitEnd(ctx, name, proc.ID{})
+}
+
+// waitEnd is Wait for a domain whose supervisor the caller already knows:
+// the record may turn inactive before Wait ever sees it active, and the
+// supervisor must still be waited for.
+func (m *Manager) waitEnd(ctx context.Context, name string, sup proc.ID) (store.Runtime, error) {
 	tick := time.NewTicker(25 * time.Millisecond)
 	defer tick.Stop()
 	self, _ := proc.Self()
-	var sup proc.ID // the supervisor of the last active record seen
 	for {
 		var rt store.Runtime
 		err := m.read(func(s *store.Store) error {

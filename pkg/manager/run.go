@@ -101,7 +101,7 @@ func (m *Manager) Run(ctx context.Context, d *domain.Domain, opt RunOptions) (re
 	} else {
 		close(consoleDone)
 	}
-	final, waitErr := m.Wait(waitCtx, d.Name)
+	final, waitErr := m.waitEnd(waitCtx, d.Name, o.Supervisor)
 	<-consoleDone
 	if waitErr != nil {
 		dctx, dcancel := context.WithTimeout(context.Background(), destroyTimeout)

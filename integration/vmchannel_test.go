@@ -325,19 +325,24 @@ func TestIsolation(t *testing.T) {
 	}
 }
 
-// TestChangesWhileRunning: vmchannel add/remove change the definition and
-// say the change waits for the next start.
+// TestChangesWhileRunning: with --config, vmchannel add changes the
+// definition of a running domain and says the change waits for the next
+// start; without a network to change live, --live says so.
 func TestChangesWhileRunning(t *testing.T) {
 	t.Parallel()
 	h := newHost(t)
 	svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)
 	h.boot(guest{name: "chg"})
-	_, errs, code := h.Run("", "vmchannel", "add", "chg", "--port", "700", "--path", svc.path)
-	if code != 0 || !strings.Contains(errs, "takes effect at its next start") {
-		t.Errorf("vmchannel add while running: exit %d, %q", code, errs)
+	h.fails("started without a network", "vmchannel", "add", "chg", "--port", "700", "--path", svc.path)
+	out, _, code := h.Run("", "vmchannel", "add", "chg", "--port", "700", "--path", svc.path, "--config")
+	if code != 0 || !strings.Contains(out, "takes effect at the next start") {
+		t.Errorf("vmchannel add --config while running: exit %d, %q", code, out)
 	}
-	if !strings.Contains(h.OK("", "vmchannel", "list", "chg"), "700") {
-		t.Error("the added vmchannel is not listed")
+	if !strings.Contains(h.OK("", "dumpxml", "chg"), `port="700"`) {
+		t.Error("the added vmchannel is not in the definition")
+	}
+	if strings.Contains(h.OK("", "vmchannel", "list", "chg"), "700") {
+		t.Error("vmchannel list shows a channel the running domain does not have")
 	}
 	if out, _ := h.exec("chg", "minivirt-guest request 10.0.2.4:700 early", 60*time.Second); strings.Contains(out, "reply: early") {
 		t.Error("a vmchannel added while running worked before the next start")

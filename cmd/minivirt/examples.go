@@ -24,6 +24,7 @@ var examples = map[string]string{
 	"minivirt vmchannel remove": "  minivirt vmchannel remove demo --port 600",
 	"minivirt vmchannel list":   "  minivirt vmchannel list demo\n  minivirt vmchannel list demo -o json",
 	"minivirt network":          "  minivirt network serve demo",
+	"minivirt port":             "  minivirt port add demo --guest-port 22 --listen 2222\n  minivirt port list demo",
 	"minivirt completion":       "  minivirt completion bash > /etc/bash_completion.d/minivirt",
 }
 

@@ -206,6 +206,7 @@ type statusReport struct {
 	Tainted     bool                `json:"tainted,omitempty"`
 	Since       *time.Time          `json:"since,omitempty"`
 	VMChannels  []vmchannelItem     `json:"vmchannels"`
+	Forwards    []forwardItem       `json:"forwards"`
 	VirtioPorts []domain.VirtioPort `json:"virtio_ports,omitempty"`
 }
 
@@ -225,7 +226,7 @@ func (a *app) statusCommand() *cobra.Command {
 			}
 			d, o := st.Domain, st.Observed
 			r := statusReport{Name: d.Name, UUID: d.UUID, State: o.State, Reason: o.Reason, Detail: o.Detail, QEMUUID: -1,
-				Tainted: d.Tainted(), VMChannels: vmchannelItems(d, st.Live)}
+				Tainted: d.Tainted(), VMChannels: vmchannelItems(d, st.Live), Forwards: forwardItems(st)}
 			if st.Live != nil {
 				r.VirtioPorts = st.Live.VirtioPorts
 			}

@@ -136,6 +136,7 @@ with end-of-stream carried both ways.`,
 		a.dumpxmlCommand(),
 		a.vmchannelCommand(),
 		a.networkCommand(),
+		a.portCommand(),
 		a.startCommand(),
 		a.shutdownCommand(),
 		a.destroyCommand(),
@@ -162,7 +163,7 @@ with end-of-stream carried both ways.`,
 			a.domainCommand(c)
 		}
 		for _, sub := range c.Commands() {
-			if c.Name() == "vmchannel" || c.Name() == "network" {
+			if c.Name() == "vmchannel" || c.Name() == "network" || c.Name() == "port" {
 				a.domainCommand(sub)
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/manager"
 	"github.com/minivirt/minivirt/pkg/supervisor"
 	"github.com/minivirt/minivirt/pkg/vmchannel"
 )
@@ -25,9 +26,10 @@ func (a *app) vmchannelAddCommand() *cobra.Command {
 	var port uint
 	var path, address, proxy string
 	var maxConns int
+	var sc scopeFlags
 	cmd := &cobra.Command{
-		Use:   "add NAME --port P --path PATH [--address A]",
-		Short: "Add a vmchannel to a domain's definition",
+		Use:   "add NAME --port P --path PATH [--address A] [--live] [--config]",
+		Short: "Add a vmchannel: to the running domain (on minivirt's network) and/or its definition",
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if !cmd.Flags().Changed("port") || path == "" {
@@ -46,10 +48,18 @@ func (a *app) vmchannelAddCommand() *cobra.Command {
 			if cmd.Flags().Changed("max-connections") && (maxConns < 1 || maxConns > 65535) {
 				return fmt.Errorf("vmchannel port %d max-connections %d: must be 1-65535", port, maxConns)
 			}
-			return a.changeDomain(args[0], func(d *domain.Domain) error { return d.AddVMChannel(vc) },
-				fmt.Sprintf("vmchannel %s:%d -> %s added", orDefault(vc.Address), port, path))
+			scope, err := a.mgr.ScopeFor(args[0], sc.live, sc.config)
+			if err != nil {
+				return userError(err)
+			}
+			if err := a.mgr.AddVMChannel(cmd.Context(), args[0], vc, scope); err != nil {
+				return userError(err)
+			}
+			fmt.Fprintf(a.stdout, "Domain %s: vmchannel %s:%d -> %s added%s\n", args[0], orDefault(vc.Address), port, path, scopeWords(scope))
+			return nil
 		},
 	}
+	sc.add(cmd)
 	f := cmd.Flags()
 	f.UintVar(&port, "port", 0, "guest TCP port, 1-65535")
 	f.StringVar(&path, "path", "", "host Unix socket the guest's connections are relayed to (absolute)")
@@ -69,9 +79,10 @@ func orDefault(a netip.Addr) netip.Addr {
 func (a *app) vmchannelRemoveCommand() *cobra.Command {
 	var port uint
 	var address string
+	var sc scopeFlags
 	cmd := &cobra.Command{
-		Use:   "remove NAME --port P [--address A]",
-		Short: "Remove a vmchannel from a domain's definition",
+		Use:   "remove NAME --port P [--address A] [--live] [--config]",
+		Short: "Remove a vmchannel: from the running domain and/or its definition",
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if port < 1 || port > 65535 {
@@ -84,26 +95,42 @@ func (a *app) vmchannelRemoveCommand() *cobra.Command {
 					return fmt.Errorf("vmchannel address %q: not an IPv4 address", address)
 				}
 			}
-			return a.changeDomain(args[0], func(d *domain.Domain) error { return d.RemoveVMChannel(uint16(port), addr) },
-				fmt.Sprintf("vmchannel port %d removed", port))
+			scope, err := a.mgr.ScopeFor(args[0], sc.live, sc.config)
+			if err != nil {
+				return userError(err)
+			}
+			if err := a.mgr.RemoveVMChannel(cmd.Context(), args[0], uint16(port), addr, scope); err != nil {
+				return userError(err)
+			}
+			fmt.Fprintf(a.stdout, "Domain %s: vmchannel port %d removed%s\n", args[0], port, scopeWords(scope))
+			return nil
 		},
 	}
+	sc.add(cmd)
 	cmd.Flags().UintVar(&port, "port", 0, "guest TCP port of the vmchannel")
 	cmd.Flags().StringVar(&address, "address", "", "guest-side address, when the port is used on several")
 	return cmd
 }
 
-// changeDomain applies change to a stored definition and stores it again.
-func (a *app) changeDomain(name string, change func(*domain.Domain) error, done string) error {
-	running, err := a.mgr.Change(name, change)
-	if err != nil {
-		return userError(err)
+// scopeFlags are virsh attach-device's --live, --config and --current.
+type scopeFlags struct{ live, config, current bool }
+
+func (sc *scopeFlags) add(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.BoolVar(&sc.live, "live", false, "change the running domain (minivirt's own network only)")
+	f.BoolVar(&sc.config, "config", false, "change the definition: takes effect at the next start")
+	f.BoolVar(&sc.current, "current", false, "the running domain if it runs, else the definition (the default)")
+}
+
+// scopeWords says where a change went.
+func scopeWords(sc manager.Scope) string {
+	switch {
+	case sc.Live && sc.Config:
+		return " (live and in the definition)"
+	case sc.Live:
+		return " (live; the definition is unchanged: add --config to keep it)"
 	}
-	fmt.Fprintf(a.stdout, "Domain %s: %s\n", name, done)
-	if running != "" {
-		a.warn("domain %s is %s: the change takes effect at its next start (QEMU cannot add or remove a guestfwd rule while it runs)", name, running)
-	}
-	return nil
+	return " (in the definition: takes effect at the next start)"
 }
 
 // vmchannelItem is one vmchannel in `vmchannel list -o json` and in
@@ -121,13 +148,15 @@ type vmchannelItem struct {
 // when one answered.
 func vmchannelItems(d *domain.Domain, live *supervisor.Status) []vmchannelItem {
 	counters := map[string]vmchannel.Counters{}
+	channels := d.VMChannels()
 	if live != nil {
 		for _, c := range live.VMChannels {
 			counters[c.Channel] = c.Counters
 		}
+		channels = live.VMChannelList // what runs, live changes included
 	}
 	items := []vmchannelItem{}
-	for _, vc := range d.VMChannels() {
+	for _, vc := range channels {
 		ap := netip.AddrPortFrom(vc.Address, vc.Port)
 		items = append(items, vmchannelItem{Address: vc.Address.String(), Port: vc.Port, Path: vc.Path, Proxy: vc.Proxy,
 			MaxConnections: vc.MaxConnections, Counters: counters[ap.String()]})

@@ -115,11 +115,15 @@ func (d *Domain) UserNIC() (UserNIC, bool) {
 		u.PCIAddr = PCIAddr(nic.Address)
 		return u, true
 	}
-	if len(d.VMChannels()) > 0 {
+	if d.NeedsNetwork() {
 		return UserNIC{Model: "virtio", Isolated: true}, true
 	}
 	return UserNIC{}, false
 }
+
+// NeedsNetwork reports whether the domain's vmchannels or inbound forwards
+// need a user network: an isolated one when it has no user interface.
+func (d *Domain) NeedsNetwork() bool { return len(d.VMChannels()) > 0 || len(d.Forwards()) > 0 }
 
 // AddVMChannel adds a vmchannel of minivirt's own and validates the result;
 // on error the domain is unchanged.
@@ -176,4 +180,16 @@ func (d *Domain) RemoveVMChannel(port uint16, addr netip.Addr) error {
 	}
 	d.Devices.Channels, d.Ext.VMChannels = chans, ext
 	return nil
+}
+
+// Clone returns a copy of the domain that changes to its vmchannels and
+// forwards do not reach.
+func (d *Domain) Clone() *Domain {
+	c := *d
+	c.Ext.VMChannels = append([]ExtVMChannel(nil), d.Ext.VMChannels...)
+	c.Ext.Forwards = append([]ExtForward(nil), d.Ext.Forwards...)
+	devices := *d.Devices
+	devices.Channels = append(devices.Channels[:0:0], d.Devices.Channels...)
+	c.Devices = &devices
+	return &c
 }

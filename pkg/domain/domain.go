@@ -64,9 +64,12 @@ type Extension struct {
 	// empty for the default (see Domain.Network).
 	Network    string         `xml:"network,attr,omitempty"`
 	VMChannels []ExtVMChannel `xml:"vmchannel"`
+	Forwards   []ExtForward   `xml:"forward"`
 }
 
-func (e Extension) empty() bool { return e.Network == "" && len(e.VMChannels) == 0 }
+func (e Extension) empty() bool {
+	return e.Network == "" && len(e.VMChannels) == 0 && len(e.Forwards) == 0
+}
 
 // ExtVMChannel is one <vmchannel> of minivirt's metadata. With a path it is
 // a vmchannel of its own; without one it holds the options of the libvirt

@@ -76,6 +76,10 @@ func TestRejects(t *testing.T) {
 		{"hostdev", minimal(`<hostdev mode='subsystem' type='pci'><source><address domain='0' bus='0' slot='3' function='0'/></source></hostdev>`), `devices: <hostdev> not supported`},
 		{"efi secure boot", strings.Replace(minimal(""), "<os>", "<os firmware='efi'><loader secure='yes'/>", 1), `Secure Boot`},
 		{"commandline collision", strings.Replace(minimal(""), "</domain>", "<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-m'/></qemu:commandline></domain>", 1), `qemu:commandline arg "-m": minivirt passes -m itself`},
+		{"forward without a host side", strings.Replace(minimal(""), "<os>", "<metadata><vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1'><forward port='22'/></vmchannels></metadata><os>", 1), `forward to guest port 22: give listen=`},
+		{"forward listen", strings.Replace(minimal(""), "<os>", "<metadata><vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1'><forward port='22' listen='localhost:x'/></vmchannels></metadata><os>", 1), `forward listen "localhost:x"`},
+		{"forward twice", strings.Replace(minimal(""), "<os>", "<metadata><vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1'><forward port='22' listen='2222'/><forward port='23' listen='127.0.0.1:2222'/></vmchannels></metadata><os>", 1), `forward tcp:127.0.0.1:2222: used twice`},
+		{"portForward udp", minimal(`<interface type='user'><portForward proto='udp'><range start='53'/></portForward></interface>`), `interface portForward proto "udp": must be tcp`},
 		{"vcpu current", strings.Replace(minimal(""), "<os>", "<vcpu current='3'>2</vcpu><os>", 1), `vcpu current 3: more than the 2`},
 		{"pty channel", minimal(`<channel type='pty'><target type='virtio' name='x'/></channel>`), `channel source type pty: not supported`},
 		{"xen channel", minimal(`<channel type='unix'><source path='/s'/><target type='xen' name='x'/></channel>`), `channel target type xen: not supported`},
@@ -465,5 +469,26 @@ func TestMetadataCarriage(t *testing.T) {
 		if msg, err := exec.Command(validator, path, "domain").CombinedOutput(); err != nil {
 			t.Errorf("minivirt's stored form fails libvirt's schema: %v\n%s\n%s", err, msg, out)
 		}
+	}
+}
+
+// Forwards: both forms, typed, round-tripped, added and removed.
+func TestForwards(t *testing.T) {
+	d := mustParse(t, minimal(`<interface type='user'><portForward proto='tcp'><range start='2222' end='2223' to='22'/></portForward></interface>`))
+	fs := d.Forwards()
+	if len(fs) != 2 || fs[0].GuestPort != 22 || fs[0].Listen.String() != "127.0.0.1:2222" || fs[1].GuestPort != 23 || fs[1].Listen.Port() != 2223 {
+		t.Errorf("portForward range: %+v", fs)
+	}
+	n := mustParse(t, minimal(`<interface type='vmchannel'><source port='600'/><target path='/s'/></interface>`))
+	if err := n.AddForward(Forward{GuestPort: 80, Path: "/run/web.sock"}); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := n.XML()
+	back := mustParse(t, string(out))
+	if f := back.Forwards(); len(f) != 1 || f[0].Path != "/run/web.sock" || f[0].GuestPort != 80 {
+		t.Errorf("forward did not round-trip:\n%s", out)
+	}
+	if _, err := back.RemoveForward(80, ""); err != nil || len(back.Forwards()) != 0 {
+		t.Errorf("remove: %v, %+v", err, back.Forwards())
 	}
 }

@@ -60,7 +60,7 @@ func (d *Domain) Validate() error {
 	for _, check := range []func() error{
 		d.validateKept, d.validateTop, d.validateOS, d.validateFeatures, d.validateCPU, d.validateClock,
 		d.validateDevices, d.validateDisks, d.validateInterfaces, d.validateChardevs, d.validateChannels,
-		d.validateControllers, d.validateOtherDevices, d.validateNetwork, d.validateCommandline,
+		d.validateControllers, d.validateOtherDevices, d.validateNetwork, d.validateForwards, d.validateCommandline,
 	} {
 		if err := check(); err != nil {
 			return err
@@ -523,7 +523,7 @@ func (d *Domain) validateInterfaces() error {
 		if users > 1 {
 			return fmt.Errorf("interface type 'user': minivirt supports one user-mode NIC per domain")
 		}
-		if err := notSupported("interface type 'user'", unhandled(&nic, "MAC", "Source", "Model", "Boot", "Alias", "Link", "Address")); err != nil {
+		if err := notSupported("interface type 'user'", unhandled(&nic, "MAC", "Source", "Model", "Boot", "Alias", "Link", "Address", "PortForward")); err != nil {
 			return err
 		}
 		if err := checkPCIAddress("interface type 'user'", nic.Address); err != nil {

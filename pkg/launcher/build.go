@@ -613,7 +613,7 @@ func NeedsFilesystem(d *domain.Domain) bool {
 // vmchannels.
 func (b *builder) netstack() bool {
 	d := b.d
-	return d.Network() == domain.NetworkNetstack && (len(d.VMChannels()) > 0 || d.Ext.Network != "")
+	return d.Network() == domain.NetworkNetstack && (d.NeedsNetwork() || d.Ext.Network != "")
 }
 
 func (b *builder) network() error {
@@ -640,6 +640,13 @@ func (b *builder) network() error {
 			return fmt.Errorf("vmchannel port %d: the guestfwd rule is %d bytes, over the %d QEMU keeps; use shorter paths (the minivirt binary, --run-dir or the target)", vc.Port, len(rule), maxGuestfwdRule)
 		}
 		netdev += ",guestfwd=" + escapeOpt(rule)
+	}
+	for _, f := range d.Forwards() { // Unix-socket forwards need netstack: refused by Validate
+		addr := f.Listen.Addr().String()
+		if f.Listen.Addr().Is6() {
+			addr = "[" + addr + "]"
+		}
+		netdev += fmt.Sprintf(",hostfwd=tcp:%s:%d-:%d", addr, f.Listen.Port(), f.GuestPort)
 	}
 	dev := map[string]string{"virtio": "virtio-net-pci", "e1000": "e1000", "e1000e": "e1000e", "rtl8139": "rtl8139"}[nic.Model] + ",netdev=net0"
 	if nic.MAC != "" {

@@ -241,6 +241,8 @@ func TestBuildDevices(t *testing.T) {
 			"-device", "virtio-blk-pci,drive=drive-vda,id=vda,addr=0x07.0"},
 		{"drive address that agrees", `<disk type='file' device='cdrom'><source file='/c.iso'/><target dev='hdc' bus='ide'/><address type='drive' controller='0' bus='1' target='0' unit='0'/></disk>`, `<os><type machine='pc'>hvm</type><kernel>/k</kernel></os>`,
 			"-device", "ide-cd,drive=drive-hdc,id=hdc,bus=ide.1,unit=0"},
+		{"portForward as hostfwd", `<interface type='user'><portForward proto='tcp' address='127.0.0.1'><range start='2222' to='22'/></portForward></interface>`, "",
+			"-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"},
 		{"video", `<video><model type='vga' vram='16384' heads='1' primary='yes'/></video>`, "",
 			"-device", "VGA,id=video0,vgamem_mb=16"},
 		{"usb tablet gets a bus", `<input type='tablet' bus='usb'/><input type='mouse' bus='ps2'/>`, "",

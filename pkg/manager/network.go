@@ -10,6 +10,7 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
+	"sync"
 
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/usernet"
@@ -54,8 +55,8 @@ func (m *Manager) ServeNetwork(ctx context.Context, name, socket, qemuUser strin
 		return fmt.Errorf("the stored definition: %w", err)
 	}
 	channels := d.VMChannels()
-	if len(channels) == 0 {
-		return fmt.Errorf("domain %s has no vmchannels to serve", name)
+	if !d.NeedsNetwork() {
+		return fmt.Errorf("domain %s has no vmchannels or forwards to serve", name)
 	}
 	if socket == "" {
 		socket = m.NetworkSocket(name)
@@ -98,7 +99,34 @@ func (m *Manager) ServeNetwork(ctx context.Context, name, socket, qemuUser strin
 	}
 	context.AfterFunc(ctx, func() { l.Close() })
 	relay := vmchannel.New(vmchannel.Identity{Name: d.Name, UUID: d.UUID}, channels)
-	logger.Printf("serving the network of %s on %s: %d vmchannels", name, socket, len(channels))
+	// Inbound forwards reach the guest through whichever stack serves QEMU now.
+	var mu sync.Mutex
+	var current *usernet.Network
+	for _, f := range d.Forwards() {
+		var fl net.Listener
+		if f.Path != "" {
+			os.Remove(f.Path)
+			fl, err = net.Listen("unix", f.Path)
+		} else {
+			fl, err = net.Listen("tcp", f.Listen.String())
+		}
+		if err != nil {
+			return fmt.Errorf("forward %s: %w", f.Name(), err)
+		}
+		defer fl.Close()
+		relay.AddInbound(f.Name(), f.MaxConnections)
+		port := f.GuestPort
+		go relay.ServeInbound(fl, f.Name(), func(ctx context.Context) (net.Conn, error) {
+			mu.Lock()
+			n := current
+			mu.Unlock()
+			if n == nil {
+				return nil, errors.New("QEMU is not connected")
+			}
+			return n.DialGuest(ctx, port)
+		})
+	}
+	logger.Printf("serving the network of %s on %s: %d vmchannels, %d forwards", name, socket, len(channels), len(d.Forwards()))
 	for {
 		conn, err := l.Accept()
 		if err != nil {
@@ -115,7 +143,13 @@ func (m *Manager) ServeNetwork(ctx context.Context, name, socket, qemuUser strin
 			return err
 		}
 		logger.Printf("QEMU connected")
+		mu.Lock()
+		current = network
+		mu.Unlock()
 		err = network.Serve(ctx, conn)
+		mu.Lock()
+		current = nil
+		mu.Unlock()
 		network.Close()
 		conn.Close()
 		logger.Printf("QEMU disconnected (%v)", err)

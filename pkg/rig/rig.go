@@ -126,6 +126,11 @@ func (b *Builder) domain() (*domain.Domain, error) {
 			return nil, err
 		}
 	}
+	if _, user := d.UserNIC(); d.Ext.Network == "" && !user {
+		// minivirt's own network, even without vmchannels yet: the test
+		// may add them, or forwards (DialGuest), while the guest runs.
+		d.Ext.Network = domain.NetworkNetstack
+	}
 	return d, d.Validate()
 }
 
@@ -149,6 +154,10 @@ type VM struct {
 	done      chan struct{} // closed once QEMU has exited and the supervisor returned
 	closeOnce sync.Once
 	closeErr  error
+
+	t         testing.TB // set by Run
+	forwardMu sync.Mutex
+	forwards  map[uint16]bool // guest ports DialGuest forwards
 }
 
 // Start boots the guest and returns once its CPUs run. Close (or the test

@@ -24,12 +24,24 @@ const (
 	OpSuspend  = "suspend"
 	OpResume   = "resume"
 	OpQMP      = "qmp"
+	// Changes while the domain runs, on minivirt's own network.
+	OpAddVMChannel    = "vmchannel-add"
+	OpRemoveVMChannel = "vmchannel-remove"
+	OpAddForward      = "forward-add"
+	OpRemoveForward   = "forward-remove"
 )
 
 // Request is one control request; one request per connection.
 type Request struct {
 	Op  string          `json:"op"`
 	QMP json.RawMessage `json:"qmp,omitempty"` // with OpQMP: a whole QMP command
+	// With the live changes: what to add, or the port (and address of a
+	// vmchannel, or host side of a forward) of what to remove.
+	VMChannel *domain.VMChannel `json:"vmchannel,omitempty"`
+	Forward   *domain.Forward   `json:"forward,omitempty"`
+	Port      uint16            `json:"port,omitempty"`
+	Address   netip.Addr        `json:"address,omitzero"`
+	Host      string            `json:"host,omitempty"`
 }
 
 // Response answers a Request.
@@ -58,6 +70,16 @@ type Status struct {
 	// Addresses are the guest's: from the DHCP leases of minivirt's own
 	// network, or QEMU's user network's fixed one.
 	Addresses []GuestAddress `json:"addresses,omitempty"`
+	// VMChannelList and Forwards are what runs now, live changes included.
+	VMChannelList []domain.VMChannel `json:"vmchannel_list,omitempty"`
+	Forwards      []ForwardStatus    `json:"forwards,omitempty"`
+}
+
+// ForwardStatus is one inbound forward the supervisor serves, with its
+// counters (BytesIn: guest to host).
+type ForwardStatus struct {
+	Forward domain.Forward `json:"forward"`
+	vmchannel.Counters
 }
 
 // GuestAddress is one address of the guest, as domifaddr shows it.

@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"strings"
 	"sync"
 	"syscall"
@@ -87,13 +88,24 @@ type supervisor struct {
 	mon     qmp.Monitor // the current QMP connection; replaced when lost
 	ready   bool
 	runtime store.Runtime // the fields of the record that Step does not own
+	// live is the domain as it runs, with the changes made live since
+	// start (s.d is the definition it started from).
+	live *domain.Domain
+	// forwards are the host listeners of inbound forwards, by name.
+	forwards map[string]forward
+}
+
+// forward is one inbound forward the supervisor serves.
+type forward struct {
+	cfg domain.Forward
+	l   net.Listener
 }
 
 // Run starts the domain's QEMU and follows it until QEMU exits. It creates
 // the runtime directory and every socket before QEMU starts, and removes
 // what it made when QEMU is gone.
 func Run(ctx context.Context, cfg Config) error {
-	s := &supervisor{cfg: cfg, d: cfg.Domain, done: make(chan struct{}),
+	s := &supervisor{cfg: cfg, d: cfg.Domain, live: cfg.Domain, done: make(chan struct{}), forwards: map[string]forward{},
 		policy: Policy{OnPoweroff: cfg.Domain.OnPoweroff, OnReboot: cfg.Domain.OnReboot, OnCrash: cfg.Domain.OnCrash}}
 	s.rec = newRecorder(cfg.Domain.Name, cfg.OpenStore, cfg.Log)
 	if err := s.start(ctx); err != nil {
@@ -189,6 +201,11 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 			err := s.network.Serve(context.Background(), conn)
 			s.logf("network: QEMU's end closed (%v)", err)
 		}()
+		for _, f := range s.d.Forwards() {
+			if err := s.startForward(f); err != nil {
+				return err
+			}
+		}
 	}
 
 	if err := os.MkdirAll(env.LogDir, 0o700); err != nil {
@@ -468,9 +485,53 @@ func (s *supervisor) follow() error {
 	return err
 }
 
+// startForward listens on a forward's host side and relays each host
+// connection to the guest through minivirt's network.
+func (s *supervisor) startForward(f domain.Forward) error {
+	var l net.Listener
+	var err error
+	if f.Path != "" {
+		l, err = listenUnix(f.Path)
+	} else {
+		l, err = net.Listen("tcp", f.Listen.String())
+	}
+	if err != nil {
+		return fmt.Errorf("forward %s: %w", f.Name(), err)
+	}
+	s.relay.AddInbound(f.Name(), f.MaxConnections)
+	s.mu.Lock()
+	s.forwards[f.Name()] = forward{cfg: f, l: l}
+	s.mu.Unlock()
+	port := f.GuestPort
+	go s.relay.ServeInbound(l, f.Name(), func(ctx context.Context) (net.Conn, error) { return s.network.DialGuest(ctx, port) })
+	return nil
+}
+
+// stopForward closes a forward's host side; connections under way go on.
+func (s *supervisor) stopForward(name string) {
+	s.mu.Lock()
+	f, ok := s.forwards[name]
+	delete(s.forwards, name)
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	f.l.Close() // a Unix listener removes its socket file
+	s.relay.RemoveInbound(name)
+}
+
 // cleanup stops serving and removes what this supervisor made: its
 // runtime directory's files and the virtio sockets it bound.
 func (s *supervisor) cleanup() {
+	s.mu.Lock()
+	var names []string
+	for name := range s.forwards {
+		names = append(names, name)
+	}
+	s.mu.Unlock()
+	for _, name := range names {
+		s.stopForward(name)
+	}
 	for _, l := range s.listeners {
 		l.Close()
 	}
@@ -503,8 +564,15 @@ func (s *supervisor) handle(ctx context.Context, req Request) Response {
 		s.mu.Lock()
 		st := &Status{State: s.m.State, Reason: s.m.Reason, Detail: s.m.Detail, MonitorLost: s.m.MonitorLost,
 			VirtioPorts: s.plan.VirtioPorts}
+		live := s.live
+		for name, f := range s.forwards {
+			c, _ := s.relay.InboundCounters(name)
+			st.Forwards = append(st.Forwards, ForwardStatus{Forward: f.cfg, Counters: c})
+		}
 		s.mu.Unlock()
-		for _, vc := range s.d.VMChannels() {
+		sort.Slice(st.Forwards, func(i, j int) bool { return st.Forwards[i].Forward.Name() < st.Forwards[j].Forward.Name() })
+		st.VMChannelList = live.VMChannels()
+		for _, vc := range live.VMChannels() {
 			ap := netip.AddrPortFrom(vc.Address, vc.Port)
 			c, _ := s.relay.Counters(ap)
 			st.VMChannels = append(st.VMChannels, ChannelStatus{Channel: ap.String(), Counters: c})
@@ -552,6 +620,11 @@ func (s *supervisor) handle(ctx context.Context, req Request) Response {
 		}
 		s.step(Input{Kind: EvResume})
 		return Response{}
+	case OpAddVMChannel, OpRemoveVMChannel, OpAddForward, OpRemoveForward:
+		if err := s.changeLive(req); err != nil {
+			return fail(err)
+		}
+		return Response{}
 	case OpQMP:
 		out, err := s.monitor().RunRaw(callCtx, req.QMP)
 		if err != nil {
@@ -580,6 +653,71 @@ func (s *supervisor) addresses() []GuestAddress {
 		mac = nic.MAC
 	}
 	return []GuestAddress{{Interface: "net0", MAC: mac, Address: netip.PrefixFrom(domain.GuestAddress, domain.UserNet.Bits()), Source: "user network"}}
+}
+
+// changeLive adds or removes a vmchannel or a forward while the domain
+// runs, on minivirt's own network; QEMU's cannot change its rules.
+func (s *supervisor) changeLive(req Request) error {
+	if s.network == nil {
+		if s.plan.Network == "" {
+			return fmt.Errorf("the domain started without a network; use --config (it takes effect at the next start)")
+		}
+		return fmt.Errorf("the domain runs on QEMU's user network, which cannot add or remove a rule while it runs; use --config (it takes effect at the next start)")
+	}
+	s.mu.Lock()
+	next := s.live.Clone()
+	s.mu.Unlock()
+	switch req.Op {
+	case OpAddVMChannel:
+		if req.VMChannel == nil {
+			return errors.New("no vmchannel given")
+		}
+		vc := *req.VMChannel
+		if err := next.AddVMChannel(vc); err != nil {
+			return err
+		}
+		added := next.VMChannels()
+		vc = added[len(added)-1]
+		s.relay.Add(vc)
+		if err := s.network.AddChannel(vc); err != nil {
+			s.relay.Remove(netip.AddrPortFrom(vc.Address, vc.Port))
+			return err
+		}
+	case OpRemoveVMChannel:
+		before := next.VMChannels()
+		if err := next.RemoveVMChannel(req.Port, req.Address); err != nil {
+			return err
+		}
+		for _, vc := range before {
+			if vc.Port == req.Port && (!req.Address.IsValid() || vc.Address == req.Address) {
+				ap := netip.AddrPortFrom(vc.Address, vc.Port)
+				s.network.RemoveChannel(ap)
+				s.relay.Remove(ap)
+			}
+		}
+	case OpAddForward:
+		if req.Forward == nil {
+			return errors.New("no forward given")
+		}
+		if err := next.AddForward(*req.Forward); err != nil {
+			return err
+		}
+		fs := next.Forwards()
+		if err := s.startForward(fs[len(fs)-1]); err != nil {
+			return err
+		}
+	case OpRemoveForward:
+		f, err := next.RemoveForward(req.Port, req.Host)
+		if err != nil {
+			return err
+		}
+		s.stopForward(f.Name())
+	}
+	s.mu.Lock()
+	s.live = next
+	s.mu.Unlock()
+	s.logf("changed live: %s", req.Op)
+	return nil
 }
 
 // monitorUp fails, saying why, while the QMP monitor is lost.

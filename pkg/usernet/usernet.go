@@ -44,15 +44,20 @@ type Handler func(ch netip.AddrPort, conn net.Conn, src netip.AddrPort) error
 
 // Network is one domain's user network.
 type Network struct {
-	stack     *stack.Stack
-	link      *channel.Endpoint
-	dhcp      *server4.Server
-	listeners []net.Listener
-	wg        sync.WaitGroup
+	stack *stack.Stack
+	link  *channel.Endpoint
+	dhcp  *server4.Server
+	wg    sync.WaitGroup
 
-	mu     sync.Mutex
-	leases []Lease
+	mu       sync.Mutex
+	leases   []Lease
+	handle   Handler
+	channels map[netip.AddrPort]net.Listener // the stack's listeners, by channel
+	addrs    map[netip.Addr]bool             // addresses the NIC answers for
 }
+
+// nic is the network's one NIC.
+const nic = 1
 
 // New builds the network for a domain's vmchannels and starts accepting on
 // each; connections go to handle.
@@ -86,7 +91,6 @@ func New(channels []domain.VMChannel, handle Handler) (*Network, error) {
 		}
 	}
 	link := channel.New(1024, MTU, gatewayMAC)
-	const nic = 1
 	if err := s.CreateNIC(nic, ethernet.New(link)); err != nil {
 		return nil, fmt.Errorf("netstack: %v", err)
 	}
@@ -101,24 +105,67 @@ func New(channels []domain.VMChannel, handle Handler) (*Network, error) {
 	subnet, _ := tcpip.NewSubnet(tcpip.AddrFrom4(domain.UserNet.Addr().As4()), tcpip.MaskFromBytes(net.CIDRMask(domain.UserNet.Bits(), 32)))
 	s.SetRouteTable([]tcpip.Route{{Destination: subnet, NIC: nic}})
 
-	n := &Network{stack: s, link: link}
+	n := &Network{stack: s, link: link, handle: handle, channels: map[netip.AddrPort]net.Listener{}, addrs: map[netip.Addr]bool{}}
+	for _, a := range addrs {
+		n.addrs[a] = true
+	}
 	var err error
 	if n.dhcp, err = serveDHCP(s, nic, n.lease); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("netstack: DHCP: %w", err)
 	}
 	for _, c := range channels {
-		ch := netip.AddrPortFrom(c.Address, c.Port)
-		l, err := gonet.ListenTCP(s, tcpip.FullAddress{NIC: nic, Addr: tcpip.AddrFrom4(c.Address.As4()), Port: c.Port}, ipv4.ProtocolNumber)
-		if err != nil {
+		if err := n.AddChannel(c); err != nil {
 			n.Close()
-			return nil, fmt.Errorf("netstack: listening on %s: %v", ch, err)
+			return nil, err
 		}
-		n.listeners = append(n.listeners, l)
-		n.wg.Add(1)
-		go n.accept(l, ch, handle)
 	}
 	return n, nil
+}
+
+// AddChannel starts listening on a vmchannel's address and port while the
+// network runs: the guest's next connection there reaches the handler.
+func (n *Network) AddChannel(c domain.VMChannel) error {
+	ch := netip.AddrPortFrom(c.Address, c.Port)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if _, ok := n.channels[ch]; ok {
+		return fmt.Errorf("netstack: %s is served already", ch)
+	}
+	if !n.addrs[c.Address] {
+		pa := tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: tcpip.AddrFrom4(c.Address.As4()).WithPrefix()}
+		pa.AddressWithPrefix.PrefixLen = domain.UserNet.Bits()
+		if err := n.stack.AddProtocolAddress(nic, pa, stack.AddressProperties{}); err != nil {
+			return fmt.Errorf("netstack: address %s: %v", c.Address, err)
+		}
+		n.addrs[c.Address] = true
+	}
+	l, err := gonet.ListenTCP(n.stack, tcpip.FullAddress{NIC: nic, Addr: tcpip.AddrFrom4(c.Address.As4()), Port: c.Port}, ipv4.ProtocolNumber)
+	if err != nil {
+		return fmt.Errorf("netstack: listening on %s: %v", ch, err)
+	}
+	n.channels[ch] = l
+	n.wg.Add(1)
+	go n.accept(l, ch, n.handle)
+	return nil
+}
+
+// RemoveChannel stops listening on a vmchannel: the guest's next connection
+// there is refused; connections under way go on.
+func (n *Network) RemoveChannel(ch netip.AddrPort) {
+	n.mu.Lock()
+	l, ok := n.channels[ch]
+	delete(n.channels, ch)
+	n.mu.Unlock()
+	if ok {
+		l.Close()
+	}
+}
+
+// DialGuest opens a TCP connection from the gateway to the guest's port, for
+// an inbound forward. A port nobody listens on is refused at once.
+func (n *Network) DialGuest(ctx context.Context, port uint16) (net.Conn, error) {
+	return gonet.DialContextTCP(ctx, n.stack, tcpip.FullAddress{NIC: nic, Addr: tcpip.AddrFrom4(domain.GuestAddress.As4()), Port: port}, ipv4.ProtocolNumber)
 }
 
 func (n *Network) accept(l net.Listener, ch netip.AddrPort, handle Handler) {
@@ -171,9 +218,12 @@ func (n *Network) Leases() []Lease {
 
 // Close stops accepting and tears the stack down.
 func (n *Network) Close() {
-	for _, l := range n.listeners {
+	n.mu.Lock()
+	for ch, l := range n.channels {
 		l.Close()
+		delete(n.channels, ch)
 	}
+	n.mu.Unlock()
 	n.wg.Wait()
 	if n.dhcp != nil {
 		n.dhcp.Close()

@@ -52,33 +52,123 @@ type channel struct {
 	active, total, refused, bytesIn, bytesOut atomic.Uint64
 }
 
-// Relay copies guest connections to their channels' targets.
+// Relay copies guest connections to their channels' targets, and host
+// connections of inbound forwards to the guest.
 type Relay struct {
-	id       Identity
+	id Identity
+	wg sync.WaitGroup
+
+	mu       sync.RWMutex
 	channels map[netip.AddrPort]*channel
-	wg       sync.WaitGroup
+	inbound  map[string]*channel // by forward name; cfg.Path unused
 }
 
 // New returns a relay for a domain's vmchannels.
 func New(id Identity, channels []domain.VMChannel) *Relay {
-	r := &Relay{id: id, channels: map[netip.AddrPort]*channel{}}
+	r := &Relay{id: id, channels: map[netip.AddrPort]*channel{}, inbound: map[string]*channel{}}
 	for _, c := range channels {
-		if c.MaxConnections <= 0 {
-			c.MaxConnections = domain.DefaultMaxConnections
-		}
-		r.channels[netip.AddrPortFrom(c.Address, c.Port)] = &channel{cfg: c}
+		r.Add(c)
 	}
 	return r
 }
 
+// Add starts serving a channel; connections already on it go on.
+func (r *Relay) Add(c domain.VMChannel) {
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = domain.DefaultMaxConnections
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.channels[netip.AddrPortFrom(c.Address, c.Port)] = &channel{cfg: c}
+}
+
+// Remove stops serving a channel: its next connection is refused; those
+// under way go on.
+func (r *Relay) Remove(ch netip.AddrPort) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.channels, ch)
+}
+
+// AddInbound starts counting and limiting an inbound forward.
+func (r *Relay) AddInbound(name string, maxConnections int) {
+	if maxConnections <= 0 {
+		maxConnections = domain.DefaultMaxConnections
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.inbound[name] = &channel{cfg: domain.VMChannel{MaxConnections: maxConnections}}
+}
+
+// RemoveInbound forgets an inbound forward; connections under way go on.
+func (r *Relay) RemoveInbound(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.inbound, name)
+}
+
+func (c *channel) counters() Counters {
+	return Counters{Active: c.active.Load(), Total: c.total.Load(), Refused: c.refused.Load(),
+		BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load()}
+}
+
 // Counters returns the figures of the channel on addr:port.
 func (r *Relay) Counters(ch netip.AddrPort) (Counters, bool) {
+	r.mu.RLock()
 	c, ok := r.channels[ch]
+	r.mu.RUnlock()
 	if !ok {
 		return Counters{}, false
 	}
-	return Counters{Active: c.active.Load(), Total: c.total.Load(), Refused: c.refused.Load(),
-		BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load()}, true
+	return c.counters(), true
+}
+
+// InboundCounters returns the figures of an inbound forward; BytesIn counts
+// guest to host, as for vmchannels.
+func (r *Relay) InboundCounters(name string) (Counters, bool) {
+	r.mu.RLock()
+	c, ok := r.inbound[name]
+	r.mu.RUnlock()
+	if !ok {
+		return Counters{}, false
+	}
+	return c.counters(), true
+}
+
+// HandleInbound relays one host connection of an inbound forward to the
+// guest, which dial reaches. It takes ownership of host and returns at once.
+// A guest port nobody listens on closes the host connection at once.
+func (r *Relay) HandleInbound(name string, host net.Conn, dial func(context.Context) (net.Conn, error)) error {
+	r.mu.RLock()
+	c, ok := r.inbound[name]
+	r.mu.RUnlock()
+	if !ok {
+		host.Close()
+		return fmt.Errorf("no inbound forward %s", name)
+	}
+	c.total.Add(1)
+	if c.active.Add(1) > uint64(c.cfg.MaxConnections) {
+		c.active.Add(^uint64(0))
+		c.refused.Add(1)
+		host.Close()
+		return nil
+	}
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer c.active.Add(^uint64(0))
+		defer host.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), DialTimeout)
+		guest, err := dial(ctx)
+		cancel()
+		if err != nil {
+			c.refused.Add(1)
+			return
+		}
+		defer guest.Close()
+		splice(guest, host, &c.bytesIn, &c.bytesOut)
+	}()
+	return nil
 }
 
 // Wait waits until every connection the relay took has ended.
@@ -91,7 +181,9 @@ var ErrUnknownChannel = errors.New("no such vmchannel")
 // src (the zero AddrPort when unknown). It takes ownership of guest and
 // returns at once; the copying runs in its own goroutines.
 func (r *Relay) Handle(ch netip.AddrPort, guest net.Conn, src netip.AddrPort) error {
+	r.mu.RLock()
 	c, ok := r.channels[ch]
+	r.mu.RUnlock()
 	if !ok {
 		guest.Close()
 		return fmt.Errorf("%w: %s", ErrUnknownChannel, ch)
@@ -136,17 +228,24 @@ func relay(guest net.Conn, cfg domain.VMChannel, id Identity, src netip.AddrPort
 			return true
 		}
 	}
+	splice(guest, target, in, out)
+	return true
+}
+
+// splice copies both ways, guest to host counted in in and host to guest in
+// out, passing each end of stream on as a half-close, until both directions
+// have ended.
+func splice(guest, host net.Conn, in, out *atomic.Uint64) {
 	errs := make(chan error, 2)
-	go func() { errs <- pipe(target, guest, in) }()
-	go func() { errs <- pipe(guest, target, out) }()
+	go func() { errs <- pipe(host, guest, in) }()
+	go func() { errs <- pipe(guest, host, out) }()
 	for i := 0; i < 2; i++ {
 		if err := <-errs; err != nil {
 			// One direction failed: end the other at once.
 			guest.Close()
-			target.Close()
+			host.Close()
 		}
 	}
-	return true
 }
 
 var buffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
@@ -212,5 +311,17 @@ func (r *Relay) Serve(ctx context.Context, l *net.UnixListener) error {
 			return err
 		}
 		go r.receive(c)
+	}
+}
+
+// ServeInbound accepts host connections of the inbound forward name on l
+// until l is closed, and relays each to the guest through dial.
+func (r *Relay) ServeInbound(l net.Listener, name string, dial func(context.Context) (net.Conn, error)) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		r.HandleInbound(name, c, dial)
 	}
 }

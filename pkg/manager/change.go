@@ -1,0 +1,80 @@
+package manager
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+
+	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/supervisor"
+)
+
+// Scope says where a device change applies, as virsh attach-device's flags
+// do: the running domain (Live), the stored definition (Config), or both.
+type Scope struct{ Live, Config bool }
+
+// ScopeFor resolves virsh's flags: --live and --config as given, else
+// --current: the running domain when it runs, the definition when not.
+func (m *Manager) ScopeFor(name string, live, config bool) (Scope, error) {
+	if live || config {
+		if live {
+			if _, _, err := m.running(name); err != nil {
+				return Scope{}, fmt.Errorf("--live: %w", err)
+			}
+		}
+		return Scope{Live: live, Config: config}, nil
+	}
+	_, o, err := m.Observe(name)
+	if err != nil {
+		return Scope{}, err
+	}
+	if o.Active() {
+		return Scope{Live: true}, nil
+	}
+	return Scope{Config: true}, nil
+}
+
+// apply makes a change live (through the supervisor) and then in the
+// definition, as the scope says; a live change that fails changes nothing.
+func (m *Manager) apply(ctx context.Context, name string, sc Scope, req supervisor.Request, change func(*domain.Domain) error) error {
+	if sc.Live {
+		if _, _, err := m.running(name); err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(ctx, controlTimeout)
+		defer cancel()
+		if _, err := m.call(ctx, name, req); err != nil {
+			return err
+		}
+	}
+	if sc.Config {
+		if _, err := m.Change(name, change); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// AddVMChannel adds a vmchannel, live and/or to the definition.
+func (m *Manager) AddVMChannel(ctx context.Context, name string, vc domain.VMChannel, sc Scope) error {
+	return m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpAddVMChannel, VMChannel: &vc},
+		func(d *domain.Domain) error { return d.AddVMChannel(vc) })
+}
+
+// RemoveVMChannel removes the vmchannel on port (and address, when valid).
+func (m *Manager) RemoveVMChannel(ctx context.Context, name string, port uint16, addr netip.Addr, sc Scope) error {
+	return m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpRemoveVMChannel, Port: port, Address: addr},
+		func(d *domain.Domain) error { return d.RemoveVMChannel(port, addr) })
+}
+
+// AddForward adds an inbound forward, live and/or to the definition.
+func (m *Manager) AddForward(ctx context.Context, name string, f domain.Forward, sc Scope) error {
+	return m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpAddForward, Forward: &f},
+		func(d *domain.Domain) error { return d.AddForward(f) })
+}
+
+// RemoveForward removes the forward to guest port (on host, when given).
+func (m *Manager) RemoveForward(ctx context.Context, name string, port uint16, host string, sc Scope) error {
+	return m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpRemoveForward, Port: port, Host: host},
+		func(d *domain.Domain) error { _, err := d.RemoveForward(port, host); return err })
+}

@@ -51,8 +51,9 @@ demo: deps build guest
 
 # Benchmarks, each beside its baseline in the same run (see BENCHMARKS.md):
 # the relay alone against a bare Unix socket, then end to end with the tiny
-# guest against guestfwd cmd:socat and plain user-mode TCP, start time
-# against bare QEMU, and the CLI with 10,000 domains.
+# guest (netstack at two MTUs, slirp, guestfwd cmd:socat, plain user-mode
+# TCP; interleaved rounds after a warm-up), start time against the same argv
+# run bare, density, a busy host, and the CLI with 10,000 domains.
 bench: deps build guest
 	@mkdir -p $(BUILD)/bench
 	$(GO) test -run='^$$' -bench=. -benchmem -count=3 ./pkg/vmchannel | tee $(BUILD)/bench/relay.txt

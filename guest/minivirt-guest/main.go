@@ -53,13 +53,14 @@ func main() {
 			usage()
 		}
 		err = virtioEcho(os.Args[2])
-	case "latency", "bulk", "hold", "flood":
-		// latency N ADDR | bulk BYTES ADDR | hold N ADDR | flood SECONDS ADDR
+	case "latency", "bulk", "bulkin", "hold", "flood", "rate":
+		// latency N ADDR | bulk BYTES ADDR | bulkin BYTES ADDR | hold N ADDR | flood SECONDS ADDR | rate SECONDS ADDR
 		if len(os.Args) != 4 {
 			usage()
 		}
 		n, _ := strconv.Atoi(os.Args[2])
-		err = map[string]func(int, string) error{"latency": latency, "bulk": bulk, "hold": hold, "flood": flood}[os.Args[1]](n, os.Args[3])
+		err = map[string]func(int, string) error{"latency": latency, "bulk": bulk, "bulkin": bulkIn, "hold": hold,
+			"flood": flood, "rate": rate}[os.Args[1]](n, os.Args[3])
 	default:
 		usage()
 	}
@@ -242,6 +243,70 @@ func bulk(size int, addr string) error {
 	}
 	secs := time.Since(start).Seconds()
 	fmt.Printf("bulk bytes=%d host=%s seconds=%.3f MBps=%.1f\n", size, reply, secs, float64(size)/secs/1e6)
+	return nil
+}
+
+// bulkIn asks the host for size bytes (it writes the number, then
+// half-closes) and times receiving them: the host-to-guest direction.
+func bulkIn(size int, addr string) error {
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Minute))
+	start := time.Now()
+	fmt.Fprintf(c, "%d\n", size)
+	c.(*net.TCPConn).CloseWrite()
+	n, err := io.Copy(io.Discard, c)
+	if err != nil {
+		return err
+	}
+	secs := time.Since(start).Seconds()
+	fmt.Printf("bulkin bytes=%d seconds=%.3f MBps=%.1f\n", n, secs, float64(n)/secs/1e6)
+	return nil
+}
+
+// rate makes round trips (connect, a byte each way, close) on 4 workers for
+// the given seconds: sustained connections per second.
+func rate(seconds int, addr string) error {
+	end := time.Now().Add(time.Duration(seconds) * time.Second)
+	var mu sync.Mutex
+	var ok, failed int
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(end) {
+				good := func() bool {
+					c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+					if err != nil {
+						return false
+					}
+					defer c.Close()
+					c.SetDeadline(time.Now().Add(5 * time.Second))
+					var b [1]byte
+					if _, err := c.Write([]byte{'r'}); err != nil {
+						return false
+					}
+					_, err = io.ReadFull(c, b[:])
+					return err == nil
+				}()
+				mu.Lock()
+				if good {
+					ok++
+				} else {
+					failed++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	secs := time.Since(start).Seconds()
+	fmt.Printf("rate ok=%d failed=%d seconds=%.2f per_second=%.1f\n", ok, failed, secs, float64(ok)/secs)
 	return nil
 }
 

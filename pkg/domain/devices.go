@@ -193,3 +193,15 @@ func (d *Domain) Clone() *Domain {
 	c.Devices = &devices
 	return &c
 }
+
+// DefaultMTU is the link MTU of minivirt's own network when the domain
+// names none: the largest a virtio-net frame carries.
+const DefaultMTU = 65520
+
+// NetstackMTU is the link MTU of the domain's netstack.
+func (d *Domain) NetstackMTU() uint32 {
+	if d.Ext.MTU != 0 {
+		return uint32(d.Ext.MTU)
+	}
+	return DefaultMTU
+}

@@ -62,13 +62,16 @@ type Extension struct {
 	XMLName xml.Name `xml:"https://github.com/minivirt/minivirt/xmlns/domain/1 vmchannels"`
 	// Network carries the vmchannels: NetworkNetstack or NetworkSlirp;
 	// empty for the default (see Domain.Network).
-	Network    string         `xml:"network,attr,omitempty"`
+	Network string `xml:"network,attr,omitempty"`
+	// MTU is the link MTU of minivirt's own network (netstack), default
+	// 65520; QEMU's user network has 1500.
+	MTU        uint           `xml:"mtu,attr,omitempty"`
 	VMChannels []ExtVMChannel `xml:"vmchannel"`
 	Forwards   []ExtForward   `xml:"forward"`
 }
 
 func (e Extension) empty() bool {
-	return e.Network == "" && len(e.VMChannels) == 0 && len(e.Forwards) == 0
+	return e.Network == "" && e.MTU == 0 && len(e.VMChannels) == 0 && len(e.Forwards) == 0
 }
 
 // ExtVMChannel is one <vmchannel> of minivirt's metadata. With a path it is

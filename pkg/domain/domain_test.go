@@ -79,6 +79,8 @@ func TestRejects(t *testing.T) {
 		{"forward without a host side", strings.Replace(minimal(""), "<os>", "<metadata><vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1'><forward port='22'/></vmchannels></metadata><os>", 1), `forward to guest port 22: give listen=`},
 		{"forward listen", strings.Replace(minimal(""), "<os>", "<metadata><vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1'><forward port='22' listen='localhost:x'/></vmchannels></metadata><os>", 1), `forward listen "localhost:x"`},
 		{"forward twice", strings.Replace(minimal(""), "<os>", "<metadata><vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1'><forward port='22' listen='2222'/><forward port='23' listen='127.0.0.1:2222'/></vmchannels></metadata><os>", 1), `forward tcp:127.0.0.1:2222: used twice`},
+		{"mtu too small", strings.Replace(minimal(""), "<os>", "<metadata><vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1' mtu='100'/></metadata><os>", 1), `vmchannels mtu 100: must be 576-65520`},
+		{"mtu on slirp", strings.Replace(minimal(`<interface type='user'/>`), "<os>", "<metadata><vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1' mtu='1500'/></metadata><os>", 1), `only minivirt's own network (netstack) takes an MTU`},
 		{"portForward udp", minimal(`<interface type='user'><portForward proto='udp'><range start='53'/></portForward></interface>`), `interface portForward proto "udp": must be tcp`},
 		{"vcpu current", strings.Replace(minimal(""), "<os>", "<vcpu current='3'>2</vcpu><os>", 1), `vcpu current 3: more than the 2`},
 		{"pty channel", minimal(`<channel type='pty'><target type='virtio' name='x'/></channel>`), `channel source type pty: not supported`},

@@ -896,6 +896,14 @@ func (d *Domain) validateOtherDevices() error {
 }
 
 func (d *Domain) validateNetwork() error {
+	if m := d.Ext.MTU; m != 0 {
+		if m < 576 || m > 65520 {
+			return fmt.Errorf("vmchannels mtu %d: must be 576-65520", m)
+		}
+		if d.Network() != NetworkNetstack {
+			return fmt.Errorf("vmchannels mtu %d: only minivirt's own network (netstack) takes an MTU; QEMU's has 1500", m)
+		}
+	}
 	switch n := d.Ext.Network; n {
 	case "", NetworkSlirp:
 	case NetworkNetstack:

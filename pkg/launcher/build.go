@@ -13,7 +13,6 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/minivirt/minivirt/pkg/domain"
-	"github.com/minivirt/minivirt/pkg/usernet"
 )
 
 // Env is what Build needs to know of the host.
@@ -622,7 +621,7 @@ func (b *builder) network() error {
 		p.Network, p.NetFD = domain.NetworkNetstack, b.fd
 		b.fd++
 		b.add("-netdev", fmt.Sprintf("stream,id=net0,server=off,addr.type=fd,addr.str=%d", p.NetFD),
-			"-device", fmt.Sprintf("virtio-net-pci,netdev=net0,host_mtu=%d", usernet.MTU))
+			"-device", fmt.Sprintf("virtio-net-pci,netdev=net0,host_mtu=%d", d.NetstackMTU()))
 		return nil
 	}
 	nic, ok := d.UserNIC()

@@ -241,6 +241,8 @@ func TestBuildDevices(t *testing.T) {
 			"-device", "virtio-blk-pci,drive=drive-vda,id=vda,addr=0x07.0"},
 		{"drive address that agrees", `<disk type='file' device='cdrom'><source file='/c.iso'/><target dev='hdc' bus='ide'/><address type='drive' controller='0' bus='1' target='0' unit='0'/></disk>`, `<os><type machine='pc'>hvm</type><kernel>/k</kernel></os>`,
 			"-device", "ide-cd,drive=drive-hdc,id=hdc,bus=ide.1,unit=0"},
+		{"netstack MTU", vmchannel, `<metadata><vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1' mtu='1500'/></metadata>`,
+			"-device", "virtio-net-pci,netdev=net0,host_mtu=1500"},
 		{"portForward as hostfwd", `<interface type='user'><portForward proto='tcp' address='127.0.0.1'><range start='2222' to='22'/></portForward></interface>`, "",
 			"-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:2222-:22"},
 		{"video", `<video><model type='vga' vram='16384' heads='1' primary='yes'/></video>`, "",

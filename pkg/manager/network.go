@@ -38,7 +38,7 @@ func (m *Manager) LibvirtXML(name, socket string) ([]byte, error) {
 	if len(socket) > domain.MaxSocketPath {
 		return nil, fmt.Errorf("network socket %s: %d bytes, over the %d a Unix socket allows; give a shorter --socket", socket, len(socket), domain.MaxSocketPath)
 	}
-	return d.LibvirtXML(domain.LibvirtNetwork{Socket: socket, MTU: usernet.MTU})
+	return d.LibvirtXML(domain.LibvirtNetwork{Socket: socket, MTU: int(d.NetstackMTU())})
 }
 
 // ServeNetwork runs minivirt's own network for a domain that libvirt runs:
@@ -137,7 +137,7 @@ func (m *Manager) ServeNetwork(ctx context.Context, name, socket, qemuUser strin
 			return err
 		}
 		// A fresh stack for each QEMU: a restarted guest starts clean.
-		network, err := usernet.New(channels, relay.Handle)
+		network, err := usernet.NewMTU(channels, d.NetstackMTU(), relay.Handle)
 		if err != nil {
 			conn.Close()
 			return err

@@ -193,7 +193,7 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
-		if s.network, err = usernet.New(s.d.VMChannels(), s.relay.Handle); err != nil {
+		if s.network, err = usernet.NewMTU(s.d.VMChannels(), s.d.NetstackMTU(), s.relay.Handle); err != nil {
 			conn.Close()
 			return err
 		}

@@ -20,7 +20,7 @@ import (
 // serveDHCP answers DHCP on the NIC as QEMU's user network would for its one
 // guest: 10.0.2.15/24, router 10.0.2.2, no DNS server (there is none).
 // onLease is told of each address it acknowledges.
-func serveDHCP(s *stack.Stack, nic tcpip.NICID, onLease func(Lease)) (*server4.Server, error) {
+func serveDHCP(s *stack.Stack, nic tcpip.NICID, mtu uint16, onLease func(Lease)) (*server4.Server, error) {
 	var wq waiter.Queue
 	ep, terr := s.NewEndpoint(udp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
 	if terr != nil {
@@ -51,7 +51,7 @@ func serveDHCP(s *stack.Stack, nic tcpip.NICID, onLease func(Lease)) (*server4.S
 			dhcpv4.WithOption(dhcpv4.OptSubnetMask(mask)),
 			dhcpv4.WithOption(dhcpv4.OptRouter(domain.GatewayAddress.AsSlice())),
 			dhcpv4.WithOption(dhcpv4.OptIPAddressLeaseTime(24*time.Hour)),
-			dhcpv4.WithOption(dhcpv4.Option{Code: dhcpv4.OptionInterfaceMTU, Value: dhcpv4.Uint16(MTU)}),
+			dhcpv4.WithOption(dhcpv4.Option{Code: dhcpv4.OptionInterfaceMTU, Value: dhcpv4.Uint16(mtu)}),
 		)
 		if err != nil {
 			return

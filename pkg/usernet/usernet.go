@@ -62,6 +62,12 @@ const nic = 1
 // New builds the network for a domain's vmchannels and starts accepting on
 // each; connections go to handle.
 func New(channels []domain.VMChannel, handle Handler) (*Network, error) {
+	return NewMTU(channels, MTU, handle)
+}
+
+// NewMTU is New with a link MTU other than MTU; QEMU's device must announce
+// the same (host_mtu).
+func NewMTU(channels []domain.VMChannel, mtu uint32, handle Handler) (*Network, error) {
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
@@ -90,7 +96,7 @@ func New(channels []domain.VMChannel, handle Handler) (*Network, error) {
 			addrs = append(addrs, c.Address)
 		}
 	}
-	link := channel.New(1024, MTU, gatewayMAC)
+	link := channel.New(1024, mtu, gatewayMAC)
 	if err := s.CreateNIC(nic, ethernet.New(link)); err != nil {
 		return nil, fmt.Errorf("netstack: %v", err)
 	}
@@ -110,7 +116,7 @@ func New(channels []domain.VMChannel, handle Handler) (*Network, error) {
 		n.addrs[a] = true
 	}
 	var err error
-	if n.dhcp, err = serveDHCP(s, nic, n.lease); err != nil {
+	if n.dhcp, err = serveDHCP(s, nic, uint16(mtu), n.lease); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("netstack: DHCP: %w", err)
 	}

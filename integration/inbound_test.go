@@ -32,12 +32,11 @@ func freePort(t *testing.T) int {
 // passiveOpens is the guest's count of accepted TCP connections.
 func (h *host) passiveOpens(name string) int {
 	h.t.Helper()
-	out, rc := h.exec(name, `awk '/^Tcp:/{n++} n==2{print "opens " $7; exit}' /proc/net/snmp`, time.Minute)
-	i := strings.Index(out, "opens ")
-	if rc != 0 || i < 0 {
+	out, rc := h.exec(name, `awk '/^Tcp:/{n++} n==2{print $7; exit}' /proc/net/snmp`, time.Minute)
+	n, err := strconv.Atoi(strings.TrimSpace(out))
+	if rc != 0 || err != nil {
 		h.t.Fatalf("reading the guest's TCP counters: exit %d, %q", rc, out)
 	}
-	n, _ := strconv.Atoi(strings.Fields(out[i+6:])[0])
 	return n
 }
 

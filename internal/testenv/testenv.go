@@ -70,22 +70,19 @@ func ConsoleExec(path, command string, timeout time.Duration) (string, int, erro
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(timeout))
 	id := strconv.FormatInt(time.Now().UnixNano(), 36)
-	// The marker is quoted apart so that the shell's echo of the typed line
-	// does not match it; only the command's output does.
-	fmt.Fprintf(c, "%s; echo \"@@\"\"%s \"$?\n", command, id)
+	// The output is bracketed by two markers, quoted apart so that the
+	// shell's echo of the typed line (which may wrap, or arrive after the
+	// previous prompt) never matches them; only the command's output does.
+	fmt.Fprintf(c, "echo \"@@\"\"%s<\"; %s; echo \"@@\"\"%s \"$?\n", id, command, id)
 	var screen bytes.Buffer
 	buf := make([]byte, 4096)
-	marker := regexp.MustCompile(`@@` + id + ` (\d+)`)
+	marker := regexp.MustCompile(`(?s)@@` + id + `<\r?\n(.*)@@` + id + ` (\d+)\r?\n`)
 	for {
 		n, err := c.Read(buf)
 		screen.Write(buf[:n])
-		if m := marker.FindSubmatchIndex(screen.Bytes()); m != nil {
-			out := screen.String()[:m[0]]
-			if i := strings.Index(out, "\n"); i >= 0 { // drop the echoed command line
-				out = out[i+1:]
-			}
-			rc, _ := strconv.Atoi(string(screen.Bytes()[m[2]:m[3]]))
-			return strings.ReplaceAll(out, "\r", ""), rc, nil
+		if m := marker.FindSubmatch(screen.Bytes()); m != nil {
+			rc, _ := strconv.Atoi(string(m[2]))
+			return strings.ReplaceAll(string(m[1]), "\r", ""), rc, nil
 		}
 		if err != nil {
 			return screen.String(), 0, fmt.Errorf("guest: %q: %w", command, err)

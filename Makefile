@@ -4,7 +4,7 @@
 GO        ?= go
 BUILD     := $(CURDIR)/build
 BIN       := $(BUILD)/minivirt
-FUZZTIME  ?= 5s
+FUZZTIME  ?= 10s
 export GOFLAGS ?= -buildvcs=false
 
 .PHONY: all build guest deps test go-test fuzz corpus lint demo bench clean
@@ -33,10 +33,12 @@ go-test:
 	MINIVIRT_GUEST_DIR=$(BUILD)/guest $(GO) test -count=1 -timeout 15m ./...
 
 # Each fuzz target runs for FUZZTIME: it must find no panic and no round-trip
-# difference. One worker: with two on two cores the Go fuzz engine idles here.
+# difference. -fuzzminimizetime=0: Go minimizes every new interesting input
+# for up to 60s, and with inputs the size of a domain document the workers
+# spent the whole run there (23 executions in 5s; 240,000 without).
 # The last line says how many executions it ran.
 fuzz:
-	@$(GO) test -run='^$$' -fuzz=FuzzDomain -fuzztime=$(FUZZTIME) -parallel=1 ./pkg/domain 2>&1 | tee $(BUILD)/fuzz.log | grep -v 'gathering baseline'; \
+	@$(GO) test -run='^$$' -fuzz=FuzzDomain -fuzztime=$(FUZZTIME) -fuzzminimizetime=0 ./pkg/domain 2>&1 | tee $(BUILD)/fuzz.log | grep -v 'gathering baseline'; \
 	  grep -o 'execs: [0-9]*' $(BUILD)/fuzz.log | tail -1 | sed 's/^/fuzz: FuzzDomain ran /'
 
 # How many domains of the corpus define as they are (pkg/domain/testdata/corpus,

@@ -221,11 +221,13 @@ func TestDialTimesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	go func() { // accepts and never greets
+	done := make(chan struct{})
+	defer close(done)
+	go func() { // accepts and never greets, until the test ends
 		c, err := l.Accept()
 		if err == nil {
 			defer c.Close()
-			time.Sleep(5 * time.Second)
+			<-done
 		}
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)

@@ -177,6 +177,7 @@ func (b *Builder) Start(ctx context.Context) (*VM, error) {
 	if _, err := exec.LookPath(manager.QEMUBinary); err != nil {
 		return nil, fmt.Errorf("%s not found: install the Debian package qemu-system-x86", manager.QEMUBinary)
 	}
+	spawned := false
 	vm := &VM{Name: d.Name, StateDir: filepath.Join(b.dir, "state"), RunDir: filepath.Join(b.dir, "run"), dir: b.dir,
 		listeners: b.listeners, done: make(chan struct{})}
 	vm.mgr = &manager.Manager{StateDir: vm.StateDir, RunDir: vm.RunDir, LockTimeout: 10 * time.Second,
@@ -186,7 +187,9 @@ func (b *Builder) Start(ctx context.Context) (*VM, error) {
 				if err := os.MkdirAll(vm.mgr.LogDir(), 0o700); err != nil {
 					return nil, err
 				}
-				return os.OpenFile(filepath.Join(vm.mgr.LogDir(), name+".supervisor.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+				f, err := os.OpenFile(filepath.Join(vm.mgr.LogDir(), name+".supervisor.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+				spawned = err == nil // the supervisor starts once its log is open
+				return f, err
 			},
 			OnExit: func(string, error) { close(vm.done) },
 		}}
@@ -195,9 +198,39 @@ func (b *Builder) Start(ctx context.Context) (*VM, error) {
 		return nil, err
 	}
 	if vm.Warnings, err = vm.mgr.Start(ctx, d.Name); err != nil {
+		if spawned && !vm.waitGone(time.Minute) {
+			// A start cut short by ctx leaves the supervisor to finish
+			// and destroy the guest; its directory is not ours to take
+			// from under it.
+			b.dir = ""
+			return nil, fmt.Errorf("%w (the guest's supervisor still runs: %s is left in place)", err, vm.dir)
+		}
 		return nil, err
 	}
 	return vm, nil
+}
+
+// Close releases what b made when Start failed or was never called: its
+// listeners and its private directory. After a successful Start, VM.Close
+// does this instead.
+func (b *Builder) Close() error {
+	for _, l := range b.listeners {
+		l.Close()
+	}
+	if b.dir == "" {
+		return nil
+	}
+	return os.RemoveAll(b.dir) // the rig's own: made by New with os.MkdirTemp
+}
+
+// waitGone waits at most d for the supervisor to return.
+func (vm *VM) waitGone(d time.Duration) bool {
+	select {
+	case <-vm.done:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 func minivirtBinary(given string) (string, error) {
@@ -272,6 +305,13 @@ func (vm *VM) Close() error {
 		}
 		for _, l := range vm.listeners {
 			l.Close()
+		}
+		// The directory is the rig's own (os.MkdirTemp, mode 0711: nobody
+		// else creates entries in it), but while QEMU may still use it, it
+		// stays, and the error says where.
+		if vm.running() {
+			vm.closeErr = fmt.Errorf("rig: %s still runs (%v): %s is left in place", vm.Name, vm.closeErr, vm.dir)
+			return
 		}
 		if err := os.RemoveAll(vm.dir); err != nil && vm.closeErr == nil {
 			vm.closeErr = err
@@ -394,12 +434,7 @@ func StartT(t testing.TB, b *Builder) *VM {
 	defer cancel()
 	vm, err := b.Start(ctx)
 	if err != nil {
-		for _, l := range b.listeners {
-			l.Close()
-		}
-		if b.dir != "" {
-			os.RemoveAll(b.dir)
-		}
+		b.Close()
 		t.Fatalf("rig: %v", err)
 	}
 	t.Cleanup(func() {

@@ -196,10 +196,14 @@ func (h *host) boot(g guest) {
 	before := strings.Count(string(data), readyLine)
 	h.OK(g.xml(), "define", "-")
 	h.OK("", "start", g.name)
-	h.waitLogCount(g.name, readyLine, before+1, 90*time.Second)
+	h.waitLogCount(g.name, readyLine, before+1, bootDeadline)
 }
 
 const readyLine = "minivirt-guest: ready"
+
+// bootDeadline bounds a boot of the tiny guest. It takes seconds alone under
+// TCG; the bound is for a 2-core CI host shared by every parallel test.
+const bootDeadline = 3 * time.Minute
 
 func (h *host) logPath(name string) string { return filepath.Join(h.stateDir, "logs", name+".log") }
 

@@ -49,7 +49,7 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("sockets in the run directory: %v", socks)
 	}
 
-	log := h.waitLog("life", "minivirt-guest: ready", 90*time.Second)
+	log := h.waitLog("life", readyLine, bootDeadline)
 	if !strings.Contains(log, "Linux version") {
 		t.Errorf("the console log lacks the kernel's boot lines:\n%s", log)
 	}
@@ -100,7 +100,7 @@ func TestLifecycle(t *testing.T) {
 
 	// reboot goes through the ACPI power button: the guest boots again.
 	h.OK("", "reboot", "life")
-	h.waitLogCount("life", "minivirt-guest: ready", 2, 90*time.Second)
+	h.waitLogCount("life", readyLine, 2, bootDeadline)
 	if st := h.status("life"); st.State != "running" || st.QEMUPID == 0 {
 		t.Errorf("after reboot: %+v", st)
 	}

@@ -153,7 +153,7 @@ func TestNonRootUnchanged(t *testing.T) {
 		t.Fatalf("start as uid %d: %s", nobody, out)
 	}
 	t.Cleanup(func() { as("destroy", "nr") })
-	h.waitLog("nr", readyLine, 90*time.Second)
+	h.waitLog("nr", readyLine, bootDeadline)
 	out, _ := as("status", "nr", "-o", "json")
 	var st privStatus
 	json.Unmarshal([]byte(out), &st)

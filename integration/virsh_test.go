@@ -28,7 +28,7 @@ func TestAutostartAcrossBoot(t *testing.T) {
 	if !strings.Contains(out, "Domain marked started") || strings.Contains(out, "unmarked") {
 		t.Errorf("start --autostart printed %q", out)
 	}
-	h.waitLogCount("marked", readyLine, 2, 90*time.Second)
+	h.waitLogCount("marked", readyLine, 2, bootDeadline)
 	if st := h.status("marked"); st.State != "running" {
 		t.Errorf("marked: %+v", st)
 	}

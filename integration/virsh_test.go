@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -62,4 +63,35 @@ func TestDomifaddr(t *testing.T) {
 	if _, errs, code := h.Run("", "domifaddr", "fixed"); code == 0 || !strings.Contains(errs, "not running") {
 		t.Errorf("domifaddr of a shut off domain: exit %d, %q", code, errs)
 	}
+}
+
+// TestStartPaused: start --paused holds the CPUs before the firmware's
+// first instruction and records paused (user), as libvirt does; resume
+// runs them and the guest boots.
+func TestStartPaused(t *testing.T) {
+	t.Parallel()
+	h := newHost(t)
+	h.OK(guest{name: "held"}.xml(), "define", "-")
+	h.fails("--paused and --autostart", "start", "--paused", "--autostart")
+	if out := h.OK("", "start", "--paused", "held"); out != "Domain held started\n" {
+		t.Errorf("start --paused printed %q", out)
+	}
+	if out := h.OK("", "domstate", "held", "--reason"); out != "paused (user)\n\n" {
+		t.Errorf("domstate after start --paused: %q", out)
+	}
+	var reply struct {
+		Return struct {
+			Status  string
+			Running bool
+		}
+	}
+	if err := json.Unmarshal([]byte(h.OK("", "qmp", "held", `{"execute":"query-status"}`)), &reply); err != nil || reply.Return.Status != "prelaunch" || reply.Return.Running {
+		t.Errorf("QEMU after start --paused: %+v, %v; want prelaunch, not running", reply.Return, err)
+	}
+	h.OK("", "resume", "held")
+	h.waitLog("held", readyLine, bootDeadline)
+	if st := h.status("held"); st.State != "running" || st.Reason != "unpaused" {
+		t.Errorf("after resume: %+v", st)
+	}
+	h.OK("", "destroy", "held")
 }

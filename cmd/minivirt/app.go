@@ -42,8 +42,12 @@ func (a *app) resolveDirs() error {
 }
 
 // superviseArgs is the command line of a detached supervisor.
-func (a *app) superviseArgs(m *manager.Manager, name string) []string {
-	return []string{"--state-dir", m.StateDir, "--run-dir", m.RunDir, "--lock-timeout", m.LockTimeout.String(), supervisorCommand, name}
+func (a *app) superviseArgs(m *manager.Manager, name string, opt manager.StartOptions) []string {
+	args := []string{"--state-dir", m.StateDir, "--run-dir", m.RunDir, "--lock-timeout", m.LockTimeout.String(), supervisorCommand, name}
+	if opt.Paused {
+		args = append(args, "--paused")
+	}
+	return args
 }
 
 func (a *app) warn(format string, args ...any) {

@@ -7,7 +7,7 @@ var examples = map[string]string{
 	"minivirt define":           "  minivirt define demo.xml\n  virt-install --print-xml ... | minivirt define -",
 	"minivirt undefine":         "  minivirt undefine demo",
 	"minivirt list":             "  minivirt list\n  minivirt list --all\n  minivirt list --name --state-running\n  minivirt list --all -o json",
-	"minivirt start":            "  minivirt start demo\n  minivirt start --autostart",
+	"minivirt start":            "  minivirt start demo\n  minivirt start --paused demo\n  minivirt start --autostart",
 	"minivirt shutdown":         "  minivirt shutdown demo\n  minivirt shutdown demo --timeout 2m",
 	"minivirt destroy":          "  minivirt destroy demo",
 	"minivirt stop":             "  minivirt stop demo --timeout 30s",

@@ -25,15 +25,20 @@ const (
 )
 
 func (a *app) startCommand() *cobra.Command {
-	var marked bool
+	var marked, paused bool
 	cmd := &cobra.Command{
 		Use:   "start NAME | --autostart",
 		Short: "Start a domain; returns once its CPUs run under supervision",
 		Long: `start starts a domain and returns once its CPUs run under supervision.
+With --paused its CPUs wait, stopped, until ` + "`minivirt resume`" + `: the domain is
+paused (user), as virsh start --paused leaves it.
 With --autostart it starts every domain marked with ` + "`minivirt autostart`" + ` that is
 not running, and reports each: the host's boot unit runs it once.`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if marked {
+				if paused {
+					return errors.New("--paused and --autostart: give one; autostart runs each marked domain")
+				}
 				return exactArgs()(cmd, args)
 			}
 			return exactArgs("NAME")(cmd, args)
@@ -43,7 +48,7 @@ not running, and reports each: the host's boot unit runs it once.`,
 				return a.startMarked(cmd.Context())
 			}
 			name := args[0]
-			warnings, err := a.mgr.Start(cmd.Context(), name)
+			warnings, err := a.mgr.Start(cmd.Context(), name, manager.StartOptions{Paused: paused})
 			for _, w := range warnings {
 				a.warn("%s", w)
 			}
@@ -55,13 +60,15 @@ not running, and reports each: the host's boot unit runs it once.`,
 		},
 	}
 	cmd.Flags().BoolVar(&marked, "autostart", false, "start every domain marked for autostart")
+	cmd.Flags().BoolVar(&paused, "paused", false, "leave the guest's CPUs stopped until `minivirt resume`")
 	return cmd
 }
 
 // superviseCommand is the hidden command a detached supervisor runs; its
 // ready pipe is fd 3.
 func (a *app) superviseCommand() *cobra.Command {
-	return &cobra.Command{
+	var paused bool
+	cmd := &cobra.Command{
 		Use:    supervisorCommand + " NAME",
 		Hidden: true,
 		Args:   exactArgs("NAME"),
@@ -76,12 +83,15 @@ func (a *app) superviseCommand() *cobra.Command {
 				return err
 			}
 			return a.mgr.Supervise(context.Background(), name, manager.SuperviseOptions{
-				Self:  self,
-				Ready: manager.ReportReady(ready, logger),
-				Log:   a.stderr,
+				Self:   self,
+				Ready:  manager.ReportReady(ready, logger),
+				Log:    a.stderr,
+				Paused: paused,
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&paused, "paused", false, "leave the guest's CPUs stopped")
+	return cmd
 }
 
 func (a *app) shutdownCommand() *cobra.Command {

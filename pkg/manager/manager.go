@@ -270,9 +270,16 @@ func (m *Manager) call(ctx context.Context, name string, req supervisor.Request)
 	return supervisor.Call(ctx, launcher.PathsIn(m.DomainRunDir(name)).Control, req)
 }
 
-// Start starts a domain and returns once its CPUs run under supervision,
-// with the start's warnings.
-func (m *Manager) Start(ctx context.Context, name string) ([]string, error) {
+// StartOptions are the choices of one start.
+type StartOptions struct {
+	// Paused leaves the guest's CPUs stopped once QEMU is up, as virsh
+	// start --paused: the domain is paused (user) until Resume.
+	Paused bool
+}
+
+// Start starts a domain and returns once its CPUs run under supervision
+// (or, paused, wait for Resume), with the start's warnings.
+func (m *Manager) Start(ctx context.Context, name string, opt StartOptions) ([]string, error) {
 	d, o, err := m.Observe(name)
 	if err != nil {
 		return nil, err
@@ -286,7 +293,7 @@ func (m *Manager) Start(ctx context.Context, name string) ([]string, error) {
 	if m.Spawn == nil {
 		return nil, errors.New("manager: no Spawner set")
 	}
-	warnings, err := m.Spawn.Spawn(ctx, m, d)
+	warnings, err := m.Spawn.Spawn(ctx, m, d, opt)
 	if err != nil {
 		return warnings, fmt.Errorf("start %s: %w", name, err)
 	}
@@ -573,7 +580,7 @@ func (m *Manager) StartMarked(ctx context.Context) ([]Started, error) {
 			out = append(out, Started{Name: e.Name, Already: true})
 			continue
 		}
-		w, err := m.Start(ctx, e.Name)
+		w, err := m.Start(ctx, e.Name, StartOptions{})
 		out = append(out, Started{Name: e.Name, Warnings: w, Err: err})
 	}
 	return out, nil

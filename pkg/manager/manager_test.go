@@ -139,7 +139,7 @@ func fakeDomain(t *testing.T, mode string) (*Manager, string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := m.Start(ctx, "fake"); err != nil {
+	if _, err := m.Start(ctx, "fake", StartOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	return m, "fake"

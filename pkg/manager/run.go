@@ -76,7 +76,7 @@ func (m *Manager) Run(ctx context.Context, d *domain.Domain, opt RunOptions) (re
 	if fi, err := os.Stat(m.ConsoleLog(d.Name)); err == nil {
 		logStart = fi.Size()
 	}
-	res.Warnings, err = m.Start(ctx, d.Name)
+	res.Warnings, err = m.Start(ctx, d.Name, StartOptions{})
 	if err != nil {
 		res.Outcome = Failed
 		return res, err

@@ -25,10 +25,11 @@ const QEMUBinary = "qemu-system-x86_64"
 const startTimeout = 90 * time.Second
 
 // A Spawner starts the supervisor of one domain and returns once it has
-// reported: the guest's CPUs run (with the start's warnings), or the start
-// failed, in which case nothing of it is left running.
+// reported: the guest's CPUs run, or are held as opt asks (with the
+// start's warnings), or the start failed, in which case nothing of it is
+// left running.
 type Spawner interface {
-	Spawn(ctx context.Context, m *Manager, d *domain.Domain) ([]string, error)
+	Spawn(ctx context.Context, m *Manager, d *domain.Domain, opt StartOptions) ([]string, error)
 }
 
 // SuperviseOptions are how one supervisor runs.
@@ -40,6 +41,8 @@ type SuperviseOptions struct {
 	Log   io.Writer
 	// DieWithParent ties QEMU to the calling process (test rigs).
 	DieWithParent bool
+	// Paused leaves the guest's CPUs stopped (StartOptions.Paused).
+	Paused bool
 }
 
 // Supervise runs the supervisor of one defined domain in the calling
@@ -74,6 +77,7 @@ func (m *Manager) Supervise(ctx context.Context, name string, opt SuperviseOptio
 		Ready:         opt.Ready,
 		Log:           logger,
 		DieWithParent: opt.DieWithParent,
+		Paused:        opt.Paused,
 	})
 }
 
@@ -82,9 +86,10 @@ func (m *Manager) Supervise(ctx context.Context, name string, opt SuperviseOptio
 // the command line's way.
 type Detached struct {
 	// Binary is the minivirt binary; Args returns its arguments that make
-	// it run Manager.Supervise for name with ready's descriptor as fd 3.
+	// it run Manager.Supervise for name, as opt asks, with ready's
+	// descriptor as fd 3.
 	Binary string
-	Args   func(m *Manager, name string) []string
+	Args   func(m *Manager, name string, opt StartOptions) []string
 }
 
 // readyMessage is what a detached supervisor writes on its ready pipe.
@@ -108,7 +113,7 @@ func ReportReady(f *os.File, logger *log.Logger) func([]string, error) {
 }
 
 // Spawn implements Spawner.
-func (s Detached) Spawn(ctx context.Context, m *Manager, d *domain.Domain) ([]string, error) {
+func (s Detached) Spawn(ctx context.Context, m *Manager, d *domain.Domain, opt StartOptions) ([]string, error) {
 	if err := os.MkdirAll(m.LogDir(), 0o700); err != nil {
 		return nil, err
 	}
@@ -122,7 +127,7 @@ func (s Detached) Spawn(ctx context.Context, m *Manager, d *domain.Domain) ([]st
 		return nil, err
 	}
 	defer r.Close()
-	cmd := exec.Command(s.Binary, s.Args(m, d.Name)...)
+	cmd := exec.Command(s.Binary, s.Args(m, d.Name, opt)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.ExtraFiles = []*os.File{w} // fd 3
 	cmd.Dir = "/"
@@ -171,7 +176,7 @@ type InProcess struct {
 }
 
 // Spawn implements Spawner.
-func (s InProcess) Spawn(ctx context.Context, m *Manager, d *domain.Domain) ([]string, error) {
+func (s InProcess) Spawn(ctx context.Context, m *Manager, d *domain.Domain, opt StartOptions) ([]string, error) {
 	logw, err := s.Log(d.Name)
 	if err != nil {
 		return nil, err
@@ -189,6 +194,7 @@ func (s InProcess) Spawn(ctx context.Context, m *Manager, d *domain.Domain) ([]s
 			Ready:         func(w []string, err error) { ready <- result{w, err} },
 			Log:           logw,
 			DieWithParent: true,
+			Paused:        opt.Paused,
 		})
 		logw.Close()
 		if s.OnExit != nil {

@@ -197,7 +197,7 @@ func (b *Builder) Start(ctx context.Context) (*VM, error) {
 	if _, _, err := vm.mgr.Define(d); err != nil {
 		return nil, err
 	}
-	if vm.Warnings, err = vm.mgr.Start(ctx, d.Name); err != nil {
+	if vm.Warnings, err = vm.mgr.Start(ctx, d.Name, manager.StartOptions{}); err != nil {
 		if spawned && !vm.waitGone(time.Minute) {
 			// A start cut short by ctx leaves the supervisor to finish
 			// and destroy the guest; its directory is not ours to take

@@ -76,6 +76,10 @@ type Policy struct {
 // Booted is the machine of a domain whose CPUs have just started.
 func Booted() Machine { return Machine{State: store.StateRunning, Reason: "booted"} }
 
+// StartedPaused is the machine of a domain started with its CPUs held, as
+// libvirt records virsh start --paused: paused (user).
+func StartedPaused() Machine { return Machine{State: store.StatePaused, Reason: "user"} }
+
 // Step applies one input, the way libvirt applies QEMU's events: QEMU runs
 // with -no-shutdown and -action panic=pause, so the supervisor decides what
 // a power-off, a reboot or a panic leads to. It is a pure function.

@@ -49,6 +49,8 @@ func TestStep(t *testing.T) {
 		{"resume", paused, Input{Kind: EvResume}, defaults, Machine{State: store.StateRunning, Reason: "unpaused"}, nil},
 		{"resume of a kept panic", crashedKept, Input{Kind: EvResume}, defaults, Machine{State: store.StateRunning, Reason: "unpaused"}, nil},
 		{"RESUME while running", running, Input{Kind: EvResume}, defaults, running, nil},
+		{"resume after start --paused", StartedPaused(), Input{Kind: EvResume}, defaults, Machine{State: store.StateRunning, Reason: "unpaused"}, nil},
+		{"destroy after start --paused", StartedPaused(), Input{Kind: ReqDestroy}, defaults, asked(paused, AskDestroy), []Action{ActQuit}},
 
 		// Guest power-off, by on_poweroff.
 		{"power-off, destroy", running, Input{Kind: EvShutdown, Reason: "guest-shutdown"}, defaults, decided, []Action{ActQuit}},

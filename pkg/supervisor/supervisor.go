@@ -44,13 +44,17 @@ type Config struct {
 	// the moment of each update.
 	OpenStore func() (*store.Store, error)
 	// Ready is called once: with the start's warnings when the guest CPUs
-	// run, or with the reason the start failed.
+	// run (paused: when QEMU is up with them held), or with the reason the
+	// start failed.
 	Ready func(warnings []string, err error)
 	Log   *log.Logger
 	// DieWithParent kills QEMU when the process that runs the supervisor
 	// dies, for supervisors that run inside a test binary: QEMU must not
 	// outlive a test that was killed.
 	DieWithParent bool
+	// Paused holds the guest's CPUs once QEMU is up (virsh start
+	// --paused): QEMU started with -S simply gets no cont.
+	Paused bool
 }
 
 // Timeouts of the supervisor's own waits.
@@ -274,12 +278,16 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 	}
 	callCtx, cancel2 := context.WithTimeout(ctx, qmpCallTimeout)
 	defer cancel2()
-	if err := qmp.Cont(callCtx, mon); err != nil {
-		mon.Close()
-		return failed(err)
+	machine := StartedPaused()
+	if !s.cfg.Paused {
+		if err := qmp.Cont(callCtx, mon); err != nil {
+			mon.Close()
+			return failed(err)
+		}
+		machine = Booted()
 	}
 	s.mu.Lock()
-	s.mon, s.m = mon, Booted()
+	s.mon, s.m = mon, machine
 	s.runtime = store.Runtime{Accel: s.plan.Accel, Network: s.plan.Network, RunDir: env.RunDir, QEMU: s.qemuID, Supervisor: s.self}
 	s.mu.Unlock()
 	// The start is reported only once the store says the domain runs.
@@ -294,7 +302,7 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 	s.mu.Lock()
 	s.ready = true
 	s.mu.Unlock()
-	s.logf("QEMU pid %d running (%s)", s.qemuID.PID, s.plan.Accel)
+	s.logf("QEMU pid %d %s (%s)", s.qemuID.PID, machine.State, s.plan.Accel)
 	go s.followMonitor(mon) // events queued in pkg/qmp until now
 	return nil
 }

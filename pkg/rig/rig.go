@@ -207,12 +207,19 @@ func (b *Builder) Start(ctx context.Context) (*VM, error) {
 		}
 		return nil, err
 	}
+	// The VM owns the directory and the listeners from here: a deferred
+	// b.Close must not remove them from under the running guest.
+	b.dir, b.listeners, b.err = "", nil, errStarted
 	return vm, nil
 }
 
+// errStarted is a Builder's error once its guest has started: each
+// Builder is for one guest.
+var errStarted = errors.New("rig: this Builder has started its guest already; call New for another")
+
 // Close releases what b made when Start failed or was never called: its
-// listeners and its private directory. After a successful Start, VM.Close
-// does this instead.
+// listeners and its private directory. After a successful Start they are
+// the VM's, and Close leaves them to VM.Close.
 func (b *Builder) Close() error {
 	for _, l := range b.listeners {
 		l.Close()

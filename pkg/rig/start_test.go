@@ -64,8 +64,11 @@ func TestBuilderCloseAfterStart(t *testing.T) {
 	if pids := testenv.Processes(testenv.Mentioning("guest=" + name)); len(pids) == 0 {
 		t.Error("the guest stopped when its Builder was closed")
 	}
-	if _, err := b.Start(ctx); err == nil || !strings.Contains(err.Error(), "started its guest already") {
+	if second, err := b.Start(ctx); err == nil || !strings.Contains(err.Error(), "started its guest already") {
 		t.Errorf("a second Start of one Builder: %v", err)
+		if second != nil {
+			second.Close() // nothing outlives the test, even when it fails
+		}
 	}
 	if err := vm.Close(); err != nil {
 		t.Fatal(err)

@@ -50,7 +50,9 @@ type Config struct {
 	Log   *log.Logger
 	// DieWithParent kills QEMU when the process that runs the supervisor
 	// dies, for supervisors that run inside a test binary: QEMU must not
-	// outlive a test that was killed.
+	// outlive a test that was killed. Not when QEMU drops root with
+	// -runas: the kernel clears the death signal on that uid change, and
+	// QEMU 7.2 has no exit-with-parent; the rig's Close ends it there.
 	DieWithParent bool
 	// Paused holds the guest's CPUs once QEMU is up (virsh start
 	// --paused): QEMU started with -S simply gets no cont.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/launcher"
+	"github.com/minivirt/minivirt/pkg/proc"
 	"github.com/minivirt/minivirt/pkg/supervisor"
 )
 
@@ -66,18 +67,24 @@ func TestArgvAsIntended(t *testing.T) {
 	kvm, why := launcher.DetectKVM(os.Getenv)
 	env := launcher.Env{QEMU: "/usr/bin/qemu-system-x86_64", Self: binary, RunDir: h.runDirOf("argv"),
 		LogDir: filepath.Join(h.stateDir, "logs"), KVM: kvm, KVMReason: why}
-	if os.Geteuid() == 0 {
-		env.RunAs = supervisor.QEMUUser // this domain spawns the helper: no chroot
-	}
-	plan, err := launcher.Build(d, env)
-	if err != nil {
-		t.Fatal(err)
-	}
 	cmdline, err := os.ReadFile("/proc/" + strconv.Itoa(h.status("argv").QEMUPID) + "/cmdline")
 	if err != nil {
 		t.Fatal(err)
 	}
 	got := strings.Split(strings.TrimSuffix(string(cmdline), "\x00"), "\x00")
+	if os.Geteuid() == 0 {
+		// The domain's own uid and gid, from minivirt's range; this
+		// domain spawns the helper: no chroot.
+		env.RunAs = proc.ArgAfter(got, "-runas")
+		var uid, gid int
+		if _, err := fmt.Sscanf(env.RunAs, "%d:%d", &uid, &gid); err != nil || uid < supervisor.QEMUIDBase || uid >= supervisor.QEMUIDBase+supervisor.QEMUSlots || gid != uid {
+			t.Errorf("-runas %q: want UID:GID, equal, in [%d, %d)", env.RunAs, supervisor.QEMUIDBase, supervisor.QEMUIDBase+supervisor.QEMUSlots)
+		}
+	}
+	plan, err := launcher.Build(d, env)
+	if err != nil {
+		t.Fatal(err)
+	}
 	if !slices.Equal(got[1:], plan.Argv[1:]) {
 		t.Errorf("QEMU runs with\n%q\nwant\n%q", got, plan.Argv)
 	}

@@ -218,6 +218,12 @@ type statusReport struct {
 	VMChannels  []vmchannelItem     `json:"vmchannels"`
 	Forwards    []forwardItem       `json:"forwards"`
 	VirtioPorts []domain.VirtioPort `json:"virtio_ports,omitempty"`
+	// Stale says why the stored record is behind what happened (the
+	// state database could not be written); State is what happened.
+	Stale string `json:"stale,omitempty"`
+	// Unrecorded are QEMU processes of the domain that no record names
+	// (a supervisor killed while starting them); destroy ends them.
+	Unrecorded []int `json:"unrecorded_qemu_pids,omitempty"`
 }
 
 func (a *app) statusCommand() *cobra.Command {
@@ -239,6 +245,10 @@ func (a *app) statusCommand() *cobra.Command {
 				Tainted: d.Tainted(), VMChannels: vmchannelItems(d, st.Live), Forwards: forwardItems(st)}
 			if st.Live != nil {
 				r.VirtioPorts = st.Live.VirtioPorts
+			}
+			r.Stale = o.Stale
+			for _, id := range o.Strays {
+				r.Unrecorded = append(r.Unrecorded, id.PID)
 			}
 			if !o.Since.IsZero() {
 				r.Since = &o.Since
@@ -279,6 +289,12 @@ func (a *app) statusCommand() *cobra.Command {
 			}
 			if r.Tainted {
 				fmt.Fprintf(w, "Tainted:     custom-argv (<qemu:commandline> passes QEMU options minivirt did not write)\n")
+			}
+			if r.Stale != "" {
+				fmt.Fprintf(w, "Record:      stale: %s\n", r.Stale)
+			}
+			for _, pid := range r.Unrecorded {
+				fmt.Fprintf(w, "Unrecorded:  QEMU pid %d (no record names it; `minivirt destroy %s` ends it)\n", pid, r.Name)
 			}
 			if o.Active() {
 				network := r.Network

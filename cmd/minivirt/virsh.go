@@ -185,7 +185,7 @@ func (a *app) domifaddrCommand() *cobra.Command {
 			if err := outputFormat(output); err != nil {
 				return err
 			}
-			st, err := a.mgr.Status(cmd.Context(), args[0])
+			st, err := a.mgr.LiveStatus(cmd.Context(), args[0])
 			if err != nil {
 				return userError(err)
 			}

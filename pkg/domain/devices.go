@@ -127,7 +127,7 @@ func (d *Domain) NeedsNetwork() bool { return len(d.VMChannels()) > 0 || len(d.F
 
 // AddVMChannel adds a vmchannel of minivirt's own and validates the result;
 // on error the domain is unchanged.
-func (d *Domain) AddVMChannel(vc VMChannel) error {
+func (d *Domain) AddVMChannel(vc VMChannel) (VMChannel, error) {
 	if !vc.Address.IsValid() {
 		vc.Address = DefaultVMChannelAddress
 	}
@@ -139,14 +139,36 @@ func (d *Domain) AddVMChannel(vc VMChannel) error {
 	d.Ext.VMChannels = append(append([]ExtVMChannel(nil), before...), e)
 	if err := d.Validate(); err != nil {
 		d.Ext.VMChannels = before
-		return err
+		return VMChannel{}, err
 	}
-	return nil
+	// The channel as the domain now has it, defaults applied: wherever it
+	// stands among the others (guestfwd channels are listed after these).
+	for _, got := range d.VMChannels() {
+		if got.Address == vc.Address && got.Port == vc.Port {
+			return got, nil
+		}
+	}
+	d.Ext.VMChannels = before
+	return VMChannel{}, fmt.Errorf("vmchannel %s:%d: added but not found", vc.Address, vc.Port)
 }
 
 // RemoveVMChannel removes the vmchannel on port (and address, when valid),
-// whichever form defines it. It fails when none or several match.
-func (d *Domain) RemoveVMChannel(port uint16, addr netip.Addr) error {
+// whichever form defines it, and returns it. It fails when none or several
+// match.
+func (d *Domain) RemoveVMChannel(port uint16, addr netip.Addr) (VMChannel, error) {
+	var gone VMChannel
+	for _, vc := range d.VMChannels() {
+		if vc.Port == port && (!addr.IsValid() || vc.Address == addr) {
+			gone = vc
+		}
+	}
+	if err := d.removeVMChannel(port, addr); err != nil {
+		return VMChannel{}, err
+	}
+	return gone, nil
+}
+
+func (d *Domain) removeVMChannel(port uint16, addr netip.Addr) error {
 	match := func(a string, p uint64) bool {
 		return p == uint64(port) && (!addr.IsValid() || a == addr.String())
 	}

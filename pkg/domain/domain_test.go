@@ -363,25 +363,31 @@ func itoa(i int) string { return strconv.Itoa(i) }
 
 func TestAddRemoveVMChannel(t *testing.T) {
 	d := mustParse(t, minimal(`<channel type='unix'><source mode='connect' path='/c'/><target type='guestfwd' address='10.0.2.5' port='700'/></channel>`))
-	if err := d.AddVMChannel(VMChannel{Port: 700, Path: "/a"}); err != nil {
+	added, err := d.AddVMChannel(VMChannel{Port: 700, Path: "/a"})
+	if err != nil {
 		t.Fatalf("add on another address: %v", err)
 	}
-	if err := d.AddVMChannel(VMChannel{Port: 700, Path: "/b"}); err == nil || !strings.Contains(err.Error(), "used twice") {
+	// The channel added, defaults applied; not the last one listed (the
+	// guestfwd channel is listed after it).
+	if added.Address != DefaultVMChannelAddress || added.Port != 700 || added.Path != "/a" || added.MaxConnections == 0 {
+		t.Fatalf("AddVMChannel returned %+v; want 10.0.2.4:700 /a with the default limit", added)
+	}
+	if _, err := d.AddVMChannel(VMChannel{Port: 700, Path: "/b"}); err == nil || !strings.Contains(err.Error(), "used twice") {
 		t.Fatalf("duplicate add: %v", err)
 	}
 	if n := len(d.VMChannels()); n != 2 {
 		t.Fatalf("a refused add changed the domain: %d channels", n)
 	}
-	if err := d.RemoveVMChannel(700, netip.Addr{}); err == nil || !strings.Contains(err.Error(), "--address") {
+	if _, err := d.RemoveVMChannel(700, netip.Addr{}); err == nil || !strings.Contains(err.Error(), "--address") {
 		t.Fatalf("ambiguous remove: %v", err)
 	}
-	if err := d.RemoveVMChannel(700, netip.MustParseAddr("10.0.2.5")); err != nil {
-		t.Fatal(err)
+	if gone, err := d.RemoveVMChannel(700, netip.MustParseAddr("10.0.2.5")); err != nil || gone.Path != "/c" {
+		t.Fatalf("RemoveVMChannel = %+v, %v; want the guestfwd channel to /c", gone, err)
 	}
 	if vcs := d.VMChannels(); len(vcs) != 1 || vcs[0].Path != "/a" {
 		t.Fatalf("after remove: %+v", vcs)
 	}
-	if err := d.RemoveVMChannel(9, netip.Addr{}); err == nil {
+	if _, err := d.RemoveVMChannel(9, netip.Addr{}); err == nil {
 		t.Fatal("removing an absent port succeeded")
 	}
 }
@@ -429,13 +435,13 @@ func TestPortsAreNumbers(t *testing.T) {
 	if len(vcs) != 2 || vcs[0].Port != 600 || vcs[1].Port != 700 {
 		t.Fatalf("VMChannels = %+v; want ports 600 and 700", vcs)
 	}
-	if err := d.AddVMChannel(VMChannel{Port: 600, Path: "/t"}); err == nil || !strings.Contains(err.Error(), "used twice") {
+	if _, err := d.AddVMChannel(VMChannel{Port: 600, Path: "/t"}); err == nil || !strings.Contains(err.Error(), "used twice") {
 		t.Errorf("adding port 600 beside port 0600: %v", err)
 	}
-	if err := d.RemoveVMChannel(600, netip.Addr{}); err != nil {
+	if _, err := d.RemoveVMChannel(600, netip.Addr{}); err != nil {
 		t.Errorf("removing port 600 (written 0600): %v", err)
 	}
-	if err := d.RemoveVMChannel(700, netip.Addr{}); err != nil {
+	if _, err := d.RemoveVMChannel(700, netip.Addr{}); err != nil {
 		t.Errorf("removing port 700 (written 0700): %v", err)
 	}
 	if len(d.VMChannels()) != 0 {
@@ -482,7 +488,7 @@ func TestForwards(t *testing.T) {
 		t.Errorf("portForward range: %+v", fs)
 	}
 	n := mustParse(t, minimal(`<interface type='vmchannel'><source port='600'/><target path='/s'/></interface>`))
-	if err := n.AddForward(Forward{GuestPort: 80, Path: "/run/web.sock"}); err != nil {
+	if _, err := n.AddForward(Forward{GuestPort: 80, Path: "/run/web.sock"}); err != nil {
 		t.Fatal(err)
 	}
 	out, _ := n.XML()

@@ -90,7 +90,7 @@ func (d *Domain) Forwards() []Forward {
 
 // AddForward adds a forward of minivirt's own and validates the result; on
 // error the domain is unchanged.
-func (d *Domain) AddForward(f Forward) error {
+func (d *Domain) AddForward(f Forward) (Forward, error) {
 	e := ExtForward{Port: uint(f.GuestPort), Path: f.Path}
 	if f.Listen.IsValid() {
 		e.Listen = f.Listen.String()
@@ -102,9 +102,11 @@ func (d *Domain) AddForward(f Forward) error {
 	d.Ext.Forwards = append(append([]ExtForward(nil), before...), e)
 	if err := d.Validate(); err != nil {
 		d.Ext.Forwards = before
-		return err
+		return Forward{}, err
 	}
-	return nil
+	// Forwards lists minivirt's own first, in the order added; QEMU's
+	// portForward ones follow.
+	return d.Forwards()[len(d.Ext.Forwards)-1], nil
 }
 
 // RemoveForward removes minivirt's forward to guest port (on host, when

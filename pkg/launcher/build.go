@@ -29,9 +29,11 @@ type Env struct {
 	// OVMFCode and OVMFVars are the UEFI firmware and its variable-store
 	// template when the domain names none (Debian's ovmf).
 	OVMFCode, OVMFVars string
-	// RunAs, when set, is the unprivileged user QEMU becomes once it has
-	// initialised (-runas): it opens every file it needs first.
-	RunAs string
+	// RunAs, when set, is the unprivileged identity QEMU becomes once it
+	// has initialised (-runas UID:GID): it opens every file it needs
+	// first. RunAsUID and RunAsGID are the same numbers.
+	RunAs              string
+	RunAsUID, RunAsGID int
 	// Chroot, when set, is the empty directory QEMU is confined to once it
 	// has initialised (-chroot).
 	Chroot string
@@ -50,9 +52,14 @@ type Socket struct {
 	FD   int // the descriptor number QEMU sees
 }
 
-// Paths are the supervisor's sockets in the runtime directory.
+// Paths are the supervisor's sockets in the runtime directory, and QEMU's
+// pid file there.
 type Paths struct {
 	QMP, Console, Control, Relay string
+	// PIDFile is written by QEMU itself before it runs guest code: with
+	// the domain's uuid it identifies a QEMU of this domain that no record
+	// names (its supervisor killed while starting it).
+	PIDFile string
 }
 
 // Plan is a QEMU command line and what must exist before it runs.
@@ -73,7 +80,12 @@ type Plan struct {
 	// VirtioPorts are the virtio-serial ports with their socket paths,
 	// the ones minivirt picked included.
 	VirtioPorts []domain.VirtioPort
-	Warnings    []string
+	// ExitsOnPoweroff is set when QEMU exits by itself once the guest
+	// powers off (on_poweroff destroy): no -no-shutdown, so a guest that
+	// powers off while its supervisor is gone leaves no QEMU behind. The
+	// supervisor holds QEMU (QMP set-action) for a reboot it asks for.
+	ExitsOnPoweroff bool
+	Warnings        []string
 }
 
 // Files returns the descriptors QEMU inherits in exec.Cmd.ExtraFiles order:
@@ -122,6 +134,7 @@ func PathsIn(runDir string) Paths {
 		Console: filepath.Join(runDir, "console.sock"),
 		Control: filepath.Join(runDir, "control.sock"),
 		Relay:   filepath.Join(runDir, "relay.sock"),
+		PIDFile: filepath.Join(runDir, "qemu.pid"),
 	}
 }
 
@@ -214,10 +227,15 @@ func (b *builder) machine() error {
 		"-accel", p.Accel,
 		"-m", strconv.FormatUint(d.MemoryMiB(), 10),
 		"-nodefaults", "-no-user-config", "-display", "none",
-		"-S", "-no-shutdown",
+		"-pidfile", p.Paths.PIDFile,
+		"-S",
 		// The supervisor applies on_crash: QEMU only stops the guest.
 		"-action", "panic=pause",
 	)
+	p.ExitsOnPoweroff = d.OnPoweroff == "destroy" || d.OnPoweroff == ""
+	if !p.ExitsOnPoweroff {
+		b.add("-no-shutdown") // the supervisor applies restart or preserve
+	}
 	switch {
 	case !b.Spawns():
 		// Nothing is ever spawned: the full set, less elevateprivileges

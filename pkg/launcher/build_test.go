@@ -121,9 +121,27 @@ func TestBuildBase(t *testing.T) {
 			t.Errorf("%s = %q; want %q", w[0], got, w[1])
 		}
 	}
-	for _, flag := range []string{"-S", "-no-shutdown", "-no-reboot", "-nodefaults"} {
+	for _, flag := range []string{"-S", "-no-reboot", "-nodefaults"} {
 		if !slices.Contains(p.Argv, flag) {
 			t.Errorf("argv lacks %s: %q", flag, p.Argv)
+		}
+	}
+	// on_poweroff destroy: QEMU exits on the guest's power-off by itself,
+	// so a guest that powers off while unsupervised leaves no QEMU.
+	if slices.Contains(p.Argv, "-no-shutdown") || !p.ExitsOnPoweroff {
+		t.Errorf("on_poweroff destroy: -no-shutdown given or ExitsOnPoweroff unset: %q", p.Argv)
+	}
+	if got := optionAfter(p.Argv, "-pidfile", 0); got != "/run/minivirt/t/qemu.pid" {
+		t.Errorf("-pidfile = %q", got)
+	}
+	for _, policy := range []string{"restart", "preserve"} {
+		d := parse(t, "", "<on_poweroff>"+policy+"</on_poweroff>")
+		p, err := Build(d, testEnv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Contains(p.Argv, "-no-shutdown") || p.ExitsOnPoweroff {
+			t.Errorf("on_poweroff %s: QEMU must stay for the supervisor: %q", policy, p.Argv)
 		}
 	}
 	if p.Argv[0] != testEnv.QEMU {

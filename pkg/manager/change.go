@@ -58,19 +58,19 @@ func (m *Manager) apply(ctx context.Context, name string, sc Scope, req supervis
 // AddVMChannel adds a vmchannel, live and/or to the definition.
 func (m *Manager) AddVMChannel(ctx context.Context, name string, vc domain.VMChannel, sc Scope) error {
 	return m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpAddVMChannel, VMChannel: &vc},
-		func(d *domain.Domain) error { return d.AddVMChannel(vc) })
+		func(d *domain.Domain) error { _, err := d.AddVMChannel(vc); return err })
 }
 
 // RemoveVMChannel removes the vmchannel on port (and address, when valid).
 func (m *Manager) RemoveVMChannel(ctx context.Context, name string, port uint16, addr netip.Addr, sc Scope) error {
 	return m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpRemoveVMChannel, Port: port, Address: addr},
-		func(d *domain.Domain) error { return d.RemoveVMChannel(port, addr) })
+		func(d *domain.Domain) error { _, err := d.RemoveVMChannel(port, addr); return err })
 }
 
 // AddForward adds an inbound forward, live and/or to the definition.
 func (m *Manager) AddForward(ctx context.Context, name string, f domain.Forward, sc Scope) error {
 	return m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpAddForward, Forward: &f},
-		func(d *domain.Domain) error { return d.AddForward(f) })
+		func(d *domain.Domain) error { _, err := d.AddForward(f); return err })
 }
 
 // RemoveForward removes the forward to guest port (on host, when given).

@@ -16,6 +16,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/minivirt/minivirt/pkg/domain"
@@ -85,23 +87,70 @@ type Observed struct {
 	store.Runtime
 	QEMUAlive, Supervised bool
 	// Reconciled is set when the record claimed a QEMU that is gone: the
-	// Runtime here is the corrected state, "shut off (crashed)".
+	// Runtime here is the corrected state ("shut off (crashed)", or the
+	// final state its supervisor could not record), and Record is what the
+	// next command that writes records.
 	Reconciled bool
+	Record     store.Runtime
+	// Stale says why the store's record is behind: the supervisor has a
+	// final state that the database did not take yet.
+	Stale string
+	// Strays are QEMU processes of the domain that the record does not
+	// name (a supervisor killed while it started them); destroy ends them.
+	Strays []proc.ID
 }
 
 // observe checks a runtime record against the host; it writes nothing.
-func observe(rt store.Runtime) Observed {
-	o := Observed{Runtime: rt}
+// runDir is the domain's runtime directory, strays the QEMUs found there.
+func observe(rt store.Runtime, runDir string, found []proc.ID) (o Observed) {
+	o = Observed{Runtime: rt}
+	for _, id := range found {
+		if id != rt.QEMU {
+			o.Strays = append(o.Strays, id)
+		}
+	}
+	defer func() {
+		if len(o.Strays) == 0 {
+			return
+		}
+		pids := fmt.Sprint(o.Strays[0].PID)
+		for _, id := range o.Strays[1:] {
+			pids += fmt.Sprintf(", %d", id.PID)
+		}
+		note := fmt.Sprintf("QEMU pid %s runs unrecorded (its supervisor was killed while starting it); destroy ends it", pids)
+		if !o.Active() {
+			// A QEMU is there, held before its first instruction.
+			o.Runtime = store.Runtime{State: store.StatePaused, Reason: "starting up", Accel: rt.Accel, Generation: rt.Generation, Since: rt.Since}
+			o.QEMUAlive = true
+		}
+		o.Detail = strings.TrimPrefix(o.Detail+"; "+note, "; ")
+	}()
 	if !rt.Active() {
 		return o
 	}
 	o.QEMUAlive, o.Supervised = proc.Alive(rt.QEMU), proc.Alive(rt.Supervisor)
-	if o.QEMUAlive || o.Supervised { // a live supervisor records QEMU's end itself
+	if o.QEMUAlive {
 		return o
 	}
-	o.Runtime = store.Runtime{State: store.StateShutoff, Reason: "crashed", Accel: rt.Accel,
+	// QEMU is gone. Its supervisor keeps the final state in the runtime
+	// directory while the store cannot take it.
+	if p, ok := supervisor.Pending(runDir); ok && p.Generation == rt.Generation {
+		o.Runtime, o.Record = p, p
+		o.Stale = "the state database has not taken this yet; minivirt records it as soon as it can"
+		o.Reconciled = !o.Supervised // a live supervisor records it itself
+		return o
+	}
+	if o.Supervised { // a live supervisor records QEMU's end itself
+		return o
+	}
+	final := store.Runtime{State: store.StateShutoff, Reason: "crashed", Accel: rt.Accel, Generation: rt.Generation,
 		Detail: "QEMU and its supervisor were gone (killed, or the host restarted)", Since: time.Now().UTC()}
-	o.Reconciled = true
+	if rt.State == store.StateInShutdown {
+		// QEMU exits by itself on the guest's power-off: the shutdown
+		// under way ended while nobody watched.
+		final.Reason, final.Detail = "shutdown", "the guest powered off while its supervisor was gone"
+	}
+	o.Runtime, o.Record, o.Reconciled = final, final, true
 	return o
 }
 
@@ -132,23 +181,36 @@ func (m *Manager) Observe(name string) (*domain.Domain, Observed, error) {
 	if err != nil {
 		return nil, Observed{}, err
 	}
-	return d, observe(rt), nil
+	found, err := supervisor.FindDomainQEMU(m.DomainRunDir(name))
+	if err != nil {
+		return nil, Observed{}, err
+	}
+	return d, observe(rt, m.DomainRunDir(name), found), nil
 }
 
 // reconcile records the corrected state of a domain whose processes are
-// gone, unless its record changed meanwhile (a new start).
+// gone, unless its record changed meanwhile (a new start), and removes the
+// runtime directory its supervisor left.
 func (m *Manager) reconcile(name string, o Observed) error {
 	if !o.Reconciled {
 		return nil
 	}
-	return m.write(func(s *store.Store) error {
-		return s.UpdateRuntime(name, func(r *store.Runtime) error {
-			if r.Active() && observe(*r).Reconciled {
-				*r = o.Runtime
+	err := m.write(func(s *store.Store) error {
+		err := s.UpdateRuntimeIf(name, o.Record.Generation, func(r *store.Runtime) error {
+			if r.Active() && !proc.Alive(r.QEMU) && !proc.Alive(r.Supervisor) {
+				*r = o.Record
 			}
 			return nil
 		})
+		if errors.Is(err, store.ErrSuperseded) {
+			return nil // a newer start owns the record
+		}
+		return err
 	})
+	if err == nil {
+		m.removeStale(name)
+	}
+	return err
 }
 
 // Entry is one domain in List.
@@ -169,9 +231,17 @@ func (m *Manager) List() ([]Entry, error) {
 	if err != nil {
 		return nil, err
 	}
+	found, err := supervisor.FindQEMU(m.RunDir)
+	if err != nil {
+		return nil, err
+	}
 	out := make([]Entry, len(entries))
 	for i, e := range entries {
-		out[i] = Entry{Name: e.Name, UUID: e.UUID, Autostart: e.Autostart, Observed: observe(e.Runtime)}
+		var ids []proc.ID
+		for _, p := range found[e.Name] {
+			ids = append(ids, p.ID)
+		}
+		out[i] = Entry{Name: e.Name, UUID: e.UUID, Autostart: e.Autostart, Observed: observe(e.Runtime, m.DomainRunDir(e.Name), ids)}
 	}
 	return out, nil
 }
@@ -183,7 +253,7 @@ func (m *Manager) Define(d *domain.Domain) (created bool, running string, err er
 		if created, err = s.Define(d); err != nil {
 			return err
 		}
-		if rt, err := s.GetRuntime(d.Name); err == nil && observe(rt).Active() {
+		if rt, err := s.GetRuntime(d.Name); err == nil && observe(rt, m.DomainRunDir(d.Name), nil).Active() {
 			running = rt.State
 		}
 		return nil
@@ -191,17 +261,25 @@ func (m *Manager) Define(d *domain.Domain) (created bool, running string, err er
 	return created, running, err
 }
 
-// Undefine removes a domain's definition; refused while it runs.
+// Undefine removes a domain's definition; refused while it runs, or while
+// a QEMU of it runs that no record names.
 func (m *Manager) Undefine(name string) error {
+	found, err := supervisor.FindDomainQEMU(m.DomainRunDir(name))
+	if err != nil {
+		return err
+	}
 	return m.write(func(s *store.Store) error {
 		rt, err := s.GetRuntime(name)
 		if err != nil {
 			return err
 		}
-		if o := observe(rt); o.Active() {
-			return fmt.Errorf("domain %s is %s; destroy it first: minivirt destroy %s", name, rt.State, name)
+		if o := observe(rt, m.DomainRunDir(name), found); o.Active() {
+			return fmt.Errorf("domain %s is %s; destroy it first: minivirt destroy %s", name, o.State, name)
 		}
 		if err := s.Undefine(name); err != nil {
+			return err
+		}
+		if err := s.ReleaseQEMUSlot(name); err != nil {
 			return err
 		}
 		// The variable store minivirt made for it, and nothing else.
@@ -227,7 +305,7 @@ func (m *Manager) Change(name string, change func(*domain.Domain) error) (runnin
 		if _, err := s.Define(d); err != nil {
 			return err
 		}
-		if rt, err := s.GetRuntime(name); err == nil && observe(rt).Active() {
+		if rt, err := s.GetRuntime(name); err == nil && observe(rt, m.DomainRunDir(name), nil).Active() {
 			running = rt.State
 		}
 		return nil
@@ -304,19 +382,28 @@ func (m *Manager) Start(ctx context.Context, name string, opt StartOptions) ([]s
 // off in time.
 var ErrShutdownTimeout = errors.New("shutdown timed out")
 
+// ErrPaused is wrapped by Shutdown for a paused domain: its guest cannot
+// act on the power button, and the press would wait for its next resume.
+var ErrPaused = errors.New("domain is paused")
+
 // Shutdown presses the guest's ACPI power button and waits until the domain
-// is shut off, at most timeout.
+// is shut off, at most timeout. A paused domain is refused, as virsh does;
+// a guest that ignores the button is running again after timeout, and its
+// supervisor says so in the state's detail.
 func (m *Manager) Shutdown(ctx context.Context, name string, timeout time.Duration) error {
 	_, o, err := m.running(name)
 	if err != nil {
 		return err
 	}
+	if o.State == store.StatePaused {
+		return fmt.Errorf("%w: %s is paused (%s), so its guest cannot act on the ACPI power button; resume it first (minivirt resume %s) or end it (minivirt destroy %s)", ErrPaused, name, o.Reason, name, name)
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if _, err := m.call(ctx, name, supervisor.Request{Op: supervisor.OpShutdown}); err != nil {
+	if _, err := m.call(ctx, name, supervisor.Request{Op: supervisor.OpShutdown, Timeout: timeout}); err != nil {
 		return fmt.Errorf("shutdown %s: %w", name, err)
 	}
-	if _, err := m.waitEnd(ctx, name, o.Supervisor); err != nil {
+	if _, err := m.waitEnd(ctx, name, o.Generation, o.Supervisor); err != nil {
 		return fmt.Errorf("domain %s did not shut off within %s: the guest ignores the ACPI power button; use `minivirt stop` or `minivirt destroy`: %w", name, timeout, ErrShutdownTimeout)
 	}
 	return nil
@@ -329,7 +416,7 @@ func (m *Manager) Destroy(ctx context.Context, name string) (note string, err er
 	if err != nil {
 		return "", err
 	}
-	if o.Reconciled {
+	if o.Reconciled && len(o.Strays) == 0 {
 		return " (its QEMU was already gone; cleaned up)", m.reconcile(name, o)
 	}
 	if !o.Active() {
@@ -337,37 +424,82 @@ func (m *Manager) Destroy(ctx context.Context, name string) (note string, err er
 	}
 	ctx, cancel := context.WithTimeout(ctx, destroyTimeout)
 	defer cancel()
-	if o.Supervised {
+	if o.Supervised && o.QEMUAlive {
 		_, err := m.call(ctx, name, supervisor.Request{Op: supervisor.OpDestroy})
 		if err == nil {
-			if _, err := m.waitEnd(ctx, name, o.Supervisor); err != nil {
+			if _, err := m.waitEnd(ctx, name, o.Generation, o.Supervisor); err != nil {
 				return "", fmt.Errorf("destroy %s: the supervisor did not finish: %w", name, err)
 			}
-			return "", nil
+			if len(o.Strays) == 0 {
+				return "", nil
+			}
+			return " (and the QEMU no record named)", m.killAll(ctx, name, o.Strays)
 		}
 		note = fmt.Sprintf(" (its supervisor did not answer: %v; QEMU was killed by pid)", err)
+	} else if len(o.Strays) > 0 && !o.QEMUAlive {
+		note = " (its QEMU ran unrecorded; killed by pid)"
 	} else {
 		note = " (it was unsupervised; QEMU was killed by pid)"
 	}
 	return note, m.destroyUnsupervised(ctx, name, o)
 }
 
+// supervisorGrace is how long destroy lets a supervisor whose QEMU it
+// killed record the end itself before it kills the supervisor too.
+const supervisorGrace = 5 * time.Second
+
 // destroyUnsupervised kills the QEMU of a domain whose supervisor is gone
-// or does not answer, waits for it without holding the store, and records
-// the domain as destroyed.
+// or does not answer (and any QEMU of it that no record names), waits for
+// them without holding the store, ends a supervisor that does not go by
+// itself, and records the domain as destroyed, unless a newer start owns
+// the record by then.
 func (m *Manager) destroyUnsupervised(ctx context.Context, name string, o Observed) error {
-	if err := proc.Signal(o.QEMU, 9); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("destroy %s: killing QEMU pid %d: %w", name, o.QEMU.PID, err)
+	victims := o.Strays
+	if o.QEMUAlive && !o.QEMU.IsZero() {
+		victims = append([]proc.ID{o.QEMU}, victims...)
 	}
-	if err := waitGone(ctx, o.QEMU); err != nil {
-		return fmt.Errorf("destroy %s: QEMU pid %d did not exit after SIGKILL: %w", name, o.QEMU.PID, err)
+	if err := m.killAll(ctx, name, victims); err != nil {
+		return err
 	}
-	if !proc.Alive(o.Supervisor) {
-		m.removeStale(name)
+	if self, _ := proc.Self(); proc.Alive(o.Supervisor) && o.Supervisor != self {
+		// A supervisor that lives records its QEMU's end and exits; one
+		// that does not answer (stopped, stuck) is ended.
+		grace, cancel := context.WithTimeout(ctx, supervisorGrace)
+		err := waitGone(grace, o.Supervisor)
+		cancel()
+		if err != nil {
+			if err := m.killAll(ctx, name, []proc.ID{o.Supervisor}); err != nil {
+				return err
+			}
+		}
 	}
-	return m.write(func(s *store.Store) error {
-		return s.SetRuntime(name, store.Runtime{State: store.StateShutoff, Reason: "destroyed", Accel: o.Accel, Since: time.Now().UTC()})
+	m.removeStale(name)
+	err := m.write(func(s *store.Store) error {
+		return s.UpdateRuntimeIf(name, o.Generation, func(r *store.Runtime) error {
+			*r = store.Runtime{State: store.StateShutoff, Reason: "destroyed", Accel: o.Accel, Generation: o.Generation, Since: time.Now().UTC()}
+			return nil
+		})
 	})
+	if errors.Is(err, store.ErrSuperseded) {
+		return nil // a newer start owns the record: what it says stands
+	}
+	return err
+}
+
+// killAll sends SIGKILL to each process that is still the one its ID
+// names, and waits until all are gone.
+func (m *Manager) killAll(ctx context.Context, name string, ids []proc.ID) error {
+	for _, id := range ids {
+		if err := proc.Signal(id, syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			return fmt.Errorf("destroy %s: killing pid %d: %w", name, id.PID, err)
+		}
+	}
+	for _, id := range ids {
+		if err := waitGone(ctx, id); err != nil {
+			return fmt.Errorf("destroy %s: pid %d did not exit after SIGKILL: %w", name, id.PID, err)
+		}
+	}
+	return nil
 }
 
 // removeStale removes a runtime directory that minivirt made and whose
@@ -388,7 +520,7 @@ func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration) 
 	switch {
 	case shutdownErr == nil:
 		return false, "", nil
-	case errors.Is(shutdownErr, ErrShutdownTimeout), errors.As(shutdownErr, &unsupervised), errors.Is(shutdownErr, supervisor.ErrMonitorLost):
+	case errors.Is(shutdownErr, ErrShutdownTimeout), errors.As(shutdownErr, &unsupervised), errors.Is(shutdownErr, supervisor.ErrMonitorLost), errors.Is(shutdownErr, ErrPaused):
 	default:
 		return false, "", shutdownErr
 	}
@@ -400,6 +532,9 @@ func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration) 
 		note = fmt.Sprintf(" (it did not shut down within %s)", timeout)
 		if errors.Is(shutdownErr, supervisor.ErrMonitorLost) {
 			note = " (its QMP monitor is lost: the power button could not be pressed)"
+		}
+		if errors.Is(shutdownErr, ErrPaused) {
+			note = " (it was paused: its guest could not act on the power button)"
 		}
 	}
 	return true, note, nil
@@ -462,22 +597,41 @@ func (m *Manager) Status(ctx context.Context, name string) (Status, error) {
 			st.Live = resp.Status
 			// The supervisor's word is newer than the record.
 			st.State, st.Reason, st.Detail = resp.Status.State, resp.Status.Reason, resp.Status.Detail
+			if p := resp.Status.RecordPending; p != "" {
+				st.Stale = "the state database has not taken this yet (" + p + "); the supervisor keeps trying"
+			}
 		}
 	}
 	return st, nil
+}
+
+// LiveStatus is Status for a command that shows what only a live
+// supervisor knows (counters, leases, live changes): for a running domain
+// whose supervisor is gone or does not answer it fails, saying so, rather
+// than show zeros or empty tables.
+func (m *Manager) LiveStatus(ctx context.Context, name string) (Status, error) {
+	st, err := m.Status(ctx, name)
+	if err != nil || !st.Active() || st.Live != nil {
+		return st, err
+	}
+	if st.LiveError != nil {
+		return st, fmt.Errorf("domain %s is %s but its supervisor (pid %d) does not answer (%v); its counters and addresses are unknown: try again, or `minivirt destroy %s`", name, st.State, st.Supervisor.PID, st.LiveError, name)
+	}
+	return st, fmt.Errorf("domain %s is %s but unsupervised (its supervisor pid %d is gone); its counters and addresses are unknown: only `minivirt destroy %s` works now", name, st.State, st.Supervisor.PID, name)
 }
 
 // Wait waits until the domain is no longer active and returns its final
 // record: "shut off" with reason "shutdown" after a clean power-off. It
 // reads the store only, a short read at a time.
 func (m *Manager) Wait(ctx context.Context, name string) (store.Runtime, error) {
-	return m.waitEnd(ctx, name, proc.ID{})
+	return m.waitEnd(ctx, name, 0, proc.ID{})
 }
 
-// waitEnd is Wait for a domain whose supervisor the caller already knows:
-// the record may turn inactive before Wait ever sees it active, and the
-// supervisor must still be waited for.
-func (m *Manager) waitEnd(ctx context.Context, name string, sup proc.ID) (store.Runtime, error) {
+// waitEnd is Wait for a start the caller already knows (its generation
+// gen, 0 for whichever runs, and its supervisor): the record may turn
+// inactive before Wait ever sees it active, or belong to a newer start by
+// then, and the supervisor must still be waited for.
+func (m *Manager) waitEnd(ctx context.Context, name string, gen uint64, sup proc.ID) (store.Runtime, error) {
 	tick := time.NewTicker(25 * time.Millisecond)
 	defer tick.Stop()
 	self, _ := proc.Self()
@@ -491,10 +645,11 @@ func (m *Manager) waitEnd(ctx context.Context, name string, sup proc.ID) (store.
 		if err != nil {
 			return rt, err
 		}
-		o := observe(rt)
-		if o.Active() {
-			sup = rt.Supervisor
-		} else {
+		o := observe(rt, m.DomainRunDir(name), nil)
+		over := !o.Active() || (gen != 0 && rt.Generation != gen)
+		if o.Active() && !over {
+			sup, gen = rt.Supervisor, rt.Generation
+		} else if over {
 			// A detached supervisor exits right after its last record:
 			// nothing of the domain outlives the wait.
 			if !sup.IsZero() && sup != self {

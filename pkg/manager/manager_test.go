@@ -125,8 +125,11 @@ func fakeDomain(t *testing.T, mode string) (*Manager, string) {
 			t.Error("the supervisor did not end")
 		}
 	})
-	xml := `<domain type='qemu'><name>fake</name><memory unit='MiB'>64</memory>
-<os><kernel>` + self + `</kernel></os><devices><emulator>` + self + `</emulator></devices></domain>`
+	// QEMU gets no variable of the caller's: the fake's mode reaches it as
+	// a <qemu:commandline> variable, as a user's would.
+	xml := `<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>fake</name><memory unit='MiB'>64</memory>
+<os><kernel>` + self + `</kernel></os><devices><emulator>` + self + `</emulator></devices>
+<qemu:commandline><qemu:env name='` + fakeEnv + `' value='` + mode + `'/></qemu:commandline></domain>`
 	d, err := domain.Parse(strings.NewReader(xml))
 	if err == nil {
 		err = d.Validate()

@@ -60,7 +60,7 @@ func (m *Manager) Run(ctx context.Context, d *domain.Domain, opt RunOptions) (re
 	}
 	res.Name = d.Name
 	err = m.write(func(s *store.Store) error {
-		if rt, err := s.GetRuntime(d.Name); err == nil && observe(rt).Active() {
+		if rt, err := s.GetRuntime(d.Name); err == nil && observe(rt, m.DomainRunDir(d.Name), nil).Active() {
 			return fmt.Errorf("domain %s is already %s", d.Name, rt.State)
 		}
 		_, err := s.Define(d)
@@ -101,7 +101,7 @@ func (m *Manager) Run(ctx context.Context, d *domain.Domain, opt RunOptions) (re
 	} else {
 		close(consoleDone)
 	}
-	final, waitErr := m.waitEnd(waitCtx, d.Name, o.Supervisor)
+	final, waitErr := m.waitEnd(waitCtx, d.Name, o.Generation, o.Supervisor)
 	<-consoleDone
 	if waitErr != nil {
 		dctx, dcancel := context.WithTimeout(context.Background(), destroyTimeout)

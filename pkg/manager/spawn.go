@@ -15,6 +15,7 @@ import (
 
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/launcher"
+	"github.com/minivirt/minivirt/pkg/proc"
 	"github.com/minivirt/minivirt/pkg/supervisor"
 )
 
@@ -129,6 +130,16 @@ func (s Detached) Spawn(ctx context.Context, m *Manager, d *domain.Domain, opt S
 	defer r.Close()
 	cmd := exec.Command(s.Binary, s.Args(m, d.Name, opt)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// The supervisor inherits fd 3 and a minimal environment: the
+	// caller's PATH (which QEMU to run) and minivirt's own settings.
+	if err := proc.CloseOnExec(); err != nil {
+		return nil, fmt.Errorf("closing inherited descriptors: %w", err)
+	}
+	var extra []string
+	if v, ok := os.LookupEnv("MINIVIRT_ACCEL"); ok {
+		extra = append(extra, "MINIVIRT_ACCEL="+v)
+	}
+	cmd.Env = proc.Environ(os.Getenv("PATH"), extra...)
 	cmd.ExtraFiles = []*os.File{w} // fd 3
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

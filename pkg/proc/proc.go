@@ -3,7 +3,8 @@
 // A pid alone is not an identity: after the process exits, or after a host
 // reboot, the same number can belong to another process. An ID adds the boot
 // id of the kernel and the process's start time, and Alive trusts a pid only
-// while both still match.
+// while both still match. The package also decides what a child process
+// inherits: the descriptors and environment it is given, nothing else.
 package proc
 
 import (
@@ -11,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -132,4 +134,68 @@ func UIDs(pid int) (real, effective int, err error) {
 // it is confined (chroot).
 func Root(pid int) (string, error) {
 	return os.Readlink("/proc/" + strconv.Itoa(pid) + "/root")
+}
+
+// Process is a running process and its arguments.
+type Process struct {
+	ID
+	Argv []string
+}
+
+// Find returns the processes of this boot whose argument vectors match
+// says yes to. It reads /proc; a process that exits during the scan, or
+// whose arguments cannot be read, is passed over.
+func Find(match func(argv []string) bool) ([]Process, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, fmt.Errorf("listing processes: %w", err)
+	}
+	boot, err := BootID()
+	if err != nil {
+		return nil, err
+	}
+	var out []Process
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid <= 0 {
+			continue
+		}
+		raw, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil || len(raw) == 0 {
+			continue
+		}
+		argv := strings.Split(strings.TrimSuffix(string(raw), "\x00"), "\x00")
+		if !match(argv) {
+			continue
+		}
+		start, err := startTime(pid)
+		if err != nil {
+			continue
+		}
+		if st, err := processState(pid); err != nil || st == 'Z' || st == 'X' {
+			continue
+		}
+		out = append(out, Process{ID{PID: pid, StartTime: start, BootID: boot}, argv})
+	}
+	return out, nil
+}
+
+// HasArgs reports whether argv holds want as consecutive arguments.
+func HasArgs(argv []string, want ...string) bool {
+	for i := 0; i+len(want) <= len(argv); i++ {
+		if slices.Equal(argv[i:i+len(want)], want) {
+			return true
+		}
+	}
+	return false
+}
+
+// ArgAfter returns the argument that follows flag in argv, or "".
+func ArgAfter(argv []string, flag string) string {
+	for i := 0; i+1 < len(argv); i++ {
+		if argv[i] == flag {
+			return argv[i+1]
+		}
+	}
+	return ""
 }

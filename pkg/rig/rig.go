@@ -122,7 +122,7 @@ func (b *Builder) domain() (*domain.Domain, error) {
 		return nil, err
 	}
 	for _, vc := range b.channels {
-		if err := d.AddVMChannel(vc); err != nil {
+		if _, err := d.AddVMChannel(vc); err != nil {
 			return nil, err
 		}
 	}

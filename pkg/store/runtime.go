@@ -2,6 +2,7 @@ package store
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -34,7 +35,16 @@ type Runtime struct {
 	// ID is the domain's id while it runs, as virsh shows it: a number
 	// the store gives each start, never reused; 0 while shut off.
 	ID int `json:"id,omitempty"`
+	// Generation names one start: a supervisor claims a new one before it
+	// spawns QEMU, and every later write of the record compares it first,
+	// so a writer that observed an older start never overwrites a newer
+	// one (see UpdateRuntimeIf).
+	Generation uint64 `json:"generation,omitempty"`
 }
+
+// ErrSuperseded is returned by UpdateRuntimeIf when the record no longer
+// belongs to the start the writer observed.
+var ErrSuperseded = errors.New("the runtime record belongs to a newer start")
 
 // Active reports whether the record says the domain has a QEMU process.
 func (r Runtime) Active() bool { return r.State != StateShutoff && r.State != "" }
@@ -65,6 +75,18 @@ func (s *Store) SetRuntime(name string, r Runtime) error {
 	return s.UpdateRuntime(name, func(old *Runtime) error { *old = r; return nil })
 }
 
+// UpdateRuntimeIf is UpdateRuntime for a writer that acts on one start: the
+// change is made only while the record's Generation is still gen, and
+// ErrSuperseded is returned, with nothing written, otherwise.
+func (s *Store) UpdateRuntimeIf(name string, gen uint64, change func(*Runtime) error) error {
+	return s.UpdateRuntime(name, func(r *Runtime) error {
+		if r.Generation != gen {
+			return fmt.Errorf("%w (record %d, writer %d)", ErrSuperseded, r.Generation, gen)
+		}
+		return change(r)
+	})
+}
+
 // UpdateRuntime reads, changes and writes the runtime record of name in one
 // transaction, so that two processes cannot interleave.
 func (s *Store) UpdateRuntime(name string, change func(*Runtime) error) error {
@@ -86,7 +108,7 @@ func (s *Store) UpdateRuntime(name string, change func(*Runtime) error) error {
 		switch {
 		case !r.Active():
 			r.ID = 0
-		case old.Active() && old.ID != 0:
+		case old.Active() && old.ID != 0 && old.Generation == r.Generation:
 			r.ID = old.ID // the same run
 		case r.ID == 0:
 			meta := tx.Bucket(bucketMeta)

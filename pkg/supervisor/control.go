@@ -42,6 +42,9 @@ type Request struct {
 	Port      uint16            `json:"port,omitempty"`
 	Address   netip.Addr        `json:"address,omitzero"`
 	Host      string            `json:"host,omitempty"`
+	// Timeout, with OpShutdown, is how long the guest has to power off:
+	// after it the domain is running again, not "in shutdown" for ever.
+	Timeout time.Duration `json:"timeout,omitempty"`
 }
 
 // Response answers a Request.
@@ -73,6 +76,9 @@ type Status struct {
 	// VMChannelList and Forwards are what runs now, live changes included.
 	VMChannelList []domain.VMChannel `json:"vmchannel_list,omitempty"`
 	Forwards      []ForwardStatus    `json:"forwards,omitempty"`
+	// RecordPending says why the store does not have the state yet (its
+	// database could not be written); the supervisor keeps trying.
+	RecordPending string `json:"record_pending,omitempty"`
 }
 
 // ForwardStatus is one inbound forward the supervisor serves, with its

@@ -48,6 +48,7 @@ const (
 	ReqReboot                      // the user asked for a reboot
 	ReqDestroy                     // the user asked for a hard stop
 	ReqPowerdownFailed             // the power-button press of ReqShutdown/ReqReboot failed
+	EvShutdownTimedOut             // the guest did not power off in the time ReqShutdown gave; Input.Detail says so
 )
 
 // Input is one thing that happened.
@@ -66,11 +67,20 @@ const (
 	ActPowerdown Action = iota + 1 // press the ACPI power button
 	ActResetCont                   // system_reset, then cont: the guest boots again
 	ActQuit                        // end QEMU: QMP quit, then SIGKILL after a grace period
+	// QEMU that exits on the guest's power-off (Policy.ExitsOnPoweroff)
+	// is held for a reboot the user asked for, and let go after it.
+	ActHoldOnPoweroff    // QMP set-action shutdown=pause
+	ActReleaseOnPoweroff // QMP set-action shutdown=poweroff
 )
 
-// Policy is the domain's on_poweroff, on_reboot and on_crash.
+// Policy is the domain's on_poweroff, on_reboot and on_crash, and how QEMU
+// was started for them.
 type Policy struct {
 	OnPoweroff, OnReboot, OnCrash string
+	// ExitsOnPoweroff: QEMU runs without -no-shutdown and exits by itself
+	// when the guest powers off (on_poweroff destroy), so that a guest
+	// that powers off while its supervisor is gone leaves no QEMU.
+	ExitsOnPoweroff bool
 }
 
 // Booted is the machine of a domain whose CPUs have just started.
@@ -140,16 +150,31 @@ func Step(m Machine, in Input, p Policy) (Machine, []Action) {
 
 	case ReqReboot:
 		m.Asked = AskReboot
+		if p.ExitsOnPoweroff {
+			return m, []Action{ActHoldOnPoweroff, ActPowerdown}
+		}
 		return m, []Action{ActPowerdown}
+
+	case EvShutdownTimedOut:
+		// The guest ignored the button: it runs on, and says so.
+		if m.Asked == AskShutdown && m.State == store.StateInShutdown {
+			m.State, m.Reason, m.Detail = m.before[0], m.before[1], in.Detail
+			m.Asked = AskNone
+		}
+		return m, nil
 
 	case ReqPowerdownFailed:
 		if m.Asked == AskShutdown && m.State == store.StateInShutdown {
 			m.State, m.Reason = m.before[0], m.before[1]
 		}
+		var release []Action
+		if m.Asked == AskReboot && p.ExitsOnPoweroff {
+			release = []Action{ActReleaseOnPoweroff}
+		}
 		if m.Asked == AskShutdown || m.Asked == AskReboot {
 			m.Asked = AskNone
 		}
-		return m, nil
+		return m, release
 
 	case EvStop:
 		// Only a running guest becomes paused; a STOP that follows a
@@ -188,10 +213,14 @@ func Step(m Machine, in Input, p Policy) (Machine, []Action) {
 		case in.Reason == "guest-reset": // with -no-reboot: on_reboot is destroy
 			action = p.OnReboot
 		}
+		rebooting := m.Asked == AskReboot
 		m.Asked = AskNone
 		switch action {
 		case "restart":
 			m.State, m.Reason = store.StateRunning, "booted"
+			if rebooting && p.ExitsOnPoweroff {
+				return m, []Action{ActResetCont, ActReleaseOnPoweroff}
+			}
 			return m, []Action{ActResetCont}
 		case "preserve":
 			m.State, m.Reason = store.StatePaused, "shutdown"

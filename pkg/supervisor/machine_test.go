@@ -9,6 +9,8 @@ import (
 
 func TestStep(t *testing.T) {
 	defaults := Policy{OnPoweroff: "destroy", OnReboot: "restart", OnCrash: "destroy"}
+	exits := defaults
+	exits.ExitsOnPoweroff = true
 	running := Booted()
 	paused := Machine{State: store.StatePaused, Reason: "user"}
 	crashedKept := Machine{State: store.StateCrashed, Reason: "panicked"}
@@ -58,6 +60,18 @@ func TestStep(t *testing.T) {
 		{"power-off, preserve", running, Input{Kind: EvShutdown, Reason: "guest-shutdown"}, Policy{OnPoweroff: "preserve"}, Machine{State: store.StatePaused, Reason: "shutdown"}, nil},
 		{"power-off after shutdown asked, on_poweroff restart", shuttingDown, Input{Kind: EvShutdown, Reason: "guest-shutdown"}, Policy{OnPoweroff: "restart"}, Machine{State: store.StateInShutdown, Reason: "shutdown", Final: final("shutdown", ""), before: shuttingDown.before}, []Action{ActQuit}},
 		{"power-off after reboot asked", asked(running, AskReboot), Input{Kind: EvShutdown, Reason: "guest-shutdown"}, defaults, running, []Action{ActResetCont}},
+
+		// QEMU that exits on the guest's power-off is held for a reboot.
+		{"reboot asked, QEMU exits on power-off", running, Input{Kind: ReqReboot}, exits, asked(running, AskReboot), []Action{ActHoldOnPoweroff, ActPowerdown}},
+		{"power-off after reboot asked, held", asked(running, AskReboot), Input{Kind: EvShutdown, Reason: "guest-shutdown"}, exits, running, []Action{ActResetCont, ActReleaseOnPoweroff}},
+		{"power button failed on reboot, held", asked(running, AskReboot), Input{Kind: ReqPowerdownFailed}, exits, running, []Action{ActReleaseOnPoweroff}},
+		{"shutdown asked, QEMU exits on power-off", running, Input{Kind: ReqShutdown}, exits, shuttingDown, []Action{ActPowerdown}},
+		{"power-off, QEMU exits by itself", shuttingDown, Input{Kind: EvShutdown, Reason: "guest-shutdown"}, exits, Machine{State: store.StateInShutdown, Reason: "shutdown", Final: final("shutdown", ""), before: shuttingDown.before}, []Action{ActQuit}},
+
+		// A guest that ignores the power button runs on, and says so.
+		{"shutdown timed out", shuttingDown, Input{Kind: EvShutdownTimedOut, Detail: "ignored"}, defaults, Machine{State: store.StateRunning, Reason: "booted", Detail: "ignored", before: shuttingDown.before}, nil},
+		{"shutdown timed out after power-off decided", decided, Input{Kind: EvShutdownTimedOut, Detail: "ignored"}, defaults, decided, nil},
+		{"shutdown timed out while paused", Machine{State: store.StatePaused, Reason: "user", Asked: AskShutdown, before: shuttingDown.before}, Input{Kind: EvShutdownTimedOut, Detail: "ignored"}, defaults, Machine{State: store.StatePaused, Reason: "user", Asked: AskShutdown, before: shuttingDown.before}, nil},
 		{"guest reset with -no-reboot, on_reboot destroy", running, Input{Kind: EvShutdown, Reason: "guest-reset"}, Policy{OnReboot: "destroy"}, decided, []Action{ActQuit}},
 		{"SHUTDOWN from quit", asked(running, AskDestroy), Input{Kind: EvShutdown, Reason: "host-qmp-quit"}, defaults, asked(running, AskDestroy), nil},
 		{"SHUTDOWN from a signal", running, Input{Kind: EvShutdown, Reason: "host-signal"}, defaults, running, nil},

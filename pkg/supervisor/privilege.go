@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/user"
 	"path/filepath"
 	"strconv"
@@ -12,32 +11,51 @@ import (
 
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/launcher"
+	"github.com/minivirt/minivirt/pkg/proc"
+	"github.com/minivirt/minivirt/pkg/store"
 )
 
-// QEMUUser is the system user QEMU runs as when minivirt runs as root.
-// `make deps` creates it; so does the first start that needs it.
-const QEMUUser = "minivirt-qemu"
+// When minivirt runs as root, each domain's QEMU runs as a uid and gid of
+// its own, QEMUIDBase plus the domain's slot (given at its first start,
+// kept until undefine): one escaped QEMU can neither signal another
+// domain's QEMU nor connect to its sockets. The range lies above the ranges
+// that useradd and systemd give out (system and regular users, DynamicUser,
+// container ranges up to 1879048191); a slot whose uid or gid names a user
+// or group of the host is passed over.
+const (
+	QEMUIDBase = 2_000_000_000
+	QEMUSlots  = 65536
+)
 
 // chrootDir is the empty directory inside a domain's runtime directory
 // that QEMU is confined to, where the domain qualifies.
 const chrootDir = "root"
 
-// privileges decides how QEMU runs: as root, minivirt has QEMU drop to
-// QEMUUser once it has initialised (it opens every file it needs before),
-// and confines it to an empty directory when nothing in the domain needs
-// the filesystem after start. As another user, QEMU runs as that user, as
-// before.
-func privileges(d *domain.Domain, env *launcher.Env) error {
+// privileges decides how QEMU runs: as root, minivirt has QEMU drop to the
+// domain's own uid and gid once it has initialised (it opens every file it
+// needs before), and confines it to an empty directory when nothing in the
+// domain needs the filesystem after start. As another user, QEMU runs as
+// that user, as before.
+func privileges(d *domain.Domain, env *launcher.Env, openStore func() (*store.Store, error)) error {
 	if os.Geteuid() != 0 {
 		return nil
 	}
-	if _, err := user.Lookup(QEMUUser); err != nil {
-		out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", QEMUUser).CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("creating the system user %s, which QEMU runs as: %v: %s", QEMUUser, err, strings.TrimSpace(string(out)))
-		}
+	st, err := openStore()
+	if err != nil {
+		return err
 	}
-	env.RunAs = QEMUUser
+	slot, err := st.QEMUSlot(d.Name, QEMUSlots, func(slot int) bool {
+		id := strconv.Itoa(QEMUIDBase + slot)
+		_, uerr := user.LookupId(id)
+		_, gerr := user.LookupGroupId(id)
+		return uerr != nil && gerr != nil
+	})
+	st.Close()
+	if err != nil {
+		return fmt.Errorf("choosing the uid QEMU runs as: %w", err)
+	}
+	env.RunAsUID, env.RunAsGID = QEMUIDBase+slot, QEMUIDBase+slot
+	env.RunAs = fmt.Sprintf("%d:%d", env.RunAsUID, env.RunAsGID)
 	if !launcher.NeedsFilesystem(d) {
 		env.Chroot = filepath.Join(env.RunDir, chrootDir)
 	}
@@ -56,13 +74,7 @@ func prepareConfinement(env launcher.Env, plan launcher.Plan, self string) error
 	if env.RunAs == "" || !spawns(plan) {
 		return nil
 	}
-	u, err := user.Lookup(env.RunAs)
-	if err != nil {
-		return err
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	if err := os.Chown(plan.Paths.Relay, uid, gid); err != nil {
+	if err := os.Chown(plan.Paths.Relay, env.RunAsUID, env.RunAsGID); err != nil {
 		return fmt.Errorf("giving the relay socket to %s: %w", env.RunAs, err)
 	}
 	// Enter, not list: the runtime root and the domain's directory.
@@ -111,4 +123,46 @@ func othersCanExecute(path string) bool {
 			return true
 		}
 	}
+}
+
+// FindQEMU returns the QEMU processes that supervisors started under the
+// runtime root runRoot, whether or not any record names them, by domain
+// name: a QEMU's pid file lies in its domain's runtime directory. Each
+// carries the uuid it runs. QEMUs run elsewhere (another runtime root, or
+// libvirt) are not among them.
+func FindQEMU(runRoot string) (map[string][]QEMUProcess, error) {
+	found, err := proc.Find(func(argv []string) bool {
+		pidfile := proc.ArgAfter(argv, "-pidfile")
+		return pidfile != "" && filepath.Dir(filepath.Dir(pidfile)) == runRoot &&
+			pidfile == launcher.PathsIn(filepath.Dir(pidfile)).PIDFile && proc.ArgAfter(argv, "-uuid") != ""
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]QEMUProcess{}
+	for _, p := range found {
+		name := filepath.Base(filepath.Dir(proc.ArgAfter(p.Argv, "-pidfile")))
+		out[name] = append(out[name], QEMUProcess{ID: p.ID, UUID: proc.ArgAfter(p.Argv, "-uuid")})
+	}
+	return out, nil
+}
+
+// QEMUProcess is a QEMU found by FindQEMU.
+type QEMUProcess struct {
+	proc.ID
+	UUID string
+}
+
+// FindDomainQEMU returns the QEMUs whose pid file lies in runDir, one
+// domain's runtime directory (see FindQEMU).
+func FindDomainQEMU(runDir string) ([]proc.ID, error) {
+	all, err := FindQEMU(filepath.Dir(runDir))
+	if err != nil {
+		return nil, err
+	}
+	var out []proc.ID
+	for _, p := range all[filepath.Base(runDir)] {
+		out = append(out, p.ID)
+	}
+	return out, nil
 }

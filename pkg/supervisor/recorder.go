@@ -2,11 +2,13 @@ package supervisor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"sync"
 	"time"
 
+	"github.com/minivirt/minivirt/pkg/proc"
 	"github.com/minivirt/minivirt/pkg/store"
 )
 
@@ -27,6 +29,11 @@ type recorder struct {
 	ver   uint64 // version of want
 	wrote uint64 // newest version that landed
 	err   error  // the last failure, while want has not landed
+	// gen is the start this supervisor claimed: every write compares it,
+	// so no record of a newer start is overwritten. superseded is set once
+	// the record was found to name another start; nothing is written after.
+	gen        uint64
+	superseded bool
 }
 
 func newRecorder(name string, open func() (*store.Store, error), l *log.Logger) *recorder {
@@ -62,6 +69,9 @@ func (r *recorder) flush(ctx context.Context, rt store.Runtime) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for r.wrote < v {
+		if r.superseded {
+			return fmt.Errorf("the state record of %s: %w", r.name, r.err)
+		}
 		if ctx.Err() != nil {
 			return fmt.Errorf("the state record of %s did not land (%v): %w", r.name, r.err, ctx.Err())
 		}
@@ -81,21 +91,29 @@ func (r *recorder) loop() {
 		}
 		for delay := 20 * time.Millisecond; ; delay = min(2*delay, time.Second) {
 			r.mu.Lock()
-			rt, v := r.want, r.ver
-			done := r.wrote >= v
+			rt, v, gen := r.want, r.ver, r.gen
+			done := r.wrote >= v || r.superseded
 			r.mu.Unlock()
 			if done {
 				break
 			}
-			err := r.write(rt)
+			err := r.write(rt, gen)
 			r.mu.Lock()
-			if err == nil {
+			switch {
+			case err == nil:
 				r.wrote, r.err = v, nil
-			} else {
+			case errors.Is(err, store.ErrSuperseded), errors.Is(err, store.ErrNotFound):
+				r.superseded, r.err = true, err
+			default:
 				r.err = err
 			}
+			superseded := r.superseded
 			r.cond.Broadcast()
 			r.mu.Unlock()
+			if superseded {
+				r.log.Printf("recording state: %v; this supervisor writes no more", err)
+				break
+			}
 			if err == nil {
 				continue // a newer state may have come meanwhile
 			}
@@ -109,11 +127,62 @@ func (r *recorder) loop() {
 	}
 }
 
-func (r *recorder) write(rt store.Runtime) error {
+func (r *recorder) write(rt store.Runtime, gen uint64) error {
 	st, err := r.open()
 	if err != nil {
 		return err
 	}
 	defer st.Close()
-	return st.SetRuntime(r.name, rt)
+	rt.Generation = gen
+	return st.UpdateRuntimeIf(r.name, gen, func(old *store.Runtime) error {
+		*old = rt
+		return nil
+	})
+}
+
+// claim makes this supervisor's start the domain's current one: in one
+// transaction it checks that no other start's processes live, takes the
+// next generation and records rt (the domain paused, starting up). From
+// then on every write compares that generation.
+func (r *recorder) claim(rt store.Runtime, self proc.ID) error {
+	st, err := r.open()
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	var gen uint64
+	err = st.UpdateRuntime(r.name, func(old *store.Runtime) error {
+		if old.Active() && old.Supervisor != self && (proc.Alive(old.QEMU) || proc.Alive(old.Supervisor)) {
+			return fmt.Errorf("domain %s is already %s (supervisor pid %d, QEMU pid %d)", r.name, old.State, old.Supervisor.PID, old.QEMU.PID)
+		}
+		gen = old.Generation + 1
+		rt.Generation = gen
+		*old = rt
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.gen = gen
+	r.mu.Unlock()
+	return nil
+}
+
+// generation is the start this supervisor claimed (0 before the claim).
+func (r *recorder) generation() uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.gen
+}
+
+// pending says why the newest state has not landed yet, or "" when it has
+// (or no write has failed so far).
+func (r *recorder) pending() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.wrote < r.ver && r.err != nil && !r.superseded {
+		return r.err.Error()
+	}
+	return ""
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/minivirt/minivirt/pkg/launcher"
 	"github.com/minivirt/minivirt/pkg/proc"
+	"github.com/minivirt/minivirt/pkg/store"
 )
 
 // A domain's runtime directory holds its supervisor's sockets. minivirt
@@ -24,12 +26,15 @@ import (
 const (
 	markerFile = ".minivirt-rundir"
 	ownerFile  = "supervisor.id"
+	// pendingFile holds the final record of a domain while the store
+	// cannot take it (see writePending).
+	pendingFile = "final.json"
 )
 
 // knownFiles are the only names minivirt removes from a runtime directory.
 func knownFiles(dir string) []string {
 	p := launcher.PathsIn(dir)
-	return []string{p.QMP, p.Console, p.Control, p.Relay, filepath.Join(dir, chrootDir), filepath.Join(dir, ownerFile), filepath.Join(dir, markerFile)}
+	return []string{p.QMP, p.Console, p.Control, p.Relay, p.PIDFile, filepath.Join(dir, pendingFile), filepath.Join(dir, chrootDir), filepath.Join(dir, ownerFile), filepath.Join(dir, markerFile)}
 }
 
 // CheckDir checks a directory minivirt keeps sockets in: a real directory
@@ -213,4 +218,32 @@ func unwrap(err error) error {
 		return pe.Err
 	}
 	return err
+}
+
+// writePending keeps a domain's final record in its runtime directory until
+// the store has it.
+func writePending(dir string, rt store.Runtime) error {
+	data, err := json.Marshal(rt)
+	if err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, pendingFile+".new")
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, filepath.Join(dir, pendingFile))
+}
+
+// Pending returns the final record a supervisor left in a domain's runtime
+// directory because the store could not take it, if there is one.
+func Pending(dir string) (store.Runtime, bool) {
+	data, err := os.ReadFile(filepath.Join(dir, pendingFile))
+	if err != nil {
+		return store.Runtime{}, false
+	}
+	var rt store.Runtime
+	if json.Unmarshal(data, &rt) != nil || rt.State == "" {
+		return store.Runtime{}, false
+	}
+	return rt, true
 }

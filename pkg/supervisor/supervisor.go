@@ -82,12 +82,17 @@ type supervisor struct {
 	// QEMU 7.2's -netdev stream cannot reconnect: it lives and dies with
 	// this process.
 	network *usernet.Network
-	// listeners the supervisor serves itself (control, relay): closed by
-	// cleanup, since a rig runs the supervisor inside a longer-lived process.
+	// listeners the supervisor serves itself (relay): closed by cleanup,
+	// since a rig runs the supervisor inside a longer-lived process.
 	listeners []net.Listener
-	done      chan struct{} // closed when QEMU has exited
-	waited    error         // cmd.Wait's result; read only after done is closed
-	rec       *recorder
+	// control answers the CLI; it stays open until the final record lands.
+	control net.Listener
+	done    chan struct{} // closed when QEMU has exited
+	waited  error         // cmd.Wait's result; read only after done is closed
+	rec     *recorder
+	// claimed is set once the store records this start (paused, starting
+	// up); a start that fails after it records why.
+	claimed bool
 
 	mu      sync.Mutex
 	m       Machine
@@ -99,6 +104,12 @@ type supervisor struct {
 	live *domain.Domain
 	// forwards are the host listeners of inbound forwards, by name.
 	forwards map[string]forward
+	// changeMu serialises live changes: each reads the live domain,
+	// changes the network and stores the result before the next starts.
+	changeMu sync.Mutex
+	// shutdownSeq counts shutdown requests, so that only the newest
+	// one's timer acts.
+	shutdownSeq uint64
 }
 
 // forward is one inbound forward the supervisor serves.
@@ -115,6 +126,15 @@ func Run(ctx context.Context, cfg Config) error {
 		policy: Policy{OnPoweroff: cfg.Domain.OnPoweroff, OnReboot: cfg.Domain.OnReboot, OnCrash: cfg.Domain.OnCrash}}
 	s.rec = newRecorder(cfg.Domain.Name, cfg.OpenStore, cfg.Log)
 	if err := s.start(ctx); err != nil {
+		if s.claimed {
+			// The record said "starting up": it says why the start failed.
+			ctx, cancel := context.WithTimeout(context.Background(), qmpConnectTimeout)
+			rt := store.Runtime{State: store.StateShutoff, Reason: "failed", Detail: err.Error(), Accel: s.plan.Accel}
+			if ferr := s.rec.flush(ctx, rt); ferr != nil {
+				s.logf("recording the failed start: %v", ferr)
+			}
+			cancel()
+		}
 		s.rec.stop()
 		cfg.Ready(nil, err)
 		return err
@@ -130,13 +150,14 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 	if s.self, err = proc.Self(); err != nil {
 		return err
 	}
-	if err := privileges(s.d, &env); err != nil {
+	if err := privileges(s.d, &env, s.cfg.OpenStore); err != nil {
 		return err
 	}
 	s.cfg.Env = env
 	if s.plan, err = launcher.Build(s.d, env); err != nil {
 		return err
 	}
+	s.policy.ExitsOnPoweroff = s.plan.ExitsOnPoweroff
 	warnings, err := CheckHost(s.d)
 	if err != nil {
 		return err
@@ -144,6 +165,14 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 	s.plan.Warnings = append(s.plan.Warnings, warnings...)
 	if err := prepareNVRAM(s.plan.NVRAM.Path, s.plan.NVRAM.Template); err != nil {
 		return err
+	}
+	// A QEMU of this domain that no record names (its supervisor was
+	// killed while starting it) holds the domain's disks: refuse, and
+	// leave it for destroy.
+	if strays, err := FindDomainQEMU(env.RunDir); err != nil {
+		return err
+	} else if len(strays) > 0 {
+		return fmt.Errorf("a QEMU of this domain (pid %d) runs that no record names (its supervisor was killed while starting it); `minivirt destroy %s` ends it", strays[0].PID, s.d.Name)
 	}
 	if err := claimDir(env.RunDir, s.self); err != nil {
 		return err
@@ -153,6 +182,16 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 			s.cleanup()
 		}
 	}()
+	// The store learns of this start before QEMU exists: from now on a
+	// record of it names this supervisor, and then its QEMU.
+	s.mu.Lock()
+	s.m = Machine{State: store.StatePaused, Reason: "starting up"}
+	s.runtime = store.Runtime{Accel: s.plan.Accel, Network: s.plan.Network, RunDir: env.RunDir, Supervisor: s.self, Since: time.Now().UTC()}
+	s.mu.Unlock()
+	if err := s.rec.claim(s.snapshot(), s.self); err != nil {
+		return err
+	}
+	s.claimed = true
 
 	// Every socket exists before QEMU starts; QEMU inherits the listeners
 	// (and, on minivirt's own network, its end of the network's socket).
@@ -180,7 +219,7 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	s.listeners = append(s.listeners, control)
+	s.control = control
 	go serveControl(control, s.handle)
 	relayListener, err := listenUnix(s.plan.Paths.Relay)
 	if err != nil {
@@ -227,7 +266,12 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 
 	cmd := exec.Command(s.plan.Argv[0], s.plan.Argv[1:]...)
 	cmd.Stdout, cmd.Stderr = qemuLog, qemuLog
-	cmd.Env = append(os.Environ(), s.plan.Env...)
+	// QEMU gets the descriptors in files and an environment of its own,
+	// nothing of whoever ran minivirt (a rig's test process included).
+	if err := proc.CloseOnExec(); err != nil {
+		return fmt.Errorf("closing inherited descriptors: %w", err)
+	}
+	cmd.Env = proc.Environ(proc.SafePath, s.plan.Env...)
 	cmd.ExtraFiles = files
 	cmd.Dir = "/"
 	// QEMU gets its own session: it must outlive a killed supervisor.
@@ -248,6 +292,18 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 		s.waited = cmd.Wait()
 		close(s.done)
 	}()
+	// QEMU's identity is recorded before it runs a guest instruction (it
+	// waits, -S): from here on destroy finds it even if this process dies.
+	s.mu.Lock()
+	s.runtime.QEMU = s.qemuID
+	s.mu.Unlock()
+	recCtx, cancelRec := context.WithTimeout(ctx, qmpConnectTimeout)
+	defer cancelRec()
+	if err := s.rec.flush(recCtx, s.snapshot()); err != nil {
+		cmd.Process.Kill()
+		<-s.done
+		return fmt.Errorf("recording QEMU's pid: %w", err)
+	}
 	for _, f := range files { // QEMU has them now
 		f.Close()
 	}
@@ -290,7 +346,7 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 	}
 	s.mu.Lock()
 	s.mon, s.m = mon, machine
-	s.runtime = store.Runtime{Accel: s.plan.Accel, Network: s.plan.Network, RunDir: env.RunDir, QEMU: s.qemuID, Supervisor: s.self}
+	s.runtime.Since = time.Now().UTC()
 	s.mu.Unlock()
 	// The start is reported only once the store says the domain runs.
 	recCtx, cancel3 := context.WithTimeout(ctx, qmpConnectTimeout)
@@ -374,6 +430,12 @@ func (s *supervisor) act(a Action) error {
 		}
 	case ActQuit:
 		go s.quit() // its wait must not hold up the event loop
+	case ActHoldOnPoweroff, ActReleaseOnPoweroff:
+		action := map[Action]string{ActHoldOnPoweroff: "pause", ActReleaseOnPoweroff: "poweroff"}[a]
+		cmd := []byte(`{"execute": "set-action", "arguments": {"shutdown": "` + action + `"}}`)
+		if _, err := s.monitor().RunRaw(ctx, cmd); err != nil {
+			s.logf("set-action shutdown=%s: %v", action, err)
+		}
 	}
 	return nil
 }
@@ -486,13 +548,27 @@ func (s *supervisor) follow() error {
 	s.monitor().Close()
 	rt := s.snapshot()
 	s.logf("QEMU %s: %s (%s)", text, rt.State, rt.Reason)
-	s.cleanup()
+	rt.QEMU, rt.Supervisor, rt.RunDir = proc.ID{}, proc.ID{}, ""
+	// The end is kept in the runtime directory until the store has it:
+	// while the database cannot be written, commands read it there (the
+	// control socket keeps answering), and if this process gives up, the
+	// next command that writes records it rather than a crash.
+	s.stopServing()
+	rt.Generation = s.rec.generation()
+	if err := writePending(s.cfg.Env.RunDir, rt); err != nil {
+		s.logf("keeping the final state in the runtime directory: %v", err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), finalRecordTimeout)
 	defer cancel()
-	rt.QEMU, rt.Supervisor, rt.RunDir = proc.ID{}, proc.ID{}, ""
 	err := s.rec.flush(ctx, rt)
 	s.rec.stop()
-	return err
+	if err != nil && !errors.Is(err, store.ErrSuperseded) {
+		s.logf("%v; the runtime directory keeps it for the next command", err)
+		s.closeControl()
+		return err
+	}
+	s.cleanup()
+	return nil
 }
 
 // startForward listens on a forward's host side and relays each host
@@ -533,6 +609,26 @@ func (s *supervisor) stopForward(name string) {
 // cleanup stops serving and removes what this supervisor made: its
 // runtime directory's files and the virtio sockets it bound.
 func (s *supervisor) cleanup() {
+	s.stopServing()
+	s.closeControl()
+	if owner, ok := readOwner(s.cfg.Env.RunDir); ok && owner == s.self {
+		if err := RemoveDir(s.cfg.Env.RunDir); err != nil {
+			s.logf("%v", err)
+		}
+	}
+}
+
+// closeControl closes the control socket: the last thing a supervisor
+// serves.
+func (s *supervisor) closeControl() {
+	if s.control != nil {
+		s.control.Close()
+	}
+}
+
+// stopServing closes every listener but the control socket, the network
+// and the virtio sockets this supervisor bound.
+func (s *supervisor) stopServing() {
 	s.mu.Lock()
 	var names []string
 	for name := range s.forwards {
@@ -550,11 +646,6 @@ func (s *supervisor) cleanup() {
 	}
 	for _, p := range s.plan.VirtioPorts {
 		removeSocket(p.Path)
-	}
-	if owner, ok := readOwner(s.cfg.Env.RunDir); ok && owner == s.self {
-		if err := RemoveDir(s.cfg.Env.RunDir); err != nil {
-			s.logf("%v", err)
-		}
 	}
 }
 
@@ -588,10 +679,19 @@ func (s *supervisor) handle(ctx context.Context, req Request) Response {
 			st.VMChannels = append(st.VMChannels, ChannelStatus{Channel: ap.String(), Counters: c})
 		}
 		st.Addresses = s.addresses()
+		st.RecordPending = s.rec.pending()
 		return Response{Status: st}
 	case OpShutdown, OpReboot:
 		if err := s.monitorUp(); err != nil {
 			return Response{Error: err.Error(), MonitorLost: true}
+		}
+		s.mu.Lock()
+		state := s.m.State
+		s.mu.Unlock()
+		if state == store.StatePaused {
+			// A press now would wait for the next resume, and power the
+			// guest off then.
+			return fail(fmt.Errorf("the domain is paused: its guest cannot act on the ACPI power button; resume it first"))
 		}
 		kind := ReqShutdown
 		if req.Op == OpReboot {
@@ -601,6 +701,9 @@ func (s *supervisor) handle(ctx context.Context, req Request) Response {
 		// the guest's SHUTDOWN can come before QMP's reply.
 		if err := s.step(Input{Kind: kind}); err != nil {
 			return fail(err)
+		}
+		if kind == ReqShutdown {
+			s.shutdownTimer(req.Timeout)
 		}
 		return Response{}
 	case OpDestroy:
@@ -666,7 +769,10 @@ func (s *supervisor) addresses() []GuestAddress {
 }
 
 // changeLive adds or removes a vmchannel or a forward while the domain
-// runs, on minivirt's own network; QEMU's cannot change its rules.
+// runs, on minivirt's own network; QEMU's cannot change its rules. Changes
+// run one at a time, and the live domain (what status lists) is updated
+// before the change is acknowledged, so the listing is what the guest
+// reaches.
 func (s *supervisor) changeLive(req Request) error {
 	if s.network == nil {
 		if s.plan.Network == "" {
@@ -674,6 +780,8 @@ func (s *supervisor) changeLive(req Request) error {
 		}
 		return fmt.Errorf("the domain runs on QEMU's user network, which cannot add or remove a rule while it runs; use --config (it takes effect at the next start)")
 	}
+	s.changeMu.Lock()
+	defer s.changeMu.Unlock()
 	s.mu.Lock()
 	next := s.live.Clone()
 	s.mu.Unlock()
@@ -682,38 +790,32 @@ func (s *supervisor) changeLive(req Request) error {
 		if req.VMChannel == nil {
 			return errors.New("no vmchannel given")
 		}
-		vc := *req.VMChannel
-		if err := next.AddVMChannel(vc); err != nil {
+		vc, err := next.AddVMChannel(*req.VMChannel)
+		if err != nil {
 			return err
 		}
-		added := next.VMChannels()
-		vc = added[len(added)-1]
 		s.relay.Add(vc)
 		if err := s.network.AddChannel(vc); err != nil {
 			s.relay.Remove(netip.AddrPortFrom(vc.Address, vc.Port))
 			return err
 		}
 	case OpRemoveVMChannel:
-		before := next.VMChannels()
-		if err := next.RemoveVMChannel(req.Port, req.Address); err != nil {
+		vc, err := next.RemoveVMChannel(req.Port, req.Address)
+		if err != nil {
 			return err
 		}
-		for _, vc := range before {
-			if vc.Port == req.Port && (!req.Address.IsValid() || vc.Address == req.Address) {
-				ap := netip.AddrPortFrom(vc.Address, vc.Port)
-				s.network.RemoveChannel(ap)
-				s.relay.Remove(ap)
-			}
-		}
+		ap := netip.AddrPortFrom(vc.Address, vc.Port)
+		s.network.RemoveChannel(ap)
+		s.relay.Remove(ap)
 	case OpAddForward:
 		if req.Forward == nil {
 			return errors.New("no forward given")
 		}
-		if err := next.AddForward(*req.Forward); err != nil {
+		f, err := next.AddForward(*req.Forward)
+		if err != nil {
 			return err
 		}
-		fs := next.Forwards()
-		if err := s.startForward(fs[len(fs)-1]); err != nil {
+		if err := s.startForward(f); err != nil {
 			return err
 		}
 	case OpRemoveForward:
@@ -728,6 +830,30 @@ func (s *supervisor) changeLive(req Request) error {
 	s.mu.Unlock()
 	s.logf("changed live: %s", req.Op)
 	return nil
+}
+
+// defaultShutdownTimeout is how long a guest has to power off when the
+// request gives no time.
+const defaultShutdownTimeout = 60 * time.Second
+
+// shutdownTimer ends "in shutdown" after d when the guest has not powered
+// off by then; only the newest request's timer counts.
+func (s *supervisor) shutdownTimer(d time.Duration) {
+	if d <= 0 {
+		d = defaultShutdownTimeout
+	}
+	s.mu.Lock()
+	s.shutdownSeq++
+	seq := s.shutdownSeq
+	s.mu.Unlock()
+	time.AfterFunc(d, func() {
+		s.mu.Lock()
+		current := seq == s.shutdownSeq
+		s.mu.Unlock()
+		if current {
+			s.step(Input{Kind: EvShutdownTimedOut, Detail: fmt.Sprintf("the guest did not power off within %s of the ACPI power button", d)})
+		}
+	})
 }
 
 // monitorUp fails, saying why, while the QMP monitor is lost.

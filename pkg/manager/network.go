@@ -13,6 +13,7 @@ import (
 	"sync"
 
 	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/supervisor"
 	"github.com/minivirt/minivirt/pkg/usernet"
 	"github.com/minivirt/minivirt/pkg/vmchannel"
 )
@@ -74,29 +75,18 @@ func (m *Manager) ServeNetwork(ctx context.Context, name, socket, qemuUser strin
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return fmt.Errorf("network socket directory: %w", err)
 	}
-	if fi, err := os.Lstat(socket); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return fmt.Errorf("network socket %s exists and is not a socket; move it away", socket)
-		}
-		if c, err := net.Dial("unix", socket); err == nil {
-			c.Close()
-			return fmt.Errorf("network socket %s: another process serves it", socket)
-		}
-		os.Remove(socket) // a stale socket of an earlier serve
+	// Every socket minivirt binds goes through the ledger of the runtime
+	// root, the supervisors' too: a socket this command or a supervisor
+	// left when killed is replaced, and nothing else at a path is touched.
+	if err := supervisor.EnsureRoot(m.RunDir); err != nil {
+		return err
 	}
-	l, err := net.Listen("unix", socket)
+	sockets := supervisor.SocketLedger(m.RunDir)
+	l, err := sockets.ListenAs(socket, 0o600, uid, gid)
 	if err != nil {
 		return fmt.Errorf("network socket: %w", err)
 	}
 	defer l.Close()
-	if err := os.Chmod(socket, 0o600); err != nil {
-		return err
-	}
-	if uid >= 0 {
-		if err := os.Chown(socket, uid, gid); err != nil {
-			return fmt.Errorf("giving %s to %s: %w", socket, qemuUser, err)
-		}
-	}
 	context.AfterFunc(ctx, func() { l.Close() })
 	relay := vmchannel.New(vmchannel.Identity{Name: d.Name, UUID: d.UUID}, channels)
 	// Inbound forwards reach the guest through whichever stack serves QEMU now.
@@ -105,8 +95,7 @@ func (m *Manager) ServeNetwork(ctx context.Context, name, socket, qemuUser strin
 	for _, f := range d.Forwards() {
 		var fl net.Listener
 		if f.Path != "" {
-			os.Remove(f.Path)
-			fl, err = net.Listen("unix", f.Path)
+			fl, err = sockets.Listen(f.Path, 0o600)
 		} else {
 			fl, err = net.Listen("tcp", f.Listen.String())
 		}

@@ -1,62 +1,51 @@
 package supervisor
 
 import (
-	"errors"
 	"fmt"
-	"io/fs"
-	"net"
 	"os"
-	"time"
+	"path/filepath"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/minivirt/minivirt/pkg/unixsock"
 )
 
-// listenUnix listens on a fresh Unix socket, mode 0600.
-func listenUnix(path string) (*net.UnixListener, error) {
-	if err := removeSocket(path); err != nil {
-		return nil, err
-	}
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("listening on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, err
-	}
-	return l, nil
+// ledgerDir is the name, in the runtime root, of the ledger of the sockets
+// minivirt binds (pkg/unixsock). Domain names start with a letter or digit,
+// so it is no domain's runtime directory.
+const ledgerDir = ".sockets"
+
+// SocketLedger is the ledger of every socket minivirt binds under the
+// runtime root root: the supervisors' and `network serve`'s alike, so that
+// a socket a killed process left is known as minivirt's to whichever comes
+// next, and nothing else is. It lives in the runtime root because CheckDir
+// makes sure only the user can write there.
+func SocketLedger(root string) unixsock.Ledger {
+	return unixsock.Ledger{Dir: filepath.Join(root, ledgerDir)}
 }
 
-// listenFile creates a listening socket for QEMU to inherit.
-func listenFile(path string) (*os.File, error) {
-	l, err := listenUnix(path)
-	if err != nil {
-		return nil, err
-	}
-	l.SetUnlinkOnClose(false) // the socket file stays for QEMU
-	f, err := l.File()
-	l.Close()
-	return f, err
+// sockets is the ledger of this supervisor's runtime root, the parent of
+// the domain's runtime directory (claimDir has checked it).
+func (s *supervisor) sockets() unixsock.Ledger {
+	return SocketLedger(filepath.Dir(s.cfg.Env.RunDir))
 }
 
-// removeSocket removes a stale socket file; anything else at path, and a
-// socket somebody listens on, is left alone and reported.
-func removeSocket(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("%s exists and is not a socket", path)
-	}
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		c.Close()
-		return fmt.Errorf("%s: another process listens there", path)
-	}
-	return os.Remove(path)
+// listenUnix listens on a fresh Unix socket, mode 0600, whose Close removes
+// it.
+func (s *supervisor) listenUnix(path string) (*unixsock.Listener, error) {
+	return s.sockets().Listen(path, 0o600)
+}
+
+// listenFile creates a listening socket for QEMU to inherit; its file stays
+// until removeSocket.
+func (s *supervisor) listenFile(path string) (*os.File, error) {
+	return s.sockets().ListenFile(path)
+}
+
+// removeSocket removes a socket minivirt made, once nobody listens on it
+// (QEMU is gone); anything else at path is left alone and reported.
+func (s *supervisor) removeSocket(path string) error {
+	return s.sockets().Remove(path)
 }
 
 // socketPair returns two connected stream sockets: QEMU's end and ours.

@@ -202,7 +202,7 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 		}
 		defer ourEnd.Close() // the network holds its own copy
 	}
-	files, err := s.plan.Files(func(sock launcher.Socket) (*os.File, error) { return listenFile(sock.Path) }, netEnd)
+	files, err := s.plan.Files(func(sock launcher.Socket) (*os.File, error) { return s.listenFile(sock.Path) }, netEnd)
 	if err != nil {
 		if netEnd != nil {
 			netEnd.Close()
@@ -215,19 +215,19 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 		}
 	}()
 	// The control socket answers from now on: "starting" until ready.
-	control, err := listenUnix(s.plan.Paths.Control)
+	control, err := s.listenUnix(s.plan.Paths.Control)
 	if err != nil {
 		return err
 	}
 	s.control = control
 	go serveControl(control, s.handle)
-	relayListener, err := listenUnix(s.plan.Paths.Relay)
+	relayListener, err := s.listenUnix(s.plan.Paths.Relay)
 	if err != nil {
 		return err
 	}
 	s.listeners = append(s.listeners, relayListener)
 	s.relay = vmchannel.New(vmchannel.Identity{Name: s.d.Name, UUID: s.d.UUID}, s.d.VMChannels())
-	go s.relay.Serve(context.Background(), relayListener)
+	go s.relay.Serve(context.Background(), relayListener.UnixListener)
 	if err := prepareConfinement(env, s.plan, env.Self); err != nil {
 		return err
 	}
@@ -577,7 +577,7 @@ func (s *supervisor) startForward(f domain.Forward) error {
 	var l net.Listener
 	var err error
 	if f.Path != "" {
-		l, err = listenUnix(f.Path)
+		l, err = s.listenUnix(f.Path)
 	} else {
 		l, err = net.Listen("tcp", f.Listen.String())
 	}
@@ -644,8 +644,8 @@ func (s *supervisor) stopServing() {
 	if s.network != nil {
 		s.network.Close()
 	}
-	for _, p := range s.plan.VirtioPorts {
-		removeSocket(p.Path)
+	for _, sock := range s.plan.Sockets { // QMP, console, virtio ports
+		s.removeSocket(sock.Path)
 	}
 }
 

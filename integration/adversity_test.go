@@ -391,3 +391,72 @@ func TestOwnUIDPerDomain(t *testing.T) {
 	h.OK("", "destroy", "a")
 	h.OK("", "destroy", "b")
 }
+
+// TestConcurrentLiveChanges: many live adds at once are all listed and all
+// reached by the guest, removes at once leave nothing listed and nothing
+// reachable, and a live add beside a guestfwd <channel> keeps that channel
+// served (the added channel was once taken to be the last one listed,
+// which was the guestfwd one, and it stopped being served).
+func TestConcurrentLiveChanges(t *testing.T) {
+	t.Parallel()
+	h := newHost(t)
+	svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)
+	gfwd := `<channel type='unix'><source mode='connect' path='` + svc.path + `'/><target type='guestfwd' address='10.0.2.4' port='600'/></channel>`
+	h.boot(guest{name: "many", network: "netstack", devices: gfwd})
+	const n = 40
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.OK("", "vmchannel", "add", "many", "--port", strconv.Itoa(700+i), "--path", svc.path, "--live")
+		}()
+	}
+	wg.Wait()
+	listed := func() map[int]bool {
+		var items []struct {
+			Port int  `json:"port"`
+			Live bool `json:"live"`
+		}
+		json.Unmarshal([]byte(h.OK("", "vmchannel", "list", "many", "-o", "json")), &items)
+		ports := map[int]bool{}
+		for _, it := range items {
+			ports[it.Port] = true
+		}
+		return ports
+	}
+	ports := listed()
+	for i := 0; i < n; i++ {
+		if !ports[700+i] {
+			t.Errorf("port %d was added (exit 0) but is not listed", 700+i)
+		}
+	}
+	if !ports[600] {
+		t.Error("the guestfwd channel on port 600 is no longer listed")
+	}
+	// The guest reaches every listed port, the guestfwd one included.
+	script := "ok=0; for p in 600"
+	for i := 0; i < n; i++ {
+		script += " " + strconv.Itoa(700+i)
+	}
+	script += "; do minivirt-guest request 10.0.2.4:$p x >/dev/null && ok=$((ok+1)); done; echo reached $ok"
+	if out, _ := h.exec("many", script, 3*time.Minute); !strings.Contains(out, fmt.Sprintf("reached %d", n+1)) {
+		t.Errorf("after %d live adds: %s", n, out)
+	}
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			h.OK("", "vmchannel", "remove", "many", "--port", strconv.Itoa(700+i), "--live")
+		}()
+	}
+	wg.Wait()
+	if ports := listed(); len(ports) != 1 || !ports[600] {
+		t.Errorf("after removing them all, listed: %v", ports)
+	}
+	script = strings.Replace(script, "for p in 600", "for p in", 1)
+	if out, _ := h.exec("many", script, 3*time.Minute); !strings.Contains(out, "reached 0") {
+		t.Errorf("after %d live removes the guest still reaches some: %s", n, out)
+	}
+	h.OK("", "destroy", "many")
+}

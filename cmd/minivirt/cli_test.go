@@ -165,6 +165,77 @@ func TestBadInput(t *testing.T) {
 	}
 }
 
+// TestDamagedStore: whatever state the database file is in, every command
+// answers in one "minivirt: " line: a file cut short or overwritten makes
+// each command name the file as damaged, say what to do and exit non-zero,
+// without a panic and without writing to the file; an empty file (a crash
+// between creating and initialising it) lists as no domains, and the next
+// define initialises it.
+func TestDamagedStore(t *testing.T) {
+	e := newEnv(t)
+	e.OK("", "define", "../../examples/demo.xml")
+	e.OK("", "define", "../../examples/channels.xml")
+	db := filepath.Join(e.stateDir, store.FileName)
+	good := []byte(mustRead(t, db))
+	page := os.Getpagesize()
+	garbage := make([]byte, len(good))
+	for i := range garbage {
+		garbage[i] = byte(i*7919 + i>>8)
+	}
+	damaged := map[string][]byte{
+		"one page":    good[:page],
+		"4097 bytes":  good[:4097],
+		"2 pages + 1": good[:2*page+1],
+		"half":        good[:len(good)/2],
+		"overwritten": garbage,
+	}
+	commands := [][]string{
+		{"list", "--all"},
+		{"list", "--all", "-o", "json"},
+		{"dumpxml", "demo"},
+		{"dominfo", "demo"},
+		{"domstate", "demo"},
+		{"status", "demo", "-o", "json"},
+		{"vmchannel", "list", "demo"},
+		{"autostart", "demo"},
+		{"undefine", "demo"},
+		{"define", "-"},
+	}
+	for name, data := range damaged {
+		if err := os.WriteFile(db, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		for _, args := range commands {
+			out, errs, code := e.Run(domainXML("fresh", ""), args...)
+			lines := strings.Split(strings.TrimSuffix(errs, "\n"), "\n")
+			if code == 0 || len(lines) != 1 || !strings.HasPrefix(lines[0], "minivirt: state database "+db+" is damaged") ||
+				!strings.Contains(lines[0], "move it away") {
+				t.Errorf("%s: minivirt %s: exit %d, stderr:\n%s\nwant one line 'minivirt: state database %s is damaged ...'", name, strings.Join(args, " "), code, errs, db)
+			}
+			if strings.Contains(out+errs, "goroutine") {
+				t.Errorf("%s: minivirt %s panicked", name, strings.Join(args, " "))
+			}
+		}
+		if now, _ := os.ReadFile(db); string(now) != string(data) {
+			t.Errorf("%s: the commands changed the damaged file", name)
+		}
+	}
+
+	if err := os.WriteFile(db, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.OK("", "list", "--all", "-o", "json"); strings.TrimSpace(out) != "[]" {
+		t.Errorf("list of an empty database file: %q", out)
+	}
+	if info, err := os.Stat(db); err != nil || info.Size() != 0 {
+		t.Errorf("list wrote to the empty database file: %v", err)
+	}
+	e.OK("", "define", "../../examples/demo.xml")
+	if got := listed(t, e); len(got) != 1 || got["demo"] == "" {
+		t.Errorf("after define into an empty database file: %v", got)
+	}
+}
+
 func jsonUnmarshal(s string, v any) error { return json.Unmarshal([]byte(s), v) }
 
 func mustRead(t *testing.T, path string) string {

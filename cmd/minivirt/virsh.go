@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
@@ -221,7 +223,8 @@ func (a *app) domifaddrCommand() *cobra.Command {
 	return a.domainCommand(cmd)
 }
 
-// autostartUnit is the systemd unit that starts marked domains at boot.
+// autostartUnit is the systemd unit that starts marked domains at boot; %s
+// is its command line, from execStart. No other line holds a path.
 const autostartUnit = `[Unit]
 Description=Start the minivirt domains marked for autostart
 After=network-online.target local-fs.target
@@ -279,7 +282,10 @@ func (a *app) installAutostartUnit(dir string) error {
 	if err != nil {
 		return err
 	}
-	exec := strings.Join([]string{self, "--state-dir", a.stateDir, "--run-dir", a.runDir, "start", "--autostart"}, " ")
+	exec, err := execStart([]string{self, "--state-dir", a.stateDir, "--run-dir", a.runDir, "start", "--autostart"})
+	if err != nil {
+		return fmt.Errorf("autostart --install-unit: %w", err)
+	}
 	path := filepath.Join(dir, "minivirt-autostart.service")
 	if err := os.WriteFile(path, []byte(fmt.Sprintf(autostartUnit, exec)), 0o644); err != nil {
 		return fmt.Errorf("autostart --install-unit: %w", err)
@@ -287,6 +293,76 @@ func (a *app) installAutostartUnit(dir string) error {
 	fmt.Fprintf(a.stdout, "Wrote %s; enable it with: systemctl enable minivirt-autostart.service\n", path)
 	return nil
 }
+
+// execStart writes argv, whose first word is an absolute path, as the
+// value of a systemd ExecStart= setting that runs exactly argv, by the rules
+// of systemd.service(5) "Command lines": every word goes through
+// systemdWord, for a path may hold anything. systemd expands variables in
+// argv but not in the executable's path, where a $$ would stay doubled;
+// so a path holding $ is given twice, with the "@" prefix: once as the
+// executable, once as argv[0].
+//
+// A path systemd will not run (a quote, a backslash or a control character
+// in it: "Executable name contains special characters") is refused here,
+// where the user can still act on it, rather than found at boot.
+func execStart(argv []string) (string, error) {
+	exe := argv[0]
+	if !filepath.IsAbs(exe) {
+		return "", fmt.Errorf("minivirt's path %q is not absolute", exe)
+	}
+	if strings.ContainsFunc(exe, func(r rune) bool { return r == '"' || r == '\'' || r == '\\' || isControl(r) }) {
+		return "", fmt.Errorf("minivirt's path %q holds a quote, a backslash or a control character, which systemd refuses in the program it runs; install minivirt elsewhere", exe)
+	}
+	words := []string{systemdWord(exe, false)}
+	if strings.Contains(exe, "$") {
+		words = []string{"@" + words[0], systemdWord(exe, true)}
+	}
+	for _, arg := range argv[1:] {
+		words = append(words, systemdWord(arg, true))
+	}
+	return strings.Join(words, " "), nil
+}
+
+// systemdWord writes s as one word of a systemd command line
+// (systemd.service(5) "Command lines", systemd.syntax(7) "Quoting"). A word
+// of plain path characters stays as it is, so a common unit reads plainly;
+// any other is put in double quotes, in which \ and \" are escaped and a
+// control character or a byte that is not UTF-8 is written \xNN, which
+// systemd decodes to that byte (the unit is one line of UTF-8 text). Then,
+// quoted or not: % is written %%, as systemd resolves specifiers in every
+// word, and, if variables is set, $ is written $$, as systemd expands
+// variables.
+func systemdWord(s string, variables bool) string {
+	var b strings.Builder
+	plain := s != ""
+	for i := 0; i < len(s); {
+		r, n := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && n == 1, isControl(r):
+			fmt.Fprintf(&b, `\x%02x`, s[i])
+			plain = false
+		case r == '"' || r == '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+			plain = false
+		case r == '%':
+			b.WriteString("%%")
+		case r == '$' && variables:
+			b.WriteString("$$")
+		default:
+			b.WriteRune(r)
+			plain = plain && (r < utf8.RuneSelf && (unicode.IsLetter(r) || unicode.IsDigit(r)) || strings.ContainsRune("/._-+,:=@$", r))
+		}
+		i += n
+	}
+	if plain {
+		return b.String()
+	}
+	return `"` + b.String() + `"`
+}
+
+// isControl reports an ASCII control character, as systemd counts them.
+func isControl(r rune) bool { return r < ' ' || r == 0x7f }
 
 // startMarked is `start --autostart`.
 func (a *app) startMarked(ctx context.Context) error {

@@ -102,7 +102,7 @@ func (s *Store) UpdateRuntime(name string, change func(*Runtime) error) error {
 			}
 		}
 		old := r
-		if err := change(&r); err != nil {
+		if err := ownCode(func() error { return change(&r) }); err != nil {
 			return err
 		}
 		switch {

@@ -5,6 +5,10 @@
 // long as the file is open, so callers open the store, do one short piece of
 // work and close it again. Open waits up to a lock timeout for another
 // minivirt process to finish.
+//
+// A database file that cannot be read as one (cut short, overwritten) is
+// reported as an error wrapping ErrDamaged, never as bbolt's panic, and is
+// never written to; see safely.
 package store
 
 import (
@@ -12,8 +16,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -33,6 +39,8 @@ var (
 	bucketMeta    = []byte("meta")        // store-wide counters
 	keyNextID     = []byte("next-id")     // the next domain id, as virsh shows it
 	bucketAuto    = []byte("autostart")   // name -> "" for domains marked to start at boot
+
+	buckets = [][]byte{bucketDefs, bucketIndex, bucketUUIDs, bucketRuntime, bucketMeta, bucketAuto}
 )
 
 // ErrNotFound is returned for a domain name that is not defined.
@@ -49,55 +57,140 @@ func (e *NotFoundError) Is(target error) bool { return target == ErrNotFound }
 // Store is an open state database.
 type Store struct {
 	db       *bolt.DB // nil: opened read-only before any database existed
+	file     *os.File // db's file, as bbolt opened it
 	path     string
 	readOnly bool
+	// broken is set once bbolt has panicked: the store reports that
+	// damage from then on instead of calling bbolt again.
+	broken atomic.Pointer[DamagedError]
 }
 
 // Open opens (creating it when needed) the database in dir, waiting up to
-// lockTimeout for another process that holds it.
+// lockTimeout for another process that holds it. It writes only to
+// initialise a new or empty file, or to add a bucket an older minivirt did
+// not keep, and only once the file has read as sound: a damaged file is
+// refused with ErrDamaged, unchanged.
 func Open(dir string, lockTimeout time.Duration) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	path := filepath.Join(dir, FileName)
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("state database %s is held by another minivirt process for over %s; try again when it has finished", path, lockTimeout)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("state database %s: %w", path, err)
-	}
-	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDefs, bucketIndex, bucketUUIDs, bucketRuntime, bucketMeta, bucketAuto} {
-			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-				return err
-			}
+	s, err := open(filepath.Join(dir, FileName), lockTimeout, false)
+	if errors.Is(err, ErrDamaged) {
+		// A writable open reads the freelist page before check can look
+		// at the file's length; a read-only one reads nothing past the
+		// meta pages first, and so can say more plainly what is wrong.
+		if r, rerr := OpenReadOnly(dir, lockTimeout); errors.Is(rerr, ErrDamaged) {
+			err = rerr
+		} else if rerr == nil {
+			r.Close()
 		}
-		return nil
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("state database %s: %w", path, err)
 	}
-	return &Store{db: db, path: path}, nil
+	if err != nil {
+		return nil, err
+	}
+	complete, err := s.check()
+	if err == nil && !complete {
+		err = s.update(func(tx *bolt.Tx) error {
+			for _, b := range buckets {
+				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+					return fmt.Errorf("state database %s: bucket %s: %w", s.path, b, err)
+				}
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
 }
 
 // OpenReadOnly opens the database in dir for reading only. It takes bbolt's
 // shared lock, so any number of readers run together and none waits for
-// another; a missing database reads as an empty one.
+// another. A missing database reads as an empty one, and so does an empty
+// file: a writer that died between creating the file and initialising it.
+// (bbolt would initialise an empty file itself, which a read-only open
+// cannot: "bad file descriptor".)
 func OpenReadOnly(dir string, lockTimeout time.Duration) (*Store, error) {
 	path := filepath.Join(dir, FileName)
-	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
-		return &Store{path: path}, nil
+	if info, err := os.Stat(path); errors.Is(err, os.ErrNotExist) || err == nil && info.Size() == 0 {
+		return &Store{path: path, readOnly: true}, nil
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout, ReadOnly: true})
-	if errors.Is(err, bolterrors.ErrTimeout) {
-		return nil, fmt.Errorf("state database %s is held by another minivirt process for over %s; try again when it has finished", path, lockTimeout)
-	}
+	s, err := open(path, lockTimeout, true)
 	if err != nil {
-		return nil, fmt.Errorf("state database %s: %w", path, err)
+		return nil, err
 	}
-	return &Store{db: db, path: path, readOnly: true}, nil
+	if _, err := s.check(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// open opens the bbolt file at path. A file bbolt refuses, or panics on,
+// is reported as damaged, and leaves no lock held.
+func open(path string, lockTimeout time.Duration, readOnly bool) (*Store, error) {
+	s := &Store{path: path, readOnly: readOnly}
+	opts := &bolt.Options{
+		Timeout:  lockTimeout,
+		ReadOnly: readOnly,
+		// The file is kept so that its lock can be released (see
+		// release) should bbolt panic before it returns a DB to close:
+		// a writable open reads the freelist page, which a damaged file
+		// may lack.
+		OpenFile: func(name string, flag int, perm os.FileMode) (*os.File, error) {
+			f, err := os.OpenFile(name, flag, perm)
+			s.file = f
+			return f, err
+		},
+	}
+	var db *bolt.DB
+	damage, err := safely(path, func() (err error) {
+		db, err = bolt.Open(path, 0o600, opts)
+		return err
+	})
+	switch {
+	case damage != nil:
+		release(s.file)
+		return nil, damage
+	case errors.Is(err, bolterrors.ErrTimeout):
+		return nil, fmt.Errorf("state database %s is held by another minivirt process for over %s; try again when it has finished", path, lockTimeout)
+	case errors.Is(err, fs.ErrPermission):
+		return nil, fmt.Errorf("state database %s: %w; run minivirt as the user that owns it, or use another state directory", path, err)
+	case err != nil && accessError(err):
+		return nil, fmt.Errorf("state database %s: %w", path, err)
+	case err != nil: // bbolt refused what the file holds
+		return nil, &DamagedError{Path: path, Reason: err.Error(), Err: err}
+	}
+	s.db = db
+	return s, nil
+}
+
+// check reads, before anything else reads or writes the file, what every
+// transaction relies on, and reports whether every bucket the store keeps
+// is there. The file must hold all the pages its meta page counts: bbolt
+// grows the file before it commits a meta page that counts more, so only
+// damage makes it shorter (a copy cut short, a full disk), and bbolt would
+// read the missing pages from beyond the end of its mapping.
+func (s *Store) check() (complete bool, err error) {
+	err = s.view(func(tx *bolt.Tx) error {
+		info, err := s.file.Stat()
+		if err != nil {
+			return fmt.Errorf("state database %s: %w", s.path, err)
+		}
+		if info.Size() < tx.Size() {
+			return &DamagedError{Path: s.path, Reason: fmt.Sprintf("it is %d bytes long, but its pages take %d: it was cut short", info.Size(), tx.Size())}
+		}
+		complete = true
+		for _, b := range buckets { // reads the root page
+			if tx.Bucket(b) == nil {
+				complete = false
+			}
+		}
+		return nil
+	})
+	return complete, err
 }
 
 // view runs fn in a read transaction; a store with no database yet has no
@@ -106,18 +199,45 @@ func (s *Store) view(fn func(tx *bolt.Tx) error) error {
 	if s.db == nil {
 		return fn(nil)
 	}
-	return s.db.View(fn)
+	return s.guard(func() error { return s.db.View(fn) })
 }
 
 // errReadOnly is a programming error: a write through a read-only open.
 var errReadOnly = errors.New("state database opened read-only")
 
-// update runs fn in a write transaction.
+// update runs fn in a write transaction. bbolt writes nothing until fn has
+// returned, so a transaction that panics on a damaged page writes nothing.
 func (s *Store) update(fn func(tx *bolt.Tx) error) error {
 	if s.readOnly || s.db == nil {
 		return errReadOnly
 	}
-	return s.db.Update(fn)
+	var fnErr error
+	err := s.guard(func() error {
+		return s.db.Update(func(tx *bolt.Tx) error {
+			fnErr = fn(tx)
+			return fnErr
+		})
+	})
+	if err != nil && fnErr == nil && !errors.Is(err, ErrDamaged) {
+		// fn succeeded and bbolt could not commit: a full disk, say.
+		return fmt.Errorf("state database %s could not be written, nothing was saved: %w", s.path, err)
+	}
+	return err
+}
+
+// guard runs txn, a bbolt transaction, through safely. Once bbolt has
+// panicked the store does not call it again: the panic may have left the
+// DB's locks held, and the next call would wait on them for ever.
+func (s *Store) guard(txn func() error) error {
+	if damage := s.broken.Load(); damage != nil {
+		return damage
+	}
+	damage, err := safely(s.path, txn)
+	if damage != nil {
+		s.broken.Store(damage)
+		return damage
+	}
+	return err
 }
 
 // bucket returns the named bucket of tx, or nil.
@@ -132,6 +252,13 @@ func bucket(tx *bolt.Tx, name []byte) *bolt.Bucket {
 func (s *Store) Close() error {
 	if s.db == nil {
 		return nil
+	}
+	if s.broken.Load() != nil {
+		// DB.Close would wait on the locks bbolt's panic may have left
+		// held.
+		err := release(s.file)
+		s.file = nil
+		return err
 	}
 	return s.db.Close()
 }
@@ -159,18 +286,9 @@ func (s *Store) Define(d *domain.Domain) (created bool, err error) {
 		if owner := uuids.Get([]byte(d.UUID)); owner != nil && string(owner) != d.Name {
 			return fmt.Errorf("uuid %s is already used by domain %s", d.UUID, owner)
 		}
-		data, err := d.XML()
-		if err != nil {
+		var data []byte
+		if err := ownCode(func() (err error) { data, err = encode(d); return err }); err != nil {
 			return err
-		}
-		// What is stored must read back as it was written: a definition
-		// that would not is refused here, not found broken later.
-		back, err := domain.Parse(bytes.NewReader(data))
-		if err != nil {
-			return fmt.Errorf("domain %s: the definition would not read back (%v); nothing was stored", d.Name, err)
-		}
-		if again, err := back.XML(); err != nil || !bytes.Equal(again, data) {
-			return fmt.Errorf("domain %s: the definition does not read back as written; nothing was stored", d.Name)
 		}
 		if err := tx.Bucket(bucketDefs).Put([]byte(d.Name), data); err != nil {
 			return err
@@ -181,6 +299,24 @@ func (s *Store) Define(d *domain.Domain) (created bool, err error) {
 		return uuids.Put([]byte(d.UUID), []byte(d.Name))
 	})
 	return created, err
+}
+
+// encode returns d's XML as stored. What is stored must read back as it
+// was written: a definition that would not is refused here, not found
+// broken later.
+func encode(d *domain.Domain) ([]byte, error) {
+	data, err := d.XML()
+	if err != nil {
+		return nil, err
+	}
+	back, err := domain.Parse(bytes.NewReader(data))
+	if err != nil {
+		return nil, fmt.Errorf("domain %s: the definition would not read back (%v); nothing was stored", d.Name, err)
+	}
+	if again, err := back.XML(); err != nil || !bytes.Equal(again, data) {
+		return nil, fmt.Errorf("domain %s: the definition does not read back as written; nothing was stored", d.Name)
+	}
+	return data, nil
 }
 
 // Get returns the stored definition of name.

@@ -148,6 +148,7 @@ type status struct {
 	QEMUPID       int    `json:"qemu_pid"`
 	SupervisorPID int    `json:"supervisor_pid"`
 	Supervised    bool   `json:"supervised"`
+	Unrecorded    []int  `json:"unrecorded_qemu_pids"`
 }
 
 func (h *host) status(name string) status {

@@ -9,7 +9,7 @@ set -euo pipefail
 packages=(qemu-system-x86 qemu-utils ovmf busybox-static libxml2-utils libvirt-clients libvirt-daemon
   libvirt-daemon-driver-qemu virtinst cpio socat)
 
-# System users: minivirt-qemu, whom QEMU becomes when minivirt runs as root;
+# System users: minivirt-qemu, whom the bare-QEMU baseline of `make bench` runs as;
 # libvirt-qemu, without whom libvirtd's QEMU driver will not start (Debian's
 # libvirt-daemon-system makes it; minivirt's tests need only the daemon).
 ensure_users() {

@@ -424,8 +424,11 @@ func (m *Manager) Destroy(ctx context.Context, name string) (note string, err er
 	}
 	ctx, cancel := context.WithTimeout(ctx, destroyTimeout)
 	defer cancel()
-	if o.Supervised && o.QEMUAlive {
-		_, err := m.call(ctx, name, supervisor.Request{Op: supervisor.OpDestroy})
+	if o.Supervised {
+		// A supervisor still starting answers "starting": the destroy
+		// waits for the start to finish (as libvirt's job lock makes it),
+		// then ends what it started.
+		err := m.callWhenStarted(ctx, name, supervisor.Request{Op: supervisor.OpDestroy})
 		if err == nil {
 			if _, err := m.waitEnd(ctx, name, o.Generation, o.Supervisor); err != nil {
 				return "", fmt.Errorf("destroy %s: the supervisor did not finish: %w", name, err)
@@ -442,6 +445,24 @@ func (m *Manager) Destroy(ctx context.Context, name string) (note string, err er
 		note = " (it was unsupervised; QEMU was killed by pid)"
 	}
 	return note, m.destroyUnsupervised(ctx, name, o)
+}
+
+// callWhenStarted is call, sent again while the supervisor answers that
+// it is still starting, until ctx ends.
+func (m *Manager) callWhenStarted(ctx context.Context, name string, req supervisor.Request) error {
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		_, err := m.call(ctx, name, req)
+		if !errors.Is(err, supervisor.ErrStarting) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w (%w)", err, ctx.Err())
+		case <-tick.C:
+		}
+	}
 }
 
 // supervisorGrace is how long destroy lets a supervisor whose QEMU it
@@ -473,8 +494,28 @@ func (m *Manager) destroyUnsupervised(ctx context.Context, name string, o Observ
 			}
 		}
 	}
+	// No supervisor of this start lives now: a QEMU it spawned after the
+	// domain was observed, and never recorded, ends too.
+	var current store.Runtime
+	err := m.read(func(s *store.Store) error {
+		var err error
+		current, err = s.GetRuntime(name)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if current.Generation == o.Generation { // not a newer start's QEMU
+		late, err := supervisor.FindDomainQEMU(m.DomainRunDir(name))
+		if err != nil {
+			return err
+		}
+		if err := m.killAll(ctx, name, late); err != nil {
+			return err
+		}
+	}
 	m.removeStale(name)
-	err := m.write(func(s *store.Store) error {
+	err = m.write(func(s *store.Store) error {
 		return s.UpdateRuntimeIf(name, o.Generation, func(r *store.Runtime) error {
 			*r = store.Runtime{State: store.StateShutoff, Reason: "destroyed", Accel: o.Accel, Generation: o.Generation, Since: time.Now().UTC()}
 			return nil

@@ -9,6 +9,7 @@ import (
 	"net"
 
 	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
@@ -20,11 +21,16 @@ const lengthPrefix = 4
 // maxFrame bounds a frame read from QEMU (an MTU of 65535 plus the header).
 const maxFrame = 65535 + 14
 
+// classifyPrefix is as much of a frame as classify reads: the Ethernet
+// header, the longest IPv4 header and a UDP header.
+const classifyPrefix = header.EthernetMinimumSize + header.IPv4MaximumHeaderSize + header.UDPMinimumSize
+
 // serveFrames moves frames between the stack's link endpoint and conn until
-// conn fails or ctx ends: inbound frames are injected into the stack as
-// they are (the ethernet endpoint above parses their header), outbound
-// packets are written whole, headers included.
-func serveFrames(ctx context.Context, ep *channel.Endpoint, conn net.Conn) error {
+// conn fails or ctx ends: inbound frames that admit takes are injected into
+// the stack as they are (the ethernet endpoint above parses their header),
+// the others are dropped; outbound packets are written whole, headers
+// included.
+func serveFrames(ctx context.Context, ep *channel.Endpoint, conn net.Conn, admit func(frame []byte) bool) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -33,7 +39,7 @@ func serveFrames(ctx context.Context, ep *channel.Endpoint, conn net.Conn) error
 	}()
 	txErr := make(chan error, 1)
 	go func() { txErr <- transmit(ctx, ep, conn) }()
-	rxErr := receive(ep, conn)
+	rxErr := receive(ep, conn, admit)
 	cancel()
 	if err := <-txErr; rxErr == nil {
 		rxErr = err
@@ -44,8 +50,12 @@ func serveFrames(ctx context.Context, ep *channel.Endpoint, conn net.Conn) error
 	return rxErr
 }
 
-func receive(ep *channel.Endpoint, conn net.Conn) error {
+// receive reads the guest's frames from conn into the stack. It decides on
+// each frame from its first bytes, before it allocates for it: a frame
+// admit drops costs no more than reading it, however many the guest sends.
+func receive(ep *channel.Endpoint, conn net.Conn, admit func(frame []byte) bool) error {
 	var prefix [lengthPrefix]byte
+	var head [classifyPrefix]byte
 	for {
 		if _, err := io.ReadFull(conn, prefix[:]); err != nil {
 			return err
@@ -54,8 +64,19 @@ func receive(ep *channel.Endpoint, conn net.Conn) error {
 		if n > maxFrame {
 			return fmt.Errorf("frame of %d bytes from QEMU", n)
 		}
+		h := head[:min(n, classifyPrefix)]
+		if _, err := io.ReadFull(conn, h); err != nil {
+			return err
+		}
+		if !admit(h) {
+			if _, err := io.CopyN(io.Discard, conn, int64(n)-int64(len(h))); err != nil {
+				return err
+			}
+			continue
+		}
 		frame := make([]byte, n)
-		if _, err := io.ReadFull(conn, frame); err != nil {
+		copy(frame, h)
+		if _, err := io.ReadFull(conn, frame[len(h):]); err != nil {
 			return err
 		}
 		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(frame)})

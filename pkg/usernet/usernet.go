@@ -16,7 +16,6 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/insomniacslk/dhcp/dhcpv4/server4"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
@@ -26,6 +25,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/minivirt/minivirt/pkg/domain"
 )
@@ -43,14 +43,22 @@ const MTU = 65520
 type Handler func(ch netip.AddrPort, conn net.Conn, src netip.AddrPort) error
 
 // Network is one domain's user network.
+//
+// The guest is not trusted: whatever it sends, what the network holds for
+// it is bounded. Its DHCP and ARP frames are rate-limited before the stack
+// parses them (admission), the DHCP server answers one message at a time,
+// it remembers at most maxLeases leases, a listener holds at most
+// listenBacklog half-open connections (SYN cookies beyond), and gVisor
+// bounds the rest (neighbour cache, fragment reassembly, receive buffers).
 type Network struct {
 	stack *stack.Stack
 	link  *channel.Endpoint
-	dhcp  *server4.Server
+	dhcp  *dhcpServer
+	admit *admission
 	wg    sync.WaitGroup
 
 	mu       sync.Mutex
-	leases   []Lease
+	leases   leaseTable
 	handle   Handler
 	channels map[netip.AddrPort]net.Listener // the stack's listeners, by channel
 	addrs    map[netip.Addr]bool             // addresses the NIC answers for
@@ -111,7 +119,8 @@ func NewMTU(channels []domain.VMChannel, mtu uint32, handle Handler) (*Network, 
 	subnet, _ := tcpip.NewSubnet(tcpip.AddrFrom4(domain.UserNet.Addr().As4()), tcpip.MaskFromBytes(net.CIDRMask(domain.UserNet.Bits(), 32)))
 	s.SetRouteTable([]tcpip.Route{{Destination: subnet, NIC: nic}})
 
-	n := &Network{stack: s, link: link, handle: handle, channels: map[netip.AddrPort]net.Listener{}, addrs: map[netip.Addr]bool{}}
+	n := &Network{stack: s, link: link, admit: newAdmission(), handle: handle,
+		leases: newLeaseTable(maxLeases), channels: map[netip.AddrPort]net.Listener{}, addrs: map[netip.Addr]bool{}}
 	for _, a := range addrs {
 		n.addrs[a] = true
 	}
@@ -146,9 +155,9 @@ func (n *Network) AddChannel(c domain.VMChannel) error {
 		}
 		n.addrs[c.Address] = true
 	}
-	l, err := gonet.ListenTCP(n.stack, tcpip.FullAddress{NIC: nic, Addr: tcpip.AddrFrom4(c.Address.As4()), Port: c.Port}, ipv4.ProtocolNumber)
+	l, err := listen(n.stack, tcpip.FullAddress{NIC: nic, Addr: tcpip.AddrFrom4(c.Address.As4()), Port: c.Port})
 	if err != nil {
-		return fmt.Errorf("netstack: listening on %s: %v", ch, err)
+		return fmt.Errorf("netstack: listening on %s: %w", ch, err)
 	}
 	n.channels[ch] = l
 	n.wg.Add(1)
@@ -174,6 +183,38 @@ func (n *Network) DialGuest(ctx context.Context, port uint16) (net.Conn, error) 
 	return gonet.DialContextTCP(ctx, n.stack, tcpip.FullAddress{NIC: nic, Addr: tcpip.AddrFrom4(domain.GuestAddress.As4()), Port: port}, ipv4.ProtocolNumber)
 }
 
+// listenBacklog bounds the connections a vmchannel's listener holds
+// half-open (SYN received, SYN-ACK sent) or accepted but not yet taken.
+// Each half-open one is a whole TCP endpoint, kept for the minute or more
+// its SYN-ACK is retransmitted, so a guest sending SYNs it never completes
+// makes the listener hold as many as the backlog allows (20,000 SYNs to
+// one listener grew the heap by 25 MiB with gonet.ListenTCP's 4096, by
+// 10 MiB, mostly gVisor's buffer pools, with this backlog).
+// Past the backlog gVisor answers SYNs with SYN cookies, which hold
+// nothing. A guest's real handshakes take a round trip and the handler
+// takes each accepted connection at once, so it would have to open more
+// than this many at the same moment to meet the bound, and even then
+// those connect, by cookie, only without window scaling.
+const listenBacklog = 128
+
+// listen is gonet.ListenTCP with a backlog of listenBacklog.
+func listen(s *stack.Stack, addr tcpip.FullAddress) (*gonet.TCPListener, error) {
+	var wq waiter.Queue
+	ep, terr := s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		return nil, errorOf(terr)
+	}
+	if terr := ep.Bind(addr); terr != nil {
+		ep.Close()
+		return nil, errorOf(terr)
+	}
+	if terr := ep.Listen(listenBacklog); terr != nil {
+		ep.Close()
+		return nil, errorOf(terr)
+	}
+	return gonet.NewTCPListener(s, &wq, ep), nil
+}
+
 func (n *Network) accept(l net.Listener, ch netip.AddrPort, handle Handler) {
 	defer n.wg.Done()
 	for {
@@ -194,7 +235,7 @@ func (n *Network) accept(l net.Listener, ch netip.AddrPort, handle Handler) {
 // frames prefixed by their 4-byte big-endian length) until conn closes or
 // ctx ends.
 func (n *Network) Serve(ctx context.Context, conn net.Conn) error {
-	return serveFrames(ctx, n.link, conn)
+	return serveFrames(ctx, n.link, conn, n.admit.admit)
 }
 
 // Lease is an address the network's DHCP server handed out.
@@ -206,20 +247,57 @@ type Lease struct {
 func (n *Network) lease(l Lease) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for i, old := range n.leases {
-		if old.MAC == l.MAC {
-			n.leases[i] = l
-			return
-		}
-	}
-	n.leases = append(n.leases, l)
+	n.leases.add(l)
 }
 
-// Leases returns the addresses the network's DHCP server handed out.
+// Leases returns the addresses the network's DHCP server handed out, at
+// most maxLeases of them, the least recently acknowledged first.
 func (n *Network) Leases() []Lease {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return append([]Lease(nil), n.leases...)
+	return n.leases.list()
+}
+
+// maxLeases bounds the leases a network remembers. Its one guest needs one,
+// a few if it changes its MAC address or runs more than one DHCP client;
+// any more are a guest making MAC addresses up, and remembering them all
+// would let it grow the supervisor, and every domifaddr, without bound.
+const maxLeases = 4
+
+// leaseTable is the leases a network remembers, by MAC address, the least
+// recently acknowledged forgotten first once it holds its most.
+type leaseTable struct {
+	limit int
+	byMAC map[string]netip.Prefix
+	order []string // MAC addresses, the least recently acknowledged first
+}
+
+func newLeaseTable(limit int) leaseTable {
+	return leaseTable{limit: limit, byMAC: make(map[string]netip.Prefix, limit), order: make([]string, 0, limit)}
+}
+
+// add remembers l, the most recently acknowledged lease; its MAC address's
+// earlier lease, or else the least recently acknowledged one when the
+// table is full, is forgotten. It takes a time bounded by the table's
+// limit, not by how many leases the guest has asked for.
+func (t *leaseTable) add(l Lease) {
+	if _, ok := t.byMAC[l.MAC]; ok {
+		t.order = slices.DeleteFunc(t.order, func(mac string) bool { return mac == l.MAC })
+	} else if len(t.order) == t.limit {
+		delete(t.byMAC, t.order[0])
+		t.order = slices.Delete(t.order, 0, 1) // in place: order keeps its capacity
+	}
+	t.byMAC[l.MAC] = l.Address
+	t.order = append(t.order, l.MAC)
+}
+
+// list returns the leases, the least recently acknowledged first.
+func (t *leaseTable) list() []Lease {
+	out := make([]Lease, 0, len(t.order))
+	for _, mac := range t.order {
+		out = append(out, Lease{MAC: mac, Address: t.byMAC[mac]})
+	}
+	return out
 }
 
 // Close stops accepting and tears the stack down.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -19,6 +20,14 @@ import (
 // qemuEnd starts the network on one end of a socket pair and returns the
 // other, as QEMU would hold it.
 func qemuEnd(t *testing.T, channels []domain.VMChannel) net.Conn {
+	t.Helper()
+	_, qemu := startNetwork(t, channels)
+	return qemu
+}
+
+// startNetwork is qemuEnd that also returns the network, for tests that
+// call it while the guest's frames flow.
+func startNetwork(t *testing.T, channels []domain.VMChannel) (*Network, net.Conn) {
 	t.Helper()
 	n, err := New(channels, func(netip.AddrPort, net.Conn, netip.AddrPort) error { return nil })
 	if err != nil {
@@ -42,7 +51,7 @@ func qemuEnd(t *testing.T, channels []domain.VMChannel) net.Conn {
 	done := make(chan error, 1)
 	go func() { done <- n.Serve(ctx, ours) }()
 	t.Cleanup(func() { cancel(); <-done; n.Close(); qemu.Close() })
-	return qemu
+	return n, qemu
 }
 
 var guestMAC = []byte{0x52, 0x54, 0x00, 0x12, 0x34, 0x56}
@@ -134,5 +143,26 @@ func TestOversizedFrame(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Error("Serve did not end on a 4 GiB frame length")
+	}
+}
+
+// TestLeaseTable: the table holds at most its bound, forgets the least
+// recently acknowledged lease first, and a lease acknowledged again is the
+// most recent.
+func TestLeaseTable(t *testing.T) {
+	at := netip.MustParsePrefix("10.0.2.15/24")
+	tab := newLeaseTable(3)
+	for _, mac := range []string{"a", "b", "c", "a", "d"} {
+		tab.add(Lease{MAC: mac, Address: at})
+	}
+	var got []string
+	for _, l := range tab.list() {
+		got = append(got, l.MAC)
+	}
+	if want := []string{"c", "a", "d"}; !slices.Equal(got, want) {
+		t.Errorf("leases %v, want %v", got, want)
+	}
+	if len(tab.byMAC) != 3 || cap(tab.order) != 3 {
+		t.Errorf("%d leases by MAC, order of capacity %d; want 3 and 3", len(tab.byMAC), cap(tab.order))
 	}
 }

@@ -18,10 +18,10 @@ import (
 )
 
 // qemusOf returns the live QEMU processes of one of this host's domains:
-// those whose pid file lies in its runtime directory.
+// those that run its uuid (generated at define, so no other test's).
 func (h *host) qemusOf(name string) []int {
-	pidfile := filepath.Join(h.runDirOf(name), "qemu.pid")
-	found, err := proc.Find(func(argv []string) bool { return proc.ArgAfter(argv, "-pidfile") == pidfile })
+	uuid := h.uuid(name)
+	found, err := proc.Find(func(argv []string) bool { return proc.HasArgs(argv, "-uuid", uuid) })
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -30,6 +30,16 @@ func (h *host) qemusOf(name string) []int {
 		pids = append(pids, p.PID)
 	}
 	return pids
+}
+
+// blankDisk makes a 1 MiB disk of zeros, for idleFirmwareXML.
+func (h *host) blankDisk() string {
+	h.t.Helper()
+	blank := filepath.Join(h.top, "blank.img")
+	if err := os.WriteFile(blank, make([]byte, 1<<20), 0o644); err != nil {
+		h.t.Fatal(err)
+	}
+	return blank
 }
 
 // recordMatches fails the test unless what status says of a domain is what
@@ -59,10 +69,7 @@ func (h *host) recordMatches(name, when string, unrecorded bool) bool {
 func TestDestroyRacesStart(t *testing.T) {
 	t.Parallel()
 	h := newHost(t)
-	blank := filepath.Join(h.top, "blank.img")
-	if err := os.WriteFile(blank, make([]byte, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	blank := h.blankDisk()
 	h.OK(idleFirmwareXML("race", blank), "define", "-")
 	const rounds, destroys, starts = 200, 4, 2
 	for r := 0; r < rounds; r++ {
@@ -101,10 +108,7 @@ func TestDestroyRacesStart(t *testing.T) {
 func TestSupervisorKilledMidStart(t *testing.T) {
 	t.Parallel()
 	h := newHost(t)
-	blank := filepath.Join(h.top, "blank.img")
-	if err := os.WriteFile(blank, make([]byte, 1<<20), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	blank := h.blankDisk()
 	h.OK(idleFirmwareXML("mid", blank), "define", "-")
 	idFile := filepath.Join(h.runDirOf("mid"), "supervisor.id")
 	for r := 0; r < 12; r++ {

@@ -47,6 +47,20 @@ func main() {
 			usage()
 		}
 		err = hostFirst(os.Args[2], []byte(os.Args[3]))
+	case "dhcp-flood":
+		// dhcp-flood N: N DHCP DISCOVERs and REQUESTs from random MACs.
+		if len(os.Args) != 3 {
+			usage()
+		}
+		n, _ := strconv.Atoi(os.Args[2])
+		err = dhcpFlood(n)
+	case "syn-flood":
+		// syn-flood N ADDR: N TCP SYNs to ADDR, never completed.
+		if len(os.Args) != 4 {
+			usage()
+		}
+		n, _ := strconv.Atoi(os.Args[2])
+		err = synFlood(n, os.Args[3])
 	case "virtio-echo":
 		// virtio-echo NAME: answer each line on /dev/virtio-ports/NAME.
 		if len(os.Args) != 3 {
@@ -71,7 +85,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | parallel N ADDR | hostfirst ADDR MESSAGE | virtio-echo NAME | latency N ADDR | bulk BYTES ADDR | hold N ADDR | flood SECONDS ADDR")
+	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | parallel N ADDR | hostfirst ADDR MESSAGE | virtio-echo NAME | latency N ADDR | bulk BYTES ADDR | hold N ADDR | flood SECONDS ADDR | dhcp-flood N | syn-flood N ADDR")
 	os.Exit(2)
 }
 

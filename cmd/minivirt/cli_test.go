@@ -361,11 +361,21 @@ func TestVMChannelCommands(t *testing.T) {
 	e.OK(domainXML("vc", ""), "define", "-")
 	e.OK("", "vmchannel", "add", "vc", "--port", "600", "--path", "/run/a b.sock")
 	e.OK("", "vmchannel", "add", "vc", "--port", "601", "--path", "/run/b.sock", "--address", "10.0.2.5", "--proxy", "v2", "--max-connections", "8")
-	var items []vmchannelItem
+	// The JSON fields scripts read, as they always were.
+	type item struct {
+		Address        string `json:"address"`
+		Port           uint16 `json:"port"`
+		Path           string `json:"path"`
+		Proxy          string `json:"proxy,omitempty"`
+		MaxConnections int    `json:"max_connections"`
+		Active         uint64 `json:"active"`
+		Total          uint64 `json:"total"`
+	}
+	var items []item
 	if err := jsonUnmarshal(e.OK("", "vmchannel", "list", "vc", "-o", "json"), &items); err != nil {
 		t.Fatal(err)
 	}
-	want := []vmchannelItem{{Address: "10.0.2.4", Port: 600, Path: "/run/a b.sock", MaxConnections: 256},
+	want := []item{{Address: "10.0.2.4", Port: 600, Path: "/run/a b.sock", MaxConnections: 256},
 		{Address: "10.0.2.5", Port: 601, Path: "/run/b.sock", Proxy: "v2", MaxConnections: 8}}
 	if fmt.Sprint(items) != fmt.Sprint(want) {
 		t.Errorf("vmchannel list = %+v; want %+v", items, want)

@@ -10,7 +10,6 @@ import (
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/manager"
 	"github.com/minivirt/minivirt/pkg/supervisor"
-	"github.com/minivirt/minivirt/pkg/vmchannel"
 )
 
 func (a *app) vmchannelCommand() *cobra.Command {
@@ -52,10 +51,11 @@ func (a *app) vmchannelAddCommand() *cobra.Command {
 			if err != nil {
 				return userError(err)
 			}
-			if err := a.mgr.AddVMChannel(cmd.Context(), args[0], vc, scope); err != nil {
+			added, err := a.mgr.AddVMChannel(cmd.Context(), args[0], vc, scope)
+			if err != nil {
 				return userError(err)
 			}
-			fmt.Fprintf(a.stdout, "Domain %s: vmchannel %s:%d -> %s added%s\n", args[0], orDefault(vc.Address), port, path, scopeWords(scope))
+			fmt.Fprintf(a.stdout, "Domain %s: vmchannel %s -> %s added%s\n", args[0], added.AddrPort(), added.Path, scopeWords(scope))
 			return nil
 		},
 	}
@@ -67,13 +67,6 @@ func (a *app) vmchannelAddCommand() *cobra.Command {
 	f.StringVar(&proxy, "proxy", "", "write a PROXY protocol header on each host connection: v2")
 	f.IntVar(&maxConns, "max-connections", 0, fmt.Sprintf("most concurrent guest connections (default %d)", domain.DefaultMaxConnections))
 	return cmd
-}
-
-func orDefault(a netip.Addr) netip.Addr {
-	if a.IsValid() {
-		return a
-	}
-	return domain.DefaultVMChannelAddress
 }
 
 func (a *app) vmchannelRemoveCommand() *cobra.Command {
@@ -99,7 +92,7 @@ func (a *app) vmchannelRemoveCommand() *cobra.Command {
 			if err != nil {
 				return userError(err)
 			}
-			if err := a.mgr.RemoveVMChannel(cmd.Context(), args[0], uint16(port), addr, scope); err != nil {
+			if _, err := a.mgr.RemoveVMChannel(cmd.Context(), args[0], uint16(port), addr, scope); err != nil {
 				return userError(err)
 			}
 			fmt.Fprintf(a.stdout, "Domain %s: vmchannel port %d removed%s\n", args[0], port, scopeWords(scope))
@@ -135,31 +128,17 @@ func scopeWords(sc manager.Scope) string {
 
 // vmchannelItem is one vmchannel in `vmchannel list -o json` and in
 // `status -o json`: its definition, and its counters while the domain runs.
-type vmchannelItem struct {
-	Address        string `json:"address"`
-	Port           uint16 `json:"port"`
-	Path           string `json:"path"`
-	Proxy          string `json:"proxy,omitempty"`
-	MaxConnections int    `json:"max_connections"`
-	vmchannel.Counters
-}
+type vmchannelItem = supervisor.ChannelStatus
 
 // vmchannelItems lists d's vmchannels with the counters of its supervisor,
-// when one answered.
+// when one answered: what runs, live changes included.
 func vmchannelItems(d *domain.Domain, live *supervisor.Status) []vmchannelItem {
-	counters := map[string]vmchannel.Counters{}
-	channels := d.VMChannels()
 	if live != nil {
-		for _, c := range live.VMChannels {
-			counters[c.Channel] = c.Counters
-		}
-		channels = live.VMChannelList // what runs, live changes included
+		return append([]vmchannelItem{}, live.VMChannels...)
 	}
 	items := []vmchannelItem{}
-	for _, vc := range channels {
-		ap := netip.AddrPortFrom(vc.Address, vc.Port)
-		items = append(items, vmchannelItem{Address: vc.Address.String(), Port: vc.Port, Path: vc.Path, Proxy: vc.Proxy,
-			MaxConnections: vc.MaxConnections, Counters: counters[ap.String()]})
+	for _, vc := range d.VMChannels() {
+		items = append(items, vmchannelItem{VMChannel: vc})
 	}
 	return items
 }

@@ -109,13 +109,21 @@ const DefaultMaxConnections = 256
 // VMChannel is one guest TCP address:port relayed to a host Unix socket, one
 // host connection for every guest connection. It comes from minivirt's
 // metadata or from a libvirt guestfwd <channel>.
+//
+// It is normalised once, when a domain is read (VMChannels), whichever XML
+// form it came from, and passed on as this value everywhere: the relay, the
+// network, the control protocol, status and the command line's tables.
 type VMChannel struct {
-	Address        netip.Addr
-	Port           uint16
-	Path           string
-	Proxy          string // ProxyNone or ProxyV2
-	MaxConnections int
+	Address        netip.Addr `json:"address"`
+	Port           uint16     `json:"port"`
+	Path           string     `json:"path"`
+	Proxy          string     `json:"proxy,omitempty"` // ProxyNone or ProxyV2
+	MaxConnections int        `json:"max_connections"`
 }
+
+// AddrPort is the guest address and port the channel listens on: what
+// tells it from the domain's other channels.
+func (vc VMChannel) AddrPort() netip.AddrPort { return netip.AddrPortFrom(vc.Address, vc.Port) }
 
 // VirtioPort is a virtio-serial port whose host socket minivirt binds.
 type VirtioPort struct {

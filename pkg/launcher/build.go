@@ -85,7 +85,11 @@ type Plan struct {
 	// powers off while its supervisor is gone leaves no QEMU behind. The
 	// supervisor holds QEMU (QMP set-action) for a reboot it asks for.
 	ExitsOnPoweroff bool
-	Warnings        []string
+	// SpawnsHelper is set when QEMU runs minivirt's helper for each guest
+	// connection (vmchannels on QEMU's user network): the helper must be
+	// able to reach the relay socket as the user QEMU runs as.
+	SpawnsHelper bool
+	Warnings     []string
 }
 
 // Files returns the descriptors QEMU inherits in exec.Cmd.ExtraFiles order:
@@ -154,6 +158,7 @@ func Build(d *domain.Domain, env Env) (Plan, error) {
 		}
 	}
 	p.Argv = b.a
+	p.SpawnsHelper = b.Spawns()
 	return p, nil
 }
 

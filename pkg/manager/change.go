@@ -36,45 +36,62 @@ func (m *Manager) ScopeFor(name string, live, config bool) (Scope, error) {
 
 // apply makes a change live (through the supervisor) and then in the
 // definition, as the scope says; a live change that fails changes nothing.
-func (m *Manager) apply(ctx context.Context, name string, sc Scope, req supervisor.Request, change func(*domain.Domain) error) error {
+// It returns the supervisor's answer to a live change.
+func (m *Manager) apply(ctx context.Context, name string, sc Scope, req supervisor.Request, change func(*domain.Domain) error) (supervisor.Response, error) {
+	var resp supervisor.Response
 	if sc.Live {
 		if _, _, err := m.running(name); err != nil {
-			return err
+			return resp, err
 		}
 		ctx, cancel := context.WithTimeout(ctx, controlTimeout)
 		defer cancel()
-		if _, err := m.call(ctx, name, req); err != nil {
-			return err
+		var err error
+		if resp, err = m.call(ctx, name, req); err != nil {
+			return resp, err
 		}
 	}
 	if sc.Config {
 		if _, err := m.Change(name, change); err != nil {
-			return err
+			return resp, err
 		}
 	}
-	return nil
+	return resp, nil
 }
 
-// AddVMChannel adds a vmchannel, live and/or to the definition.
-func (m *Manager) AddVMChannel(ctx context.Context, name string, vc domain.VMChannel, sc Scope) error {
-	return m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpAddVMChannel, VMChannel: &vc},
-		func(d *domain.Domain) error { _, err := d.AddVMChannel(vc); return err })
+// AddVMChannel adds a vmchannel, live and/or to the definition, and returns
+// it as the domain has it (defaults applied).
+func (m *Manager) AddVMChannel(ctx context.Context, name string, vc domain.VMChannel, sc Scope) (domain.VMChannel, error) {
+	var added domain.VMChannel
+	resp, err := m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpAddVMChannel, VMChannel: &vc},
+		func(d *domain.Domain) (err error) { added, err = d.AddVMChannel(vc); return err })
+	if resp.VMChannel != nil {
+		added = *resp.VMChannel
+	}
+	return added, err
 }
 
-// RemoveVMChannel removes the vmchannel on port (and address, when valid).
-func (m *Manager) RemoveVMChannel(ctx context.Context, name string, port uint16, addr netip.Addr, sc Scope) error {
-	return m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpRemoveVMChannel, Port: port, Address: addr},
-		func(d *domain.Domain) error { _, err := d.RemoveVMChannel(port, addr); return err })
+// RemoveVMChannel removes the vmchannel on port (and address, when valid)
+// and returns it.
+func (m *Manager) RemoveVMChannel(ctx context.Context, name string, port uint16, addr netip.Addr, sc Scope) (domain.VMChannel, error) {
+	var gone domain.VMChannel
+	resp, err := m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpRemoveVMChannel, Port: port, Address: addr},
+		func(d *domain.Domain) (err error) { gone, err = d.RemoveVMChannel(port, addr); return err })
+	if resp.VMChannel != nil {
+		gone = *resp.VMChannel
+	}
+	return gone, err
 }
 
 // AddForward adds an inbound forward, live and/or to the definition.
 func (m *Manager) AddForward(ctx context.Context, name string, f domain.Forward, sc Scope) error {
-	return m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpAddForward, Forward: &f},
+	_, err := m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpAddForward, Forward: &f},
 		func(d *domain.Domain) error { _, err := d.AddForward(f); return err })
+	return err
 }
 
 // RemoveForward removes the forward to guest port (on host, when given).
 func (m *Manager) RemoveForward(ctx context.Context, name string, port uint16, host string, sc Scope) error {
-	return m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpRemoveForward, Port: port, Host: host},
+	_, err := m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpRemoveForward, Port: port, Host: host},
 		func(d *domain.Domain) error { _, err := d.RemoveForward(port, host); return err })
+	return err
 }

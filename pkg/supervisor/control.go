@@ -58,6 +58,9 @@ type Response struct {
 	MonitorLost bool            `json:"monitor_lost,omitempty"`
 	Status      *Status         `json:"status,omitempty"`
 	QMP         json.RawMessage `json:"qmp,omitempty"`
+	// VMChannel is the vmchannel a live change added or removed, as the
+	// domain has it.
+	VMChannel *domain.VMChannel `json:"vmchannel,omitempty"`
 }
 
 // Status is the supervisor's view of its domain.
@@ -65,17 +68,17 @@ type Status struct {
 	State       string          `json:"state"`
 	Reason      string          `json:"reason,omitempty"`
 	Detail      string          `json:"detail,omitempty"`
-	MonitorLost bool            `json:"monitor_lost,omitempty"`
-	VMChannels  []ChannelStatus `json:"vmchannels,omitempty"`
+	MonitorLost bool `json:"monitor_lost,omitempty"`
+	// VMChannels and Forwards are what runs now, live changes included,
+	// each with its counters.
+	VMChannels []ChannelStatus `json:"vmchannels,omitempty"`
 	// VirtioPorts are the virtio-serial ports with the sockets bound for
 	// them, minivirt's own choices included.
 	VirtioPorts []domain.VirtioPort `json:"virtio_ports,omitempty"`
 	// Addresses are the guest's: from the DHCP leases of minivirt's own
 	// network, or QEMU's user network's fixed one.
 	Addresses []GuestAddress `json:"addresses,omitempty"`
-	// VMChannelList and Forwards are what runs now, live changes included.
-	VMChannelList []domain.VMChannel `json:"vmchannel_list,omitempty"`
-	Forwards      []ForwardStatus    `json:"forwards,omitempty"`
+	Forwards []ForwardStatus `json:"forwards,omitempty"`
 	// RecordPending says why the store does not have the state yet (its
 	// database could not be written); the supervisor keeps trying.
 	RecordPending string `json:"record_pending,omitempty"`
@@ -96,9 +99,9 @@ type GuestAddress struct {
 	Source    string       `json:"source"` // "lease" or "user network"
 }
 
-// ChannelStatus carries one vmchannel's counters.
+// ChannelStatus is one vmchannel the supervisor serves, with its counters.
 type ChannelStatus struct {
-	Channel string `json:"channel"` // ADDR:PORT
+	domain.VMChannel
 	vmchannel.Counters
 }
 

@@ -7,7 +7,6 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"strings"
 
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/launcher"
@@ -71,7 +70,7 @@ func prepareConfinement(env launcher.Env, plan launcher.Plan, self string) error
 			return fmt.Errorf("confining QEMU: %w", err)
 		}
 	}
-	if env.RunAs == "" || !spawns(plan) {
+	if env.RunAs == "" || !plan.SpawnsHelper {
 		return nil
 	}
 	if err := os.Chown(plan.Paths.Relay, env.RunAsUID, env.RunAsGID); err != nil {
@@ -95,16 +94,6 @@ func prepareConfinement(env launcher.Env, plan launcher.Plan, self string) error
 		return fmt.Errorf("%s runs QEMU as %s, which spawns %s for each guest connection, but %s cannot run it: install minivirt where others can enter and run it, or use <vmchannels network='netstack'/>", "minivirt", env.RunAs, self, env.RunAs)
 	}
 	return nil
-}
-
-// spawns reports whether the plan has QEMU spawn the helper.
-func spawns(plan launcher.Plan) bool {
-	for _, a := range plan.Argv {
-		if strings.Contains(a, launcher.HelperCommand) {
-			return true
-		}
-	}
-	return false
 }
 
 // othersCanExecute reports whether a user who is neither owner nor in the

@@ -672,11 +672,9 @@ func (s *supervisor) handle(ctx context.Context, req Request) Response {
 		}
 		s.mu.Unlock()
 		sort.Slice(st.Forwards, func(i, j int) bool { return st.Forwards[i].Forward.Name() < st.Forwards[j].Forward.Name() })
-		st.VMChannelList = live.VMChannels()
 		for _, vc := range live.VMChannels() {
-			ap := netip.AddrPortFrom(vc.Address, vc.Port)
-			c, _ := s.relay.Counters(ap)
-			st.VMChannels = append(st.VMChannels, ChannelStatus{Channel: ap.String(), Counters: c})
+			c, _ := s.relay.Counters(vc.AddrPort())
+			st.VMChannels = append(st.VMChannels, ChannelStatus{VMChannel: vc, Counters: c})
 		}
 		st.Addresses = s.addresses()
 		st.RecordPending = s.rec.pending()
@@ -734,10 +732,11 @@ func (s *supervisor) handle(ctx context.Context, req Request) Response {
 		s.step(Input{Kind: EvResume})
 		return Response{}
 	case OpAddVMChannel, OpRemoveVMChannel, OpAddForward, OpRemoveForward:
-		if err := s.changeLive(req); err != nil {
+		vc, err := s.changeLive(req)
+		if err != nil {
 			return fail(err)
 		}
-		return Response{}
+		return Response{VMChannel: vc}
 	case OpQMP:
 		out, err := s.monitor().RunRaw(callCtx, req.QMP)
 		if err != nil {
@@ -773,55 +772,57 @@ func (s *supervisor) addresses() []GuestAddress {
 // run one at a time, and the live domain (what status lists) is updated
 // before the change is acknowledged, so the listing is what the guest
 // reaches.
-func (s *supervisor) changeLive(req Request) error {
+func (s *supervisor) changeLive(req Request) (*domain.VMChannel, error) {
 	if s.network == nil {
 		if s.plan.Network == "" {
-			return fmt.Errorf("the domain started without a network; use --config (it takes effect at the next start)")
+			return nil, fmt.Errorf("the domain started without a network; use --config (it takes effect at the next start)")
 		}
-		return fmt.Errorf("the domain runs on QEMU's user network, which cannot add or remove a rule while it runs; use --config (it takes effect at the next start)")
+		return nil, fmt.Errorf("the domain runs on QEMU's user network, which cannot add or remove a rule while it runs; use --config (it takes effect at the next start)")
 	}
 	s.changeMu.Lock()
 	defer s.changeMu.Unlock()
+	var vc *domain.VMChannel
 	s.mu.Lock()
 	next := s.live.Clone()
 	s.mu.Unlock()
 	switch req.Op {
 	case OpAddVMChannel:
 		if req.VMChannel == nil {
-			return errors.New("no vmchannel given")
+			return nil, errors.New("no vmchannel given")
 		}
-		vc, err := next.AddVMChannel(*req.VMChannel)
+		added, err := next.AddVMChannel(*req.VMChannel)
+		vc = &added
 		if err != nil {
-			return err
+			return nil, err
 		}
-		s.relay.Add(vc)
-		if err := s.network.AddChannel(vc); err != nil {
-			s.relay.Remove(netip.AddrPortFrom(vc.Address, vc.Port))
-			return err
+		s.relay.Add(added)
+		if err := s.network.AddChannel(added); err != nil {
+			s.relay.Remove(added.AddrPort())
+			return nil, err
 		}
 	case OpRemoveVMChannel:
-		vc, err := next.RemoveVMChannel(req.Port, req.Address)
+		gone, err := next.RemoveVMChannel(req.Port, req.Address)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		ap := netip.AddrPortFrom(vc.Address, vc.Port)
-		s.network.RemoveChannel(ap)
-		s.relay.Remove(ap)
+		vc = &gone
+		s.network.RemoveChannel(gone.AddrPort())
+		s.relay.Remove(gone.AddrPort())
 	case OpAddForward:
 		if req.Forward == nil {
-			return errors.New("no forward given")
+			return nil, errors.New("no forward given")
 		}
 		f, err := next.AddForward(*req.Forward)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := s.startForward(f); err != nil {
-			return err
+			return nil, err
 		}
 	case OpRemoveForward:
 		f, err := next.RemoveForward(req.Port, req.Host)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		s.stopForward(f.Name())
 	}
@@ -829,7 +830,7 @@ func (s *supervisor) changeLive(req Request) error {
 	s.live = next
 	s.mu.Unlock()
 	s.logf("changed live: %s", req.Op)
-	return nil
+	return vc, nil
 }
 
 // defaultShutdownTimeout is how long a guest has to power off when the

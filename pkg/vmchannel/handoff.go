@@ -12,8 +12,9 @@ import (
 )
 
 // The handoff protocol on the relay socket: the helper sends one message,
-// the channel's ADDR:PORT with the guest connection's descriptor attached
-// (SCM_RIGHTS); the supervisor answers one byte once the relay owns it.
+// the channel's address and port (netip.AddrPort's binary form) with the
+// guest connection's descriptor attached (SCM_RIGHTS); the supervisor
+// answers one byte once the relay owns it.
 const (
 	ackTaken   = 'k' // the relay took the connection
 	ackRefused = 'n' // no such channel: drop the connection
@@ -36,7 +37,11 @@ func Handoff(relaySocket string, ch netip.AddrPort, conn *os.File) error {
 		return fmt.Errorf("%w: %v", ErrNoSupervisor, err)
 	}
 	defer c.Close()
-	if _, _, err := c.WriteMsgUnix([]byte(ch.String()), unix.UnixRights(int(conn.Fd())), nil); err != nil {
+	msg, err := ch.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	if _, _, err := c.WriteMsgUnix(msg, unix.UnixRights(int(conn.Fd())), nil); err != nil {
 		return fmt.Errorf("%w: %v", ErrNoSupervisor, err)
 	}
 	c.SetReadDeadline(time.Now().Add(AckTimeout))
@@ -69,8 +74,8 @@ func (r *Relay) receive(c *net.UnixConn) {
 		c.Write([]byte{ackRefused})
 		return
 	}
-	ch, err := netip.ParseAddrPort(string(buf[:n]))
-	if err != nil {
+	var ch netip.AddrPort
+	if err := ch.UnmarshalBinary(buf[:n]); err != nil {
 		conn.Close()
 		c.Write([]byte{ackRefused})
 		return

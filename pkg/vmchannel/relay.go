@@ -47,9 +47,26 @@ type Counters struct {
 	BytesOut uint64 `json:"bytes_out"` // host to guest
 }
 
-type channel struct {
-	cfg                                       domain.VMChannel
+// meter limits and counts the connections of one channel or forward.
+type meter struct {
+	max                                       uint64
 	active, total, refused, bytesIn, bytesOut atomic.Uint64
+}
+
+// admit counts a new connection and reports whether it is within the limit.
+func (m *meter) admit() bool {
+	m.total.Add(1)
+	if m.active.Add(1) > m.max {
+		m.active.Add(^uint64(0))
+		m.refused.Add(1)
+		return false
+	}
+	return true
+}
+
+type channel struct {
+	cfg domain.VMChannel
+	meter
 }
 
 // Relay copies guest connections to their channels' targets, and host
@@ -60,12 +77,12 @@ type Relay struct {
 
 	mu       sync.RWMutex
 	channels map[netip.AddrPort]*channel
-	inbound  map[string]*channel // by forward name; cfg.Path unused
+	inbound  map[string]*meter // by forward name
 }
 
 // New returns a relay for a domain's vmchannels.
 func New(id Identity, channels []domain.VMChannel) *Relay {
-	r := &Relay{id: id, channels: map[netip.AddrPort]*channel{}, inbound: map[string]*channel{}}
+	r := &Relay{id: id, channels: map[netip.AddrPort]*channel{}, inbound: map[string]*meter{}}
 	for _, c := range channels {
 		r.Add(c)
 	}
@@ -79,7 +96,7 @@ func (r *Relay) Add(c domain.VMChannel) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.channels[netip.AddrPortFrom(c.Address, c.Port)] = &channel{cfg: c}
+	r.channels[c.AddrPort()] = &channel{cfg: c, meter: meter{max: uint64(c.MaxConnections)}}
 }
 
 // Remove stops serving a channel: its next connection is refused; those
@@ -97,7 +114,7 @@ func (r *Relay) AddInbound(name string, maxConnections int) {
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.inbound[name] = &channel{cfg: domain.VMChannel{MaxConnections: maxConnections}}
+	r.inbound[name] = &meter{max: uint64(maxConnections)}
 }
 
 // RemoveInbound forgets an inbound forward; connections under way go on.
@@ -107,9 +124,9 @@ func (r *Relay) RemoveInbound(name string) {
 	delete(r.inbound, name)
 }
 
-func (c *channel) counters() Counters {
-	return Counters{Active: c.active.Load(), Total: c.total.Load(), Refused: c.refused.Load(),
-		BytesIn: c.bytesIn.Load(), BytesOut: c.bytesOut.Load()}
+func (m *meter) counters() Counters {
+	return Counters{Active: m.active.Load(), Total: m.total.Load(), Refused: m.refused.Load(),
+		BytesIn: m.bytesIn.Load(), BytesOut: m.bytesOut.Load()}
 }
 
 // Counters returns the figures of the channel on addr:port.
@@ -146,10 +163,7 @@ func (r *Relay) HandleInbound(name string, host net.Conn, dial func(context.Cont
 		host.Close()
 		return fmt.Errorf("no inbound forward %s", name)
 	}
-	c.total.Add(1)
-	if c.active.Add(1) > uint64(c.cfg.MaxConnections) {
-		c.active.Add(^uint64(0))
-		c.refused.Add(1)
+	if !c.admit() {
 		host.Close()
 		return nil
 	}
@@ -188,10 +202,7 @@ func (r *Relay) Handle(ch netip.AddrPort, guest net.Conn, src netip.AddrPort) er
 		guest.Close()
 		return fmt.Errorf("%w: %s", ErrUnknownChannel, ch)
 	}
-	c.total.Add(1)
-	if c.active.Add(1) > uint64(c.cfg.MaxConnections) {
-		c.active.Add(^uint64(0))
-		c.refused.Add(1)
+	if !c.admit() {
 		guest.Close()
 		return nil
 	}

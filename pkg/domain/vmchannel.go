@@ -1,0 +1,191 @@
+package domain
+
+import (
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// The rules of the vmchannels: libvirt's <channel> (guestfwd, and the virtio
+// ports whose sockets minivirt binds), minivirt's own in the metadata, and the
+// network that carries them. What they are is in devices.go; the forwards,
+// with their rules, are in forward.go.
+
+var (
+	virtioPortPattern = lazyRegexp(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+	dhcpFirst         = 15 // libslirp hands out 10.0.2.15-10.0.2.30
+	dhcpEnd           = 30
+)
+
+func (d *Domain) validateChannels() error {
+	names := map[string]bool{}
+	for _, ch := range d.Devices.Channels {
+		if ch.Target == nil || ch.Target.GuestFWD == nil && ch.Target.VirtIO == nil {
+			return fmt.Errorf("channel target %s: not supported; use guestfwd or virtio", strings.Join(unhandled(ch.Target), ""))
+		}
+		if ch.Source == nil || ch.Source.UNIX == nil {
+			return fmt.Errorf("channel source %s: not supported; use type='unix'", strings.Join(unhandled(ch.Source), ""))
+		}
+		src := ch.Source.UNIX
+		switch {
+		case ch.Target.GuestFWD != nil:
+			t := ch.Target.GuestFWD
+			if err := notSupported("channel guestfwd", unhandled(&ch, "Source", "Target", "Alias")); err != nil {
+				return err
+			}
+			if src.Mode != "connect" {
+				return fmt.Errorf("channel guestfwd source mode %q: must be connect", src.Mode)
+			}
+			if t.Port == "" || t.Address == "" {
+				return fmt.Errorf("channel guestfwd: target needs address='' and port=''")
+			}
+			port, err := strconv.ParseUint(t.Port, 10, 32)
+			if err != nil || port < 1 || port > 65535 {
+				return fmt.Errorf("vmchannel port %s: must be 1-65535", t.Port)
+			}
+			if err := checkVMChannel(t.Address, uint(port), src.Path, "", 0, true); err != nil {
+				return err
+			}
+		default:
+			n := ch.Target.VirtIO.Name
+			if err := notSupported("channel virtio "+n, unhandled(&ch, "Source", "Target", "Alias")); err != nil {
+				return err
+			}
+			if ch.Target.VirtIO.State != "" {
+				return notSupported("channel virtio "+n+" target", []string{"attribute state"})
+			}
+			if !virtioPortPattern().MatchString(n) {
+				return fmt.Errorf("channel virtio target name %q: must be a port name such as org.qemu.guest_agent.0", n)
+			}
+			if names[n] {
+				return fmt.Errorf("channel virtio target name %q: used twice", n)
+			}
+			names[n] = true
+			if src.Mode != "bind" {
+				return fmt.Errorf("channel virtio %s source mode %q: must be bind (minivirt creates the socket)", n, src.Mode)
+			}
+			if src.Path != "" {
+				if err := socketPath("channel virtio "+n+" source path", src.Path); err != nil {
+					return err
+				}
+			}
+		}
+		if err := notSupported("channel source", unhandled(src, "Mode", "Path")); err != nil {
+			return err
+		}
+	}
+	for _, e := range d.Ext.VMChannels {
+		if e.Path == "" {
+			continue // options of a guestfwd channel: checked below
+		}
+		if err := checkVMChannel(e.Address, e.Port, e.Path, e.Proxy, e.MaxConnections, true); err != nil {
+			return err
+		}
+	}
+	// One guest address:port serves one channel; bound sockets are not shared.
+	ports := map[netip.AddrPort]bool{}
+	for _, vc := range d.VMChannels() {
+		ap := netip.AddrPortFrom(vc.Address, vc.Port)
+		if ports[ap] {
+			return fmt.Errorf("vmchannel port %d: used twice on address %s", vc.Port, vc.Address)
+		}
+		ports[ap] = true
+	}
+	for _, e := range d.Ext.VMChannels {
+		if e.Path != "" {
+			continue
+		}
+		a, _ := netip.ParseAddr(e.Address)
+		if !ports[netip.AddrPortFrom(a, uint16(e.Port))] || e.Port > 65535 {
+			return fmt.Errorf("metadata vmchannel %s:%d: options without a path must belong to a guestfwd <channel> on that address and port", e.Address, e.Port)
+		}
+		if err := checkVMChannel(e.Address, e.Port, "/options", e.Proxy, e.MaxConnections, false); err != nil {
+			return err
+		}
+	}
+	bound := map[string]bool{}
+	for _, p := range d.VirtioPorts() {
+		if p.Path == "" {
+			continue
+		}
+		if bound[p.Path] {
+			return fmt.Errorf("channel virtio source path %q: bound twice", p.Path)
+		}
+		bound[p.Path] = true
+	}
+	for _, vc := range d.VMChannels() {
+		if bound[vc.Path] {
+			return fmt.Errorf("vmchannel port %d path %q: is also a virtio channel's bound socket", vc.Port, vc.Path)
+		}
+	}
+	return nil
+}
+
+func (d *Domain) validateNetwork() error {
+	if m := d.Ext.MTU; m != 0 {
+		if m < 576 || m > 65520 {
+			return fmt.Errorf("vmchannels mtu %d: must be 576-65520", m)
+		}
+		if d.Network() != NetworkNetstack {
+			return fmt.Errorf("vmchannels mtu %d: only minivirt's own network (netstack) takes an MTU; QEMU's has 1500", m)
+		}
+	}
+	switch n := d.Ext.Network; n {
+	case "", NetworkSlirp:
+	case NetworkNetstack:
+		if _, ok := d.userInterface(); ok {
+			return fmt.Errorf("vmchannels network 'netstack': has no NAT and cannot serve <interface type='user'>; remove that interface or use network='slirp'")
+		}
+	default:
+		return fmt.Errorf("vmchannels network %q: must be netstack (minivirt's own network) or slirp (QEMU's)", n)
+	}
+	return nil
+}
+
+// checkVMChannel checks one vmchannel's fields; path is checked when checkPath.
+func checkVMChannel(addr string, port uint, path, proxy string, maxConns uint, checkPath bool) error {
+	if port < 1 || port > 65535 {
+		return fmt.Errorf("vmchannel port %d: must be 1-65535", port)
+	}
+	p := strconv.FormatUint(uint64(port), 10)
+	if err := CheckAddress(addr, p); err != nil {
+		return err
+	}
+	if checkPath {
+		if err := socketPath("vmchannel port "+p+" path", path); err != nil {
+			return err
+		}
+	}
+	if proxy != ProxyNone && proxy != ProxyV2 {
+		return fmt.Errorf("vmchannel port %s proxy %q: must be v2 or absent", p, proxy)
+	}
+	if maxConns > 65535 {
+		return fmt.Errorf("vmchannel port %s maxconnections %d: must be 1-65535", p, maxConns)
+	}
+	return nil
+}
+
+// CheckAddress checks a vmchannel's guest-side address: IPv4, inside the user
+// network, and none of the addresses the network itself uses.
+func CheckAddress(addr, port string) error {
+	a, err := netip.ParseAddr(addr)
+	if err != nil || !a.Is4() {
+		return fmt.Errorf("vmchannel port %s address %q: must be an IPv4 address such as 10.0.2.4", port, addr)
+	}
+	if !UserNet.Contains(a) {
+		return fmt.Errorf("vmchannel port %s address %s: outside the user network %s", port, a, UserNet)
+	}
+	last := int(a.As4()[3])
+	switch {
+	case last == 0 || last == 255:
+		return fmt.Errorf("vmchannel port %s address %s: is the network's own address; use e.g. 10.0.2.4", port, a)
+	case last == 2:
+		return fmt.Errorf("vmchannel port %s address %s: is the user network's gateway; use e.g. 10.0.2.4", port, a)
+	case last == 3:
+		return fmt.Errorf("vmchannel port %s address %s: is the user network's DNS server; use e.g. 10.0.2.4", port, a)
+	case last >= dhcpFirst && last <= dhcpEnd:
+		return fmt.Errorf("vmchannel port %s address %s: is in the guest's DHCP range 10.0.2.%d-%d; use e.g. 10.0.2.4", port, a, dhcpFirst, dhcpEnd)
+	}
+	return nil
+}

@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
-	"github.com/minivirt/minivirt/pkg/launcher"
+	"github.com/minivirt/minivirt/pkg/rundir"
 )
 
 // escapeByte is Ctrl-], virsh's console escape.
@@ -30,7 +30,7 @@ func (a *app) consoleCommand() *cobra.Command {
 			if !o.Active() || !o.QEMUAlive {
 				return fmt.Errorf("domain %s is not running", name)
 			}
-			conn, err := net.Dial("unix", launcher.PathsIn(a.mgr.DomainRunDir(name)).Console)
+			conn, err := net.Dial("unix", rundir.PathsIn(a.mgr.DomainRunDir(name)).Console)
 			if err != nil {
 				return fmt.Errorf("console %s: %w", name, err)
 			}

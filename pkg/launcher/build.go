@@ -13,6 +13,7 @@ import (
 	"libvirt.org/go/libvirtxml"
 
 	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/rundir"
 )
 
 // Env is what Build needs to know of the host.
@@ -52,16 +53,6 @@ type Socket struct {
 	FD   int // the descriptor number QEMU sees
 }
 
-// Paths are the supervisor's sockets in the runtime directory, and QEMU's
-// pid file there.
-type Paths struct {
-	QMP, Console, Control, Relay string
-	// PIDFile is written by QEMU itself before it runs guest code: with
-	// the domain's uuid it identifies a QEMU of this domain that no record
-	// names (its supervisor killed while starting it).
-	PIDFile string
-}
-
 // Plan is a QEMU command line and what must exist before it runs.
 type Plan struct {
 	Argv    []string
@@ -70,7 +61,7 @@ type Plan struct {
 	// of minivirt's own network (Network "netstack").
 	NetFD   int
 	Network string // domain.NetworkSlirp or domain.NetworkNetstack; "" without vmchannels or a NIC
-	Paths   Paths
+	Paths   rundir.Paths
 	Accel   string // "kvm" or "tcg"
 	// Env is added to QEMU's environment (<qemu:commandline> env).
 	Env []string
@@ -131,21 +122,10 @@ const HelperCommand = "__vmchannel-helper"
 // cut silently, so Build refuses them.
 const maxGuestfwdRule = 1023
 
-// PathsIn returns the supervisor's socket paths in a runtime directory.
-func PathsIn(runDir string) Paths {
-	return Paths{
-		QMP:     filepath.Join(runDir, "qmp.sock"),
-		Console: filepath.Join(runDir, "console.sock"),
-		Control: filepath.Join(runDir, "control.sock"),
-		Relay:   filepath.Join(runDir, "relay.sock"),
-		PIDFile: filepath.Join(runDir, "qemu.pid"),
-	}
-}
-
 // Build returns the QEMU command line for a validated domain. It has no side
 // effects: the supervisor creates Plan.Sockets and runs Plan.Argv.
 func Build(d *domain.Domain, env Env) (Plan, error) {
-	p := Plan{Paths: PathsIn(env.RunDir)}
+	p := Plan{Paths: rundir.PathsIn(env.RunDir)}
 	for _, s := range []string{p.Paths.QMP, p.Paths.Console, p.Paths.Control, p.Paths.Relay} {
 		if len(s) > domain.MaxSocketPath {
 			return Plan{}, fmt.Errorf("runtime directory %s: socket path %s is %d bytes, over the %d a Unix socket allows; use a shorter --run-dir", env.RunDir, s, len(s), domain.MaxSocketPath)

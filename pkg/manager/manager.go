@@ -21,8 +21,8 @@ import (
 	"time"
 
 	"github.com/minivirt/minivirt/pkg/domain"
-	"github.com/minivirt/minivirt/pkg/launcher"
 	"github.com/minivirt/minivirt/pkg/proc"
+	"github.com/minivirt/minivirt/pkg/rundir"
 	"github.com/minivirt/minivirt/pkg/store"
 	"github.com/minivirt/minivirt/pkg/supervisor"
 )
@@ -134,7 +134,7 @@ func observe(rt store.Runtime, runDir string, found []proc.ID) (o Observed) {
 	}
 	// QEMU is gone. Its supervisor keeps the final state in the runtime
 	// directory while the store cannot take it.
-	if p, ok := supervisor.Pending(runDir); ok && p.Generation == rt.Generation {
+	if p, ok := rundir.Pending(runDir); ok && p.Generation == rt.Generation {
 		o.Runtime, o.Record = p, p
 		o.Stale = "the state database has not taken this yet; minivirt records it as soon as it can"
 		o.Reconciled = !o.Supervised // a live supervisor records it itself
@@ -345,7 +345,7 @@ func (m *Manager) running(name string) (*domain.Domain, Observed, error) {
 
 // call sends one control request to a domain's supervisor.
 func (m *Manager) call(ctx context.Context, name string, req supervisor.Request) (supervisor.Response, error) {
-	return supervisor.Call(ctx, launcher.PathsIn(m.DomainRunDir(name)).Control, req)
+	return supervisor.Call(ctx, rundir.PathsIn(m.DomainRunDir(name)).Control, req)
 }
 
 // StartOptions are the choices of one start.
@@ -547,8 +547,8 @@ func (m *Manager) killAll(ctx context.Context, name string, ids []proc.ID) error
 // supervisor is gone; anything else is left alone.
 func (m *Manager) removeStale(name string) {
 	dir := m.DomainRunDir(name)
-	if state, _, _ := supervisor.InspectDir(dir); state == supervisor.DirStale {
-		supervisor.RemoveDir(dir)
+	if state, _, _ := rundir.Inspect(dir); state == rundir.Stale {
+		rundir.Remove(dir)
 	}
 }
 

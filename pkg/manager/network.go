@@ -13,6 +13,7 @@ import (
 	"sync"
 
 	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/rundir"
 	"github.com/minivirt/minivirt/pkg/supervisor"
 	"github.com/minivirt/minivirt/pkg/usernet"
 	"github.com/minivirt/minivirt/pkg/vmchannel"
@@ -78,7 +79,7 @@ func (m *Manager) ServeNetwork(ctx context.Context, name, socket, qemuUser strin
 	// Every socket minivirt binds goes through the ledger of the runtime
 	// root, the supervisors' too: a socket this command or a supervisor
 	// left when killed is replaced, and nothing else at a path is touched.
-	if err := supervisor.EnsureRoot(m.RunDir); err != nil {
+	if err := rundir.EnsureRoot(m.RunDir); err != nil {
 		return err
 	}
 	sockets := supervisor.SocketLedger(m.RunDir)

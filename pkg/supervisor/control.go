@@ -65,10 +65,10 @@ type Response struct {
 
 // Status is the supervisor's view of its domain.
 type Status struct {
-	State       string          `json:"state"`
-	Reason      string          `json:"reason,omitempty"`
-	Detail      string          `json:"detail,omitempty"`
-	MonitorLost bool `json:"monitor_lost,omitempty"`
+	State       string `json:"state"`
+	Reason      string `json:"reason,omitempty"`
+	Detail      string `json:"detail,omitempty"`
+	MonitorLost bool   `json:"monitor_lost,omitempty"`
 	// VMChannels and Forwards are what runs now, live changes included,
 	// each with its counters.
 	VMChannels []ChannelStatus `json:"vmchannels,omitempty"`
@@ -77,8 +77,8 @@ type Status struct {
 	VirtioPorts []domain.VirtioPort `json:"virtio_ports,omitempty"`
 	// Addresses are the guest's: from the DHCP leases of minivirt's own
 	// network, or QEMU's user network's fixed one.
-	Addresses []GuestAddress `json:"addresses,omitempty"`
-	Forwards []ForwardStatus `json:"forwards,omitempty"`
+	Addresses []GuestAddress  `json:"addresses,omitempty"`
+	Forwards  []ForwardStatus `json:"forwards,omitempty"`
 	// RecordPending says why the store does not have the state yet (its
 	// database could not be written); the supervisor keeps trying.
 	RecordPending string `json:"record_pending,omitempty"`

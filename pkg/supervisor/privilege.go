@@ -11,6 +11,7 @@ import (
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/launcher"
 	"github.com/minivirt/minivirt/pkg/proc"
+	"github.com/minivirt/minivirt/pkg/rundir"
 	"github.com/minivirt/minivirt/pkg/store"
 )
 
@@ -25,10 +26,6 @@ const (
 	QEMUIDBase = 2_000_000_000
 	QEMUSlots  = 65536
 )
-
-// chrootDir is the empty directory inside a domain's runtime directory
-// that QEMU is confined to, where the domain qualifies.
-const chrootDir = "root"
 
 // privileges decides how QEMU runs: as root, minivirt has QEMU drop to the
 // domain's own uid and gid once it has initialised (it opens every file it
@@ -56,7 +53,7 @@ func privileges(d *domain.Domain, env *launcher.Env, openStore func() (*store.St
 	env.RunAsUID, env.RunAsGID = QEMUIDBase+slot, QEMUIDBase+slot
 	env.RunAs = fmt.Sprintf("%d:%d", env.RunAsUID, env.RunAsGID)
 	if !launcher.NeedsFilesystem(d) {
-		env.Chroot = filepath.Join(env.RunDir, chrootDir)
+		env.Chroot = rundir.PathsIn(env.RunDir).Chroot
 	}
 	return nil
 }
@@ -123,7 +120,7 @@ func FindQEMU(runRoot string) (map[string][]QEMUProcess, error) {
 	found, err := proc.Find(func(argv []string) bool {
 		pidfile := proc.ArgAfter(argv, "-pidfile")
 		return pidfile != "" && filepath.Dir(filepath.Dir(pidfile)) == runRoot &&
-			pidfile == launcher.PathsIn(filepath.Dir(pidfile)).PIDFile && proc.ArgAfter(argv, "-uuid") != ""
+			pidfile == rundir.PathsIn(filepath.Dir(pidfile)).PIDFile && proc.ArgAfter(argv, "-uuid") != ""
 	})
 	if err != nil {
 		return nil, err

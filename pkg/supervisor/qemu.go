@@ -3,6 +3,7 @@ package supervisor
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -115,4 +116,13 @@ func prepareNVRAM(path, template string) error {
 		return fmt.Errorf("os nvram: %w", err)
 	}
 	return os.Rename(tmp, path)
+}
+
+// unwrap drops the path an *fs.PathError repeats: the caller names it.
+func unwrap(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }

@@ -31,6 +31,7 @@ import (
 	"github.com/minivirt/minivirt/pkg/launcher"
 	"github.com/minivirt/minivirt/pkg/proc"
 	"github.com/minivirt/minivirt/pkg/qmp"
+	"github.com/minivirt/minivirt/pkg/rundir"
 	"github.com/minivirt/minivirt/pkg/store"
 	"github.com/minivirt/minivirt/pkg/usernet"
 	"github.com/minivirt/minivirt/pkg/vmchannel"
@@ -174,7 +175,7 @@ func (s *supervisor) start(ctx context.Context) (err error) {
 	} else if len(strays) > 0 {
 		return fmt.Errorf("a QEMU of this domain (pid %d) runs that no record names (its supervisor was killed while starting it); `minivirt destroy %s` ends it", strays[0].PID, s.d.Name)
 	}
-	if err := claimDir(env.RunDir, s.self); err != nil {
+	if err := rundir.Claim(env.RunDir, s.self); err != nil {
 		return err
 	}
 	defer func() {
@@ -555,7 +556,7 @@ func (s *supervisor) follow() error {
 	// next command that writes records it rather than a crash.
 	s.stopServing()
 	rt.Generation = s.rec.generation()
-	if err := writePending(s.cfg.Env.RunDir, rt); err != nil {
+	if err := rundir.WritePending(s.cfg.Env.RunDir, rt); err != nil {
 		s.logf("keeping the final state in the runtime directory: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), finalRecordTimeout)
@@ -611,8 +612,8 @@ func (s *supervisor) stopForward(name string) {
 func (s *supervisor) cleanup() {
 	s.stopServing()
 	s.closeControl()
-	if owner, ok := readOwner(s.cfg.Env.RunDir); ok && owner == s.self {
-		if err := RemoveDir(s.cfg.Env.RunDir); err != nil {
+	if owner, ok := rundir.Owner(s.cfg.Env.RunDir); ok && owner == s.self {
+		if err := rundir.Remove(s.cfg.Env.RunDir); err != nil {
 			s.logf("%v", err)
 		}
 	}

@@ -1,4 +1,9 @@
-package supervisor
+// Package rundir owns a domain's runtime directory, RUN/NAME: its layout
+// (the supervisor's sockets, QEMU's pid file, the chroot), its claim by one
+// supervisor, what it says of that supervisor, and its removal. minivirt
+// removes only what it made: the directory carries a marker from the moment
+// it becomes visible, and only the files named here are ever removed from it.
+package rundir
 
 import (
 	"bytes"
@@ -14,15 +19,12 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/minivirt/minivirt/pkg/launcher"
 	"github.com/minivirt/minivirt/pkg/proc"
 	"github.com/minivirt/minivirt/pkg/store"
 )
 
-// A domain's runtime directory holds its supervisor's sockets. minivirt
-// removes only what it made: the directory carries a marker file from the
-// moment it becomes visible, and only the files named here are ever removed
-// from it. Anything else found there stays, and so does the directory.
+// Files of a runtime directory that are not in Paths. Anything else found
+// there stays, and so does the directory.
 const (
 	markerFile = ".minivirt-rundir"
 	ownerFile  = "supervisor.id"
@@ -31,10 +33,34 @@ const (
 	pendingFile = "final.json"
 )
 
+// Paths are the files of one domain's runtime directory.
+type Paths struct {
+	QMP, Console, Control, Relay string
+	// PIDFile is written by QEMU itself before it runs guest code: it
+	// identifies a QEMU of this domain that no record names (its
+	// supervisor killed while starting it).
+	PIDFile string
+	// Chroot is the empty directory QEMU is confined to, where the domain
+	// qualifies.
+	Chroot string
+}
+
+// PathsIn returns the layout of the runtime directory dir.
+func PathsIn(dir string) Paths {
+	return Paths{
+		QMP:     filepath.Join(dir, "qmp.sock"),
+		Console: filepath.Join(dir, "console.sock"),
+		Control: filepath.Join(dir, "control.sock"),
+		Relay:   filepath.Join(dir, "relay.sock"),
+		PIDFile: filepath.Join(dir, "qemu.pid"),
+		Chroot:  filepath.Join(dir, "root"),
+	}
+}
+
 // knownFiles are the only names minivirt removes from a runtime directory.
 func knownFiles(dir string) []string {
-	p := launcher.PathsIn(dir)
-	return []string{p.QMP, p.Console, p.Control, p.Relay, p.PIDFile, filepath.Join(dir, pendingFile), filepath.Join(dir, chrootDir), filepath.Join(dir, ownerFile), filepath.Join(dir, markerFile)}
+	p := PathsIn(dir)
+	return []string{p.QMP, p.Console, p.Control, p.Relay, p.PIDFile, filepath.Join(dir, pendingFile), p.Chroot, filepath.Join(dir, ownerFile), filepath.Join(dir, markerFile)}
 }
 
 // CheckDir checks a directory minivirt keeps sockets in: a real directory
@@ -71,42 +97,42 @@ func EnsureRoot(root string) error {
 	return CheckDir(root)
 }
 
-// DirState is what a domain's runtime directory says of its supervisor.
-type DirState int
+// State is what a domain's runtime directory says of its supervisor.
+type State int
 
 // Runtime directory states.
 const (
-	DirAbsent  DirState = iota // no directory
-	DirLive                    // made by minivirt; its supervisor runs
-	DirStale                   // made by minivirt; its supervisor is gone
-	DirForeign                 // not made by minivirt: never touched
+	Absent  State = iota // no directory
+	Live                 // made by minivirt; its supervisor runs
+	Stale                // made by minivirt; its supervisor is gone
+	Foreign              // not made by minivirt: never touched
 )
 
-// InspectDir tells, without changing anything, what dir is.
-func InspectDir(dir string) (DirState, proc.ID, error) {
+// Inspect tells, without changing anything, what dir is.
+func Inspect(dir string) (State, proc.ID, error) {
 	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
-		return DirAbsent, proc.ID{}, nil
+		return Absent, proc.ID{}, nil
 	}
 	if err := CheckDir(dir); err != nil {
-		return DirForeign, proc.ID{}, err
+		return Foreign, proc.ID{}, err
 	}
 	if _, err := os.Lstat(filepath.Join(dir, markerFile)); err != nil {
-		return DirForeign, proc.ID{}, fmt.Errorf("runtime directory %s was not made by minivirt (no %s in it); move it away", dir, markerFile)
+		return Foreign, proc.ID{}, fmt.Errorf("runtime directory %s was not made by minivirt (no %s in it); move it away", dir, markerFile)
 	}
-	owner, ok := readOwner(dir)
+	owner, ok := Owner(dir)
 	if ok && proc.Alive(owner) {
-		return DirLive, owner, nil
+		return Live, owner, nil
 	}
-	return DirStale, owner, nil
+	return Stale, owner, nil
 }
 
-// claimDir makes dir, the runtime directory of one domain, for the calling
+// Claim makes dir, the runtime directory of one domain, for the calling
 // supervisor. The directory is made under a temporary name with its marker
 // and owner inside, then renamed into place without replacing anything: no
 // other command ever sees it half made, so none can take it for stale. A
 // stale directory minivirt made is cleaned first; a live one means the
 // domain runs; anything else is refused and left alone.
-func claimDir(dir string, self proc.ID) error {
+func Claim(dir string, self proc.ID) error {
 	root := filepath.Dir(dir)
 	if err := EnsureRoot(root); err != nil {
 		return err
@@ -140,24 +166,24 @@ func claimDir(dir string, self proc.ID) error {
 		if !errors.Is(err, unix.EEXIST) || attempt > 0 {
 			return fmt.Errorf("runtime directory %s: %w", dir, err)
 		}
-		state, owner, err := InspectDir(dir)
+		state, owner, err := Inspect(dir)
 		switch state {
-		case DirLive:
+		case Live:
 			return fmt.Errorf("domain is already running (supervisor pid %d)", owner.PID)
-		case DirForeign:
+		case Foreign:
 			return err
-		case DirStale:
-			if err := RemoveDir(dir); err != nil {
+		case Stale:
+			if err := Remove(dir); err != nil {
 				return err
 			}
 		}
 	}
 }
 
-// RemoveDir removes a runtime directory minivirt made: the files it knows,
+// Remove removes a runtime directory minivirt made: the files it knows,
 // then the directory. Anything else in it stays, and then so does the
 // directory, and the error says so.
-func RemoveDir(dir string) error {
+func Remove(dir string) error {
 	if _, err := os.Lstat(filepath.Join(dir, markerFile)); err != nil {
 		return fmt.Errorf("runtime directory %s was not made by minivirt; left as it is", dir)
 	}
@@ -202,7 +228,8 @@ func writeOwner(dir string, id proc.ID) error {
 	return os.WriteFile(filepath.Join(dir, ownerFile), []byte(fmt.Sprintf("%d %d %s\n", id.PID, id.StartTime, id.BootID)), 0o600)
 }
 
-func readOwner(dir string) (proc.ID, bool) {
+// Owner returns the supervisor that claimed dir, when it says.
+func Owner(dir string) (proc.ID, bool) {
 	data, err := os.ReadFile(filepath.Join(dir, ownerFile))
 	if err != nil {
 		return proc.ID{}, false
@@ -220,9 +247,9 @@ func unwrap(err error) error {
 	return err
 }
 
-// writePending keeps a domain's final record in its runtime directory until
+// WritePending keeps a domain's final record in its runtime directory until
 // the store has it.
-func writePending(dir string, rt store.Runtime) error {
+func WritePending(dir string, rt store.Runtime) error {
 	data, err := json.Marshal(rt)
 	if err != nil {
 		return err

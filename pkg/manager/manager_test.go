@@ -38,6 +38,10 @@ func TestMain(m *testing.M) {
 
 // fakeQEMU serves QMP on the fd of "-chardev socket,id=monitor,fd=N".
 func fakeQEMU(mode string, args []string) int {
+	if mode == "exit" { // a QEMU that refuses its command line
+		fmt.Fprintln(os.Stderr, "fake QEMU: refusing to start")
+		return 3
+	}
 	fd := -1
 	for i, a := range args {
 		if a == "-chardev" && i+1 < len(args) && strings.HasPrefix(args[i+1], "socket,id=monitor,fd=") {
@@ -98,8 +102,21 @@ func serveQMP(c net.Conn, mode string, l net.Listener) (quit bool) {
 	return quit
 }
 
-// fakeDomain defines a domain whose emulator is the fake QEMU.
-func fakeDomain(t *testing.T, mode string) (*Manager, string) {
+// fakeDomain defines a domain whose emulator is the fake QEMU, with extra
+// <devices> content, and starts it.
+func fakeDomain(t *testing.T, mode string, devices ...string) (*Manager, string) {
+	t.Helper()
+	m := defineFake(t, mode, devices...)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := m.Start(ctx, "fake", StartOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return m, "fake"
+}
+
+// defineFake defines the fake domain "fake" in a fresh state.
+func defineFake(t *testing.T, mode string, devices ...string) *Manager {
 	t.Helper()
 	t.Setenv(fakeEnv, mode)
 	self, err := os.Executable()
@@ -128,7 +145,7 @@ func fakeDomain(t *testing.T, mode string) (*Manager, string) {
 	// QEMU gets no variable of the caller's: the fake's mode reaches it as
 	// a <qemu:commandline> variable, as a user's would.
 	xml := `<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><name>fake</name><memory unit='MiB'>64</memory>
-<os><kernel>` + self + `</kernel></os><devices><emulator>` + self + `</emulator></devices>
+<os><kernel>` + self + `</kernel></os><devices><emulator>` + self + `</emulator>` + strings.Join(devices, "") + `</devices>
 <qemu:commandline><qemu:env name='` + fakeEnv + `' value='` + mode + `'/></qemu:commandline></domain>`
 	d, err := domain.Parse(strings.NewReader(xml))
 	if err == nil {
@@ -140,12 +157,7 @@ func fakeDomain(t *testing.T, mode string) (*Manager, string) {
 	if _, _, err := m.Define(d); err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if _, err := m.Start(ctx, "fake", StartOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	return m, "fake"
+	return m
 }
 
 type testWriter struct{ t *testing.T }

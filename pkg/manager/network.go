@@ -10,13 +10,10 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"sync"
 
 	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/guestnet"
 	"github.com/minivirt/minivirt/pkg/rundir"
-	"github.com/minivirt/minivirt/pkg/supervisor"
-	"github.com/minivirt/minivirt/pkg/usernet"
-	"github.com/minivirt/minivirt/pkg/vmchannel"
 )
 
 // NetworkSocket is where `minivirt network serve` listens for the QEMU of a
@@ -56,7 +53,6 @@ func (m *Manager) ServeNetwork(ctx context.Context, name, socket, qemuUser strin
 	if err := d.Validate(); err != nil {
 		return fmt.Errorf("the stored definition: %w", err)
 	}
-	channels := d.VMChannels()
 	if !d.NeedsNetwork() {
 		return fmt.Errorf("domain %s has no vmchannels or forwards to serve", name)
 	}
@@ -82,65 +78,41 @@ func (m *Manager) ServeNetwork(ctx context.Context, name, socket, qemuUser strin
 	if err := rundir.EnsureRoot(m.RunDir); err != nil {
 		return err
 	}
-	sockets := supervisor.SocketLedger(m.RunDir)
+	sockets := rundir.SocketLedger(m.RunDir)
 	l, err := sockets.ListenAs(socket, 0o600, uid, gid)
 	if err != nil {
 		return fmt.Errorf("network socket: %w", err)
 	}
 	defer l.Close()
 	context.AfterFunc(ctx, func() { l.Close() })
-	relay := vmchannel.New(vmchannel.Identity{Name: d.Name, UUID: d.UUID}, channels)
-	// Inbound forwards reach the guest through whichever stack serves QEMU now.
-	var mu sync.Mutex
-	var current *usernet.Network
+	// The same network the supervisor serves; forwards reach the guest
+	// through whichever QEMU is attached now.
+	network := guestnet.New(d, sockets)
+	defer network.Close()
 	for _, f := range d.Forwards() {
-		var fl net.Listener
-		if f.Path != "" {
-			fl, err = sockets.Listen(f.Path, 0o600)
-		} else {
-			fl, err = net.Listen("tcp", f.Listen.String())
+		if err := network.AddForward(f); err != nil {
+			return err
 		}
-		if err != nil {
-			return fmt.Errorf("forward %s: %w", f.Name(), err)
-		}
-		defer fl.Close()
-		relay.AddInbound(f.Name(), f.MaxConnections)
-		port := f.GuestPort
-		go relay.ServeInbound(fl, f.Name(), func(ctx context.Context) (net.Conn, error) {
-			mu.Lock()
-			n := current
-			mu.Unlock()
-			if n == nil {
-				return nil, errors.New("QEMU is not connected")
-			}
-			return n.DialGuest(ctx, port)
-		})
 	}
-	logger.Printf("serving the network of %s on %s: %d vmchannels, %d forwards", name, socket, len(channels), len(d.Forwards()))
+	logger.Printf("serving the network of %s on %s: %d vmchannels, %d forwards", name, socket, len(d.VMChannels()), len(d.Forwards()))
 	for {
 		conn, err := l.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
-				relay.Wait()
+				network.Close()
+				network.Relay().Wait()
 				return nil
 			}
 			return err
 		}
 		// A fresh stack for each QEMU: a restarted guest starts clean.
-		network, err := usernet.NewMTU(channels, d.NetstackMTU(), relay.Handle)
+		serve, err := network.Attach(conn)
 		if err != nil {
 			conn.Close()
 			return err
 		}
 		logger.Printf("QEMU connected")
-		mu.Lock()
-		current = network
-		mu.Unlock()
-		err = network.Serve(ctx, conn)
-		mu.Lock()
-		current = nil
-		mu.Unlock()
-		network.Close()
+		err = serve(ctx)
 		conn.Close()
 		logger.Printf("QEMU disconnected (%v)", err)
 	}

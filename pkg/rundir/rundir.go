@@ -21,6 +21,7 @@ import (
 
 	"github.com/minivirt/minivirt/pkg/proc"
 	"github.com/minivirt/minivirt/pkg/store"
+	"github.com/minivirt/minivirt/pkg/unixsock"
 )
 
 // Files of a runtime directory that are not in Paths. Anything else found
@@ -273,4 +274,14 @@ func Pending(dir string) (store.Runtime, bool) {
 		return store.Runtime{}, false
 	}
 	return rt, true
+}
+
+// SocketLedger is the ledger of every socket minivirt binds under the
+// runtime root root (pkg/unixsock): the supervisors' and `network serve`'s
+// alike, so that a socket a killed process left is known as minivirt's to
+// whichever comes next, and nothing else is. It lives in the runtime root,
+// which CheckDir makes sure only the user can write to; domain names start
+// with a letter or digit, so ".sockets" is no domain's directory.
+func SocketLedger(root string) unixsock.Ledger {
+	return unixsock.Ledger{Dir: filepath.Join(root, ".sockets")}
 }

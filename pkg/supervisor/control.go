@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/minivirt/minivirt/pkg/domain"
-	"github.com/minivirt/minivirt/pkg/vmchannel"
+	"github.com/minivirt/minivirt/pkg/guestnet"
+	"github.com/minivirt/minivirt/pkg/qmp"
+	"github.com/minivirt/minivirt/pkg/store"
 )
 
 // Control operations the supervisor answers on its control socket. QMP allows
@@ -86,10 +88,7 @@ type Status struct {
 
 // ForwardStatus is one inbound forward the supervisor serves, with its
 // counters (BytesIn: guest to host).
-type ForwardStatus struct {
-	Forward domain.Forward `json:"forward"`
-	vmchannel.Counters
-}
+type ForwardStatus = guestnet.ForwardStatus
 
 // GuestAddress is one address of the guest, as domifaddr shows it.
 type GuestAddress struct {
@@ -100,10 +99,7 @@ type GuestAddress struct {
 }
 
 // ChannelStatus is one vmchannel the supervisor serves, with its counters.
-type ChannelStatus struct {
-	domain.VMChannel
-	vmchannel.Counters
-}
+type ChannelStatus = guestnet.ChannelStatus
 
 // ErrStarting is returned by Call while the supervisor is still starting.
 var ErrStarting = errors.New("the domain is still starting; try again in a moment")
@@ -172,4 +168,147 @@ func serveControl(l net.Listener, handle func(context.Context, Request) Response
 			json.NewEncoder(c).Encode(resp)
 		}()
 	}
+}
+
+// handle answers one control request.
+func (s *supervisor) handle(ctx context.Context, req Request) Response {
+	s.mu.Lock()
+	ready := s.ready
+	s.mu.Unlock()
+	if !ready {
+		return Response{Starting: true, Error: ErrStarting.Error()}
+	}
+	callCtx, cancel := context.WithTimeout(ctx, qmpCallTimeout)
+	defer cancel()
+	fail := func(err error) Response { return Response{Error: err.Error()} }
+	switch req.Op {
+	case OpStatus:
+		s.mu.Lock()
+		st := &Status{State: s.m.State, Reason: s.m.Reason, Detail: s.m.Detail, MonitorLost: s.m.MonitorLost,
+			VirtioPorts: s.plan.VirtioPorts}
+		s.mu.Unlock()
+		st.VMChannels, st.Forwards = s.net.Channels(), s.net.Forwards()
+		st.Addresses = s.addresses()
+		st.RecordPending = s.rec.pending()
+		return Response{Status: st}
+	case OpShutdown, OpReboot:
+		if err := s.monitorUp(); err != nil {
+			return Response{Error: err.Error(), MonitorLost: true}
+		}
+		s.mu.Lock()
+		state := s.m.State
+		s.mu.Unlock()
+		if state == store.StatePaused {
+			// A press now would wait for the next resume, and power the
+			// guest off then.
+			return fail(fmt.Errorf("the domain is paused: its guest cannot act on the ACPI power button; resume it first"))
+		}
+		kind := ReqShutdown
+		if req.Op == OpReboot {
+			kind = ReqReboot
+		}
+		// The machine learns of the request before the button is pressed:
+		// the guest's SHUTDOWN can come before QMP's reply.
+		if err := s.step(Input{Kind: kind}); err != nil {
+			return fail(err)
+		}
+		if kind == ReqShutdown {
+			s.shutdownTimer(req.Timeout)
+		}
+		return Response{}
+	case OpDestroy:
+		s.step(Input{Kind: ReqDestroy})
+		go func() { // when quit is not possible, kill at once
+			select {
+			case <-s.done:
+			case <-time.After(quitGrace):
+				s.qemu.Process.Kill()
+			}
+		}()
+		select {
+		case <-s.done:
+		case <-ctx.Done():
+			return fail(fmt.Errorf("QEMU did not exit: %w", ctx.Err()))
+		}
+		return Response{}
+	case OpSuspend:
+		if err := qmp.Stop(callCtx, s.monitor()); err != nil {
+			return fail(err)
+		}
+		s.step(Input{Kind: EvStop}) // now, not when the STOP event comes
+		return Response{}
+	case OpResume:
+		if err := qmp.Cont(callCtx, s.monitor()); err != nil {
+			return fail(err)
+		}
+		s.step(Input{Kind: EvResume})
+		return Response{}
+	case OpAddVMChannel, OpRemoveVMChannel, OpAddForward, OpRemoveForward:
+		vc, err := s.changeLive(req)
+		if err != nil {
+			return fail(err)
+		}
+		return Response{VMChannel: vc}
+	case OpQMP:
+		out, err := s.monitor().RunRaw(callCtx, req.QMP)
+		if err != nil {
+			return fail(err)
+		}
+		return Response{QMP: out}
+	}
+	return fail(fmt.Errorf("unknown control operation %q", req.Op))
+}
+
+// addresses are the guest's addresses: the leases minivirt's own network
+// handed out, or the one QEMU's user network always gives its guest.
+func (s *supervisor) addresses() []GuestAddress {
+	if s.netstack {
+		var out []GuestAddress
+		for _, l := range s.net.Leases() {
+			out = append(out, GuestAddress{Interface: "net0", MAC: l.MAC, Address: l.Address, Source: "lease"})
+		}
+		return out
+	}
+	if s.plan.Network != domain.NetworkSlirp {
+		return nil
+	}
+	mac := "52:54:00:12:34:56" // QEMU's default
+	if nic, ok := s.d.UserNIC(); ok && nic.MAC != "" {
+		mac = nic.MAC
+	}
+	return []GuestAddress{{Interface: "net0", MAC: mac, Address: netip.PrefixFrom(domain.GuestAddress, domain.UserNet.Bits()), Source: "user network"}}
+}
+
+// defaultShutdownTimeout is how long a guest has to power off when the
+// request gives no time.
+const defaultShutdownTimeout = 60 * time.Second
+
+// shutdownTimer ends "in shutdown" after d when the guest has not powered
+// off by then; only the newest request's timer counts.
+func (s *supervisor) shutdownTimer(d time.Duration) {
+	if d <= 0 {
+		d = defaultShutdownTimeout
+	}
+	s.mu.Lock()
+	s.shutdownSeq++
+	seq := s.shutdownSeq
+	s.mu.Unlock()
+	time.AfterFunc(d, func() {
+		s.mu.Lock()
+		current := seq == s.shutdownSeq
+		s.mu.Unlock()
+		if current {
+			s.step(Input{Kind: EvShutdownTimedOut, Detail: fmt.Sprintf("the guest did not power off within %s of the ACPI power button", d)})
+		}
+	})
+}
+
+// monitorUp fails, saying why, while the QMP monitor is lost.
+func (s *supervisor) monitorUp() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m.MonitorLost {
+		return fmt.Errorf("the QMP monitor is lost (%s); the guest cannot be asked to power off: use `minivirt destroy`", s.m.Detail)
+	}
+	return nil
 }

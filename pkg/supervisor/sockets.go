@@ -7,27 +7,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/minivirt/minivirt/pkg/rundir"
 	"github.com/minivirt/minivirt/pkg/unixsock"
 )
-
-// ledgerDir is the name, in the runtime root, of the ledger of the sockets
-// minivirt binds (pkg/unixsock). Domain names start with a letter or digit,
-// so it is no domain's runtime directory.
-const ledgerDir = ".sockets"
-
-// SocketLedger is the ledger of every socket minivirt binds under the
-// runtime root root: the supervisors' and `network serve`'s alike, so that
-// a socket a killed process left is known as minivirt's to whichever comes
-// next, and nothing else is. It lives in the runtime root because CheckDir
-// makes sure only the user can write there.
-func SocketLedger(root string) unixsock.Ledger {
-	return unixsock.Ledger{Dir: filepath.Join(root, ledgerDir)}
-}
 
 // sockets is the ledger of this supervisor's runtime root, the parent of
 // the domain's runtime directory (claimDir has checked it).
 func (s *supervisor) sockets() unixsock.Ledger {
-	return SocketLedger(filepath.Dir(s.cfg.Env.RunDir))
+	return rundir.SocketLedger(filepath.Dir(s.cfg.Env.RunDir))
 }
 
 // listenUnix listens on a fresh Unix socket, mode 0600, whose Close removes

@@ -1,0 +1,243 @@
+// Package guestnet serves the network of one domain's guest: the vmchannel
+// relay (pkg/vmchannel) and, on minivirt's own network, the TCP/IP stack
+// (pkg/usernet) at the other end of QEMU's -netdev stream socket and the
+// host listeners of the inbound forwards. A domain's supervisor runs one
+// for its QEMU; `minivirt network serve` runs one for a QEMU that libvirt
+// starts, which may come and go. Every socket it listens on is made by
+// pkg/unixsock, which never removes what minivirt did not make.
+package guestnet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sort"
+	"sync"
+
+	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/unixsock"
+	"github.com/minivirt/minivirt/pkg/usernet"
+	"github.com/minivirt/minivirt/pkg/vmchannel"
+)
+
+// ErrNotAttached is returned by DialGuest while no QEMU is attached.
+var ErrNotAttached = errors.New("QEMU is not connected to the network")
+
+// Network is one domain's guest network.
+type Network struct {
+	relay  *vmchannel.Relay
+	ledger unixsock.Ledger
+	mtu    uint32
+
+	mu       sync.Mutex
+	channels []domain.VMChannel // served now, in the order added
+	stack    *usernet.Network   // the attached QEMU's stack; nil while none is
+	forwards map[string]*forward
+}
+
+// forward is one inbound forward's host listener.
+type forward struct {
+	cfg domain.Forward
+	l   net.Listener
+}
+
+// New returns the network of d's vmchannels; its listeners are made through
+// ledger. Nothing is served until Attach (the stack) and AddForward.
+func New(d *domain.Domain, ledger unixsock.Ledger) *Network {
+	channels := d.VMChannels()
+	return &Network{
+		relay:    vmchannel.New(vmchannel.Identity{Name: d.Name, UUID: d.UUID}, channels),
+		ledger:   ledger,
+		mtu:      d.NetstackMTU(),
+		channels: channels,
+		forwards: map[string]*forward{},
+	}
+}
+
+// Relay is the vmchannel relay, for guest connections that arrive another
+// way (QEMU's user network hands them over a Unix socket).
+func (n *Network) Relay() *vmchannel.Relay { return n.relay }
+
+// Attach builds a fresh stack for QEMU's end of the network socket, conn,
+// listening on every vmchannel served now, and returns the function that
+// carries frames until conn closes or ctx ends (and then drops the stack).
+// One QEMU is attached at a time.
+func (n *Network) Attach(conn net.Conn) (serve func(ctx context.Context) error, err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.stack != nil {
+		return nil, errors.New("a QEMU is attached already")
+	}
+	stack, err := usernet.NewMTU(slices.Clone(n.channels), n.mtu, n.relay.Handle)
+	if err != nil {
+		return nil, err
+	}
+	n.stack = stack
+	return func(ctx context.Context) error {
+		err := stack.Serve(ctx, conn)
+		n.mu.Lock()
+		if n.stack == stack {
+			n.stack = nil
+		}
+		n.mu.Unlock()
+		stack.Close()
+		return err
+	}, nil
+}
+
+// AddChannel starts serving a vmchannel: the guest's next connection to its
+// address and port reaches its target.
+func (n *Network) AddChannel(vc domain.VMChannel) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, c := range n.channels {
+		if c.AddrPort() == vc.AddrPort() {
+			return fmt.Errorf("vmchannel %s is served already", vc.AddrPort())
+		}
+	}
+	n.relay.Add(vc)
+	if n.stack != nil {
+		if err := n.stack.AddChannel(vc); err != nil {
+			n.relay.Remove(vc.AddrPort())
+			return err
+		}
+	}
+	n.channels = append(n.channels, vc)
+	return nil
+}
+
+// RemoveChannel stops serving the vmchannel on ch: the guest's next
+// connection there is refused; connections under way go on.
+func (n *Network) RemoveChannel(ch netip.AddrPort) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.channels = slices.DeleteFunc(n.channels, func(c domain.VMChannel) bool { return c.AddrPort() == ch })
+	if n.stack != nil {
+		n.stack.RemoveChannel(ch)
+	}
+	n.relay.Remove(ch)
+}
+
+// DialGuest opens a connection from the gateway to the guest's TCP port,
+// through the attached QEMU's stack.
+func (n *Network) DialGuest(ctx context.Context, port uint16) (net.Conn, error) {
+	n.mu.Lock()
+	stack := n.stack
+	n.mu.Unlock()
+	if stack == nil {
+		return nil, ErrNotAttached
+	}
+	return stack.DialGuest(ctx, port)
+}
+
+// AddForward listens on a forward's host side (a TCP address, or a Unix
+// socket made through the ledger) and relays each host connection to the
+// guest's port.
+func (n *Network) AddForward(f domain.Forward) error {
+	name := f.Name()
+	n.mu.Lock()
+	_, dup := n.forwards[name]
+	n.mu.Unlock()
+	if dup {
+		return fmt.Errorf("forward %s is served already", name)
+	}
+	var l net.Listener
+	var err error
+	if f.Path != "" {
+		l, err = n.ledger.Listen(f.Path, 0o600)
+	} else {
+		l, err = net.Listen("tcp", f.Listen.String())
+	}
+	if err != nil {
+		return fmt.Errorf("forward %s: %w", name, err)
+	}
+	n.relay.AddInbound(name, f.MaxConnections)
+	n.mu.Lock()
+	n.forwards[name] = &forward{cfg: f, l: l}
+	n.mu.Unlock()
+	port := f.GuestPort
+	go n.relay.ServeInbound(l, name, func(ctx context.Context) (net.Conn, error) { return n.DialGuest(ctx, port) })
+	return nil
+}
+
+// RemoveForward closes a forward's host side (a Unix socket's file goes
+// with it); connections under way go on.
+func (n *Network) RemoveForward(name string) {
+	n.mu.Lock()
+	f, ok := n.forwards[name]
+	delete(n.forwards, name)
+	n.mu.Unlock()
+	if !ok {
+		return
+	}
+	f.l.Close()
+	n.relay.RemoveInbound(name)
+}
+
+// ChannelStatus is one vmchannel served, with its counters.
+type ChannelStatus struct {
+	domain.VMChannel
+	vmchannel.Counters
+}
+
+// ForwardStatus is one inbound forward served, with its counters (BytesIn:
+// guest to host).
+type ForwardStatus struct {
+	Forward domain.Forward `json:"forward"`
+	vmchannel.Counters
+}
+
+// Channels returns the vmchannels served, in the order added, with their
+// counters.
+func (n *Network) Channels() []ChannelStatus {
+	n.mu.Lock()
+	channels := slices.Clone(n.channels)
+	n.mu.Unlock()
+	out := make([]ChannelStatus, 0, len(channels))
+	for _, vc := range channels {
+		c, _ := n.relay.Counters(vc.AddrPort())
+		out = append(out, ChannelStatus{VMChannel: vc, Counters: c})
+	}
+	return out
+}
+
+// Forwards returns the forwards served, by name, with their counters.
+func (n *Network) Forwards() []ForwardStatus {
+	n.mu.Lock()
+	var out []ForwardStatus
+	for name, f := range n.forwards {
+		c, _ := n.relay.InboundCounters(name)
+		out = append(out, ForwardStatus{Forward: f.cfg, Counters: c})
+	}
+	n.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Forward.Name() < out[j].Forward.Name() })
+	return out
+}
+
+// Leases are the addresses the attached stack's DHCP server handed out.
+func (n *Network) Leases() []usernet.Lease {
+	n.mu.Lock()
+	stack := n.stack
+	n.mu.Unlock()
+	if stack == nil {
+		return nil
+	}
+	return stack.Leases()
+}
+
+// Close stops serving: the forwards' listeners close and new guest
+// connections are refused; connections under way go on until they end.
+func (n *Network) Close() {
+	n.mu.Lock()
+	var names []string
+	for name := range n.forwards {
+		names = append(names, name)
+	}
+	n.mu.Unlock()
+	for _, name := range names {
+		n.RemoveForward(name)
+	}
+}

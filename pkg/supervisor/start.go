@@ -1,0 +1,390 @@
+package supervisor
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/minivirt/minivirt/pkg/guestnet"
+	"github.com/minivirt/minivirt/pkg/launcher"
+	"github.com/minivirt/minivirt/pkg/proc"
+	"github.com/minivirt/minivirt/pkg/qmp"
+	"github.com/minivirt/minivirt/pkg/rundir"
+	"github.com/minivirt/minivirt/pkg/store"
+)
+
+// step is one step of a start, with the undo that takes it back when a
+// later step fails (firecracker-go-sdk's handler lists are the model).
+type step struct {
+	name string
+	do   func(ctx context.Context) error
+	undo func() // nil: nothing to take back
+}
+
+// runSteps runs steps in order. When one fails, the ones before it are
+// undone in reverse order, and the error names the step that failed.
+func runSteps(ctx context.Context, steps []step) error {
+	for i, st := range steps {
+		if err := st.do(ctx); err != nil {
+			for j := i - 1; j >= 0; j-- {
+				if steps[j].undo != nil {
+					steps[j].undo()
+				}
+			}
+			return &StepError{Step: st.name, Err: err}
+		}
+	}
+	return nil
+}
+
+// StepError says which step of a start failed.
+type StepError struct {
+	Step string
+	Err  error
+}
+
+func (e *StepError) Error() string { return e.Err.Error() }
+func (e *StepError) Unwrap() error { return e.Err }
+
+// starting is what the steps of one start make and hand on.
+type starting struct {
+	files   []*os.File // the descriptors QEMU inherits, in ExtraFiles order
+	ourEnd  *os.File   // the network's end of QEMU's network socket
+	log     *os.File   // QEMU's log
+	logFrom int64      // where this start's lines begin in it
+}
+
+// steps are the steps of a start, in order.
+func (s *supervisor) steps() []step {
+	return []step{
+		{"plan", s.makePlan, nil},
+		{"look for an unrecorded QEMU", s.refuseStrays, nil},
+		{"claim the runtime directory", s.claimRunDir, s.removeRunDir},
+		{"claim the record", s.claimRecord, nil}, // Run records a failed start
+		{"make QEMU's sockets", s.makeSockets, s.closeSockets},
+		{"serve the control socket", s.serveControl, s.closeControl},
+		{"serve the guest's network", s.serveNetwork, s.stopServing},
+		{"start QEMU", s.startQEMU, s.killQEMU},
+		{"connect QMP", s.connectQMP, s.closeMonitor},
+		{"record the running state", s.recordRunning, nil},
+	}
+}
+
+// start runs the steps of a start; when one fails, nothing of the start is
+// left but the record that says why (written by Run).
+func (s *supervisor) start(ctx context.Context) error {
+	s.starting = &starting{}
+	defer func() {
+		st := s.starting
+		s.starting = nil
+		for _, f := range st.files {
+			if f != nil {
+				f.Close()
+			}
+		}
+		if st.ourEnd != nil {
+			st.ourEnd.Close()
+		}
+		if st.log != nil {
+			st.log.Close()
+		}
+	}()
+	if err := runSteps(ctx, s.steps()); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.ready = true
+	state := s.m.State
+	mon := s.mon
+	s.mu.Unlock()
+	s.logf("QEMU pid %d %s (%s)", s.qemuID.PID, state, s.plan.Accel)
+	go s.followMonitor(mon) // events queued in pkg/qmp until now
+	return nil
+}
+
+// makePlan decides how QEMU runs and builds its command line, and checks
+// what the domain needs of the host.
+func (s *supervisor) makePlan(context.Context) error {
+	var err error
+	if s.self, err = proc.Self(); err != nil {
+		return err
+	}
+	env := s.cfg.Env
+	if err := privileges(s.d, &env, s.cfg.OpenStore); err != nil {
+		return err
+	}
+	s.cfg.Env = env
+	if s.plan, err = launcher.Build(s.d, env); err != nil {
+		return err
+	}
+	s.policy.ExitsOnPoweroff = s.plan.ExitsOnPoweroff
+	warnings, err := CheckHost(s.d)
+	if err != nil {
+		return err
+	}
+	s.plan.Warnings = append(s.plan.Warnings, warnings...)
+	return prepareNVRAM(s.plan.NVRAM.Path, s.plan.NVRAM.Template)
+}
+
+// refuseStrays refuses to start a second QEMU beside one of this domain
+// that no record names (its supervisor was killed while starting it): it
+// holds the domain's disks, and destroy ends it.
+func (s *supervisor) refuseStrays(context.Context) error {
+	strays, err := FindDomainQEMU(s.cfg.Env.RunDir)
+	if err != nil {
+		return err
+	}
+	if len(strays) > 0 {
+		return fmt.Errorf("a QEMU of this domain (pid %d) runs that no record names (its supervisor was killed while starting it); `minivirt destroy %s` ends it", strays[0].PID, s.d.Name)
+	}
+	return nil
+}
+
+func (s *supervisor) claimRunDir(context.Context) error {
+	return rundir.Claim(s.cfg.Env.RunDir, s.self)
+}
+
+// removeRunDir removes the runtime directory if this supervisor made it.
+func (s *supervisor) removeRunDir() {
+	if owner, ok := rundir.Owner(s.cfg.Env.RunDir); ok && owner == s.self {
+		if err := rundir.Remove(s.cfg.Env.RunDir); err != nil {
+			s.logf("%v", err)
+		}
+	}
+}
+
+// claimRecord makes this start the domain's current one in the store
+// before QEMU exists: from now on the record names this supervisor, and
+// then its QEMU.
+func (s *supervisor) claimRecord(context.Context) error {
+	s.mu.Lock()
+	s.m = Machine{State: store.StatePaused, Reason: "starting up"}
+	s.runtime = store.Runtime{Accel: s.plan.Accel, Network: s.plan.Network, RunDir: s.cfg.Env.RunDir, Supervisor: s.self, Since: time.Now().UTC()}
+	s.mu.Unlock()
+	if err := s.rec.claim(s.snapshot(), s.self); err != nil {
+		return err
+	}
+	s.claimed = true
+	return nil
+}
+
+// makeSockets creates every socket QEMU inherits, and on minivirt's own
+// network the socket pair of its NIC.
+func (s *supervisor) makeSockets(context.Context) error {
+	var netEnd *os.File
+	if s.plan.NetFD != 0 {
+		var err error
+		if netEnd, s.starting.ourEnd, err = socketPair(); err != nil {
+			return err
+		}
+	}
+	files, err := s.plan.Files(func(sock launcher.Socket) (*os.File, error) { return s.listenFile(sock.Path) }, netEnd)
+	if err != nil {
+		if netEnd != nil {
+			netEnd.Close()
+		}
+		return err
+	}
+	s.starting.files = files
+	return nil
+}
+
+// closeSockets removes the sockets QEMU would have inherited.
+func (s *supervisor) closeSockets() {
+	for _, sock := range s.plan.Sockets {
+		s.removeSocket(sock.Path)
+	}
+}
+
+// serveControl answers the CLI from now on: "starting" until ready.
+func (s *supervisor) serveControl(context.Context) error {
+	control, err := s.listenUnix(s.plan.Paths.Control)
+	if err != nil {
+		return err
+	}
+	s.control = control
+	go serveControl(control, s.handle)
+	return nil
+}
+
+// serveNetwork serves the guest's network: the relay socket for the
+// helper's handoffs, and on minivirt's own network the stack at the other
+// end of QEMU's NIC and the forwards.
+func (s *supervisor) serveNetwork(context.Context) error {
+	s.net = guestnet.New(s.d, s.sockets())
+	relay, err := s.listenUnix(s.plan.Paths.Relay)
+	if err != nil {
+		return err
+	}
+	s.relay = relay
+	go s.net.Relay().Serve(context.Background(), relay.UnixListener)
+	if err := prepareConfinement(s.cfg.Env, s.plan, s.cfg.Env.Self); err != nil {
+		return err
+	}
+	if s.starting.ourEnd == nil {
+		return nil
+	}
+	conn, err := net.FileConn(s.starting.ourEnd)
+	if err != nil {
+		return err
+	}
+	serve, err := s.net.Attach(conn)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	s.netstack = true
+	ctx, cancel := context.WithCancel(context.Background())
+	s.stopNet = cancel
+	go func() {
+		err := serve(ctx)
+		s.logf("network: QEMU's end closed (%v)", err)
+	}()
+	for _, f := range s.d.Forwards() {
+		if err := s.net.AddForward(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// startQEMU starts QEMU (held before its first instruction, -S) with only
+// the descriptors and environment meant for it, and records its identity
+// before anything can kill it unseen.
+func (s *supervisor) startQEMU(ctx context.Context) error {
+	env := s.cfg.Env
+	if err := os.MkdirAll(env.LogDir, 0o700); err != nil {
+		return err
+	}
+	qemuLog, err := os.OpenFile(filepath.Join(env.LogDir, s.d.Name+".qemu.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	s.starting.log = qemuLog
+	s.starting.logFrom, _ = qemuLog.Seek(0, io.SeekEnd)
+	fmt.Fprintf(qemuLog, "minivirt: %s: starting %s\n", time.Now().UTC().Format(time.RFC3339), strings.Join(s.plan.Argv, " "))
+
+	cmd := exec.Command(s.plan.Argv[0], s.plan.Argv[1:]...)
+	cmd.Stdout, cmd.Stderr = qemuLog, qemuLog
+	// QEMU gets the descriptors in files and an environment of its own,
+	// nothing of whoever ran minivirt (a rig's test process included).
+	if err := proc.CloseOnExec(); err != nil {
+		return fmt.Errorf("closing inherited descriptors: %w", err)
+	}
+	cmd.Env = proc.Environ(proc.SafePath, s.plan.Env...)
+	cmd.ExtraFiles = s.starting.files
+	cmd.Dir = "/"
+	// QEMU gets its own session: it must outlive a killed supervisor.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if s.cfg.DieWithParent {
+		// The death signal follows the thread that forked: keep this
+		// goroutine on one thread while it does (threads outlive unlocking).
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting QEMU: %w", err)
+	}
+	s.qemu = cmd
+	s.qemuID, _ = proc.Lookup(cmd.Process.Pid)
+	go func() {
+		s.waited = cmd.Wait()
+		close(s.done)
+	}()
+	for _, f := range s.starting.files { // QEMU has them now
+		f.Close()
+	}
+	s.starting.files = nil
+	// QEMU's identity is recorded before it runs a guest instruction: from
+	// here on destroy finds it even if this process dies.
+	s.mu.Lock()
+	s.runtime.QEMU = s.qemuID
+	s.mu.Unlock()
+	recCtx, cancel := context.WithTimeout(ctx, qmpConnectTimeout)
+	defer cancel()
+	if err := s.rec.flush(recCtx, s.snapshot()); err != nil {
+		return fmt.Errorf("recording QEMU's pid: %w", err)
+	}
+	return nil
+}
+
+// killQEMU ends a QEMU whose start failed and waits for it.
+func (s *supervisor) killQEMU() {
+	if s.qemu == nil {
+		return
+	}
+	s.qemu.Process.Kill()
+	<-s.done
+}
+
+// connectQMP connects to QEMU's monitor and lets the guest's CPUs run,
+// unless the start holds them (paused). A failure is told in QEMU's own
+// words.
+func (s *supervisor) connectQMP(ctx context.Context) error {
+	dialCtx, cancel := context.WithTimeout(ctx, qmpConnectTimeout)
+	defer cancel()
+	go func() { // stop dialling as soon as QEMU is gone
+		select {
+		case <-s.done:
+			cancel()
+		case <-dialCtx.Done():
+		}
+	}()
+	mon, err := qmp.Dial(dialCtx, s.plan.Paths.QMP)
+	if err != nil {
+		return s.qemuFailed(err)
+	}
+	callCtx, cancel2 := context.WithTimeout(ctx, qmpCallTimeout)
+	defer cancel2()
+	machine := StartedPaused()
+	if !s.cfg.Paused {
+		if err := qmp.Cont(callCtx, mon); err != nil {
+			mon.Close()
+			return s.qemuFailed(err)
+		}
+		machine = Booted()
+	}
+	s.mu.Lock()
+	s.mon, s.m = mon, machine
+	s.runtime.Since = time.Now().UTC()
+	s.mu.Unlock()
+	return nil
+}
+
+// qemuFailed says why a start went wrong after QEMU started: how QEMU
+// ended, if it did, and its last words.
+func (s *supervisor) qemuFailed(what error) error {
+	select {
+	case <-s.done:
+		text, _ := exitText(s.waited)
+		what = fmt.Errorf("QEMU %s", text)
+	case <-time.After(quitGrace):
+	}
+	return fmt.Errorf("%w: %s", what, qemuWords(s.starting.log.Name(), s.starting.logFrom))
+}
+
+func (s *supervisor) closeMonitor() {
+	if mon := s.monitor(); mon != nil {
+		mon.Close()
+	}
+}
+
+// recordRunning reports the start only once the store says the domain
+// runs (or is paused, as asked).
+func (s *supervisor) recordRunning(ctx context.Context) error {
+	recCtx, cancel := context.WithTimeout(ctx, qmpConnectTimeout)
+	defer cancel()
+	if err := s.rec.flush(recCtx, s.snapshot()); err != nil {
+		return fmt.Errorf("recording the running state: %w", err)
+	}
+	return nil
+}

@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/minivirt/minivirt/pkg/manager"
-	"github.com/minivirt/minivirt/pkg/store"
 )
 
 const defaultLockTimeout = 10 * time.Second
@@ -60,9 +59,9 @@ func (a *app) printJSON(v any) error {
 	return enc.Encode(v)
 }
 
-// userError words store errors for the command line.
+// userError words the engine's errors for the command line.
 func userError(err error) error {
-	if errors.Is(err, store.ErrNotFound) {
+	if errors.Is(err, manager.ErrNotFound) {
 		return fmt.Errorf("%w; see `minivirt list --all`", err)
 	}
 	return err

@@ -4,13 +4,10 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"os"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
-
-	"github.com/minivirt/minivirt/pkg/rundir"
 )
 
 // escapeByte is Ctrl-], virsh's console escape.
@@ -23,16 +20,9 @@ func (a *app) consoleCommand() *cobra.Command {
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			_, o, err := a.mgr.Observe(name)
+			conn, err := a.mgr.DialConsole(name)
 			if err != nil {
 				return userError(err)
-			}
-			if !o.Active() || !o.QEMUAlive {
-				return fmt.Errorf("domain %s is not running", name)
-			}
-			conn, err := net.Dial("unix", rundir.PathsIn(a.mgr.DomainRunDir(name)).Console)
-			if err != nil {
-				return fmt.Errorf("console %s: %w", name, err)
 			}
 			defer conn.Close()
 			if f, ok := a.stdin.(*os.File); ok {

@@ -15,8 +15,6 @@ import (
 
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/manager"
-	"github.com/minivirt/minivirt/pkg/proc"
-	"github.com/minivirt/minivirt/pkg/supervisor"
 )
 
 const (
@@ -154,15 +152,16 @@ func (a *app) stopCommand() *cobra.Command {
 	return cmd
 }
 
-// simpleCommand is a verb that is one control request.
-func (a *app) simpleCommand(use, short string, op, done string) *cobra.Command {
+// simpleCommand is a verb that is one call of the engine, verb (such as
+// (*manager.Manager).Reboot), and prints "Domain NAME done".
+func (a *app) simpleCommand(use, short string, verb func(*manager.Manager, context.Context, string) error, done string) *cobra.Command {
 	return &cobra.Command{
 		Use:   use + " NAME",
 		Short: short,
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			if err := a.mgr.Control(cmd.Context(), name, op); err != nil {
+			if err := verb(a.mgr, cmd.Context(), name); err != nil {
 				return userError(err)
 			}
 			fmt.Fprintf(a.stdout, "Domain %s %s\n", name, done)
@@ -241,8 +240,8 @@ func (a *app) statusCommand() *cobra.Command {
 				return userError(err)
 			}
 			d, o := st.Domain, st.Observed
-			r := statusReport{Name: d.Name, UUID: d.UUID, State: o.State, Reason: o.Reason, Detail: o.Detail, QEMUUID: -1,
-				Tainted: d.Tainted(), VMChannels: vmchannelItems(d, st.Live), Forwards: forwardItems(st)}
+			r := statusReport{Name: d.Name, UUID: d.UUID, State: o.State, Reason: o.Reason, Detail: o.Detail, QEMUUID: st.QEMUUID,
+				Confined: st.Confined, Tainted: d.Tainted(), VMChannels: vmchannelItems(d, st.Live), Forwards: forwardItems(st)}
 			if st.Live != nil {
 				r.VirtioPorts = st.Live.VirtioPorts
 			}
@@ -257,12 +256,6 @@ func (a *app) statusCommand() *cobra.Command {
 				r.Accel, r.Network, r.Supervised = o.Accel, o.Network, o.Supervised
 				if o.QEMUAlive {
 					r.QEMUPID = o.QEMU.PID
-					if _, euid, err := proc.UIDs(o.QEMU.PID); err == nil {
-						r.QEMUUID = euid
-					}
-					if root, err := proc.Root(o.QEMU.PID); err == nil && root != "/" {
-						r.Confined = root
-					}
 				}
 				if o.Supervised {
 					r.SupervisorPID = o.Supervisor.PID
@@ -362,10 +355,3 @@ func (a *app) logCommand() *cobra.Command {
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new console output until the domain stops")
 	return cmd
 }
-
-// Verbs that are one control request.
-var (
-	opReboot  = supervisor.OpReboot
-	opSuspend = supervisor.OpSuspend
-	opResume  = supervisor.OpResume
-)

@@ -10,7 +10,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/minivirt/minivirt/pkg/manager"
-	"github.com/minivirt/minivirt/pkg/store"
 )
 
 // listItem is one row of `list -o json`.
@@ -36,9 +35,9 @@ func (f listFilter) match(e manager.Entry) bool {
 		return false
 	}
 	if f.running || f.shutoff || f.paused {
-		return f.running && e.State == store.StateRunning ||
-			f.shutoff && e.State == store.StateShutoff ||
-			f.paused && e.State == store.StatePaused
+		return f.running && e.State == manager.StateRunning ||
+			f.shutoff && e.State == manager.StateShutoff ||
+			f.paused && e.State == manager.StatePaused
 	}
 	switch {
 	case f.all:

@@ -13,13 +13,13 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/minivirt/minivirt/pkg/launcher"
+	"github.com/minivirt/minivirt/pkg/manager"
 )
 
 func main() {
 	// The vmchannel helper runs before anything that could print.
-	if len(os.Args) > 1 && os.Args[1] == launcher.HelperCommand {
-		os.Exit(vmchannelHelper(os.Args[2:]))
+	if len(os.Args) > 1 && os.Args[1] == manager.HelperCommand {
+		os.Exit(manager.RunHelper(os.Args[2:]))
 	}
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
@@ -141,9 +141,9 @@ with end-of-stream carried both ways.`,
 		a.shutdownCommand(),
 		a.destroyCommand(),
 		a.stopCommand(),
-		a.simpleCommand("reboot", "Reboot a domain through the ACPI power button", opReboot, "is being rebooted"),
-		a.simpleCommand("suspend", "Pause a domain's CPUs", opSuspend, "suspended"),
-		a.simpleCommand("resume", "Resume a suspended domain", opResume, "resumed"),
+		a.simpleCommand("reboot", "Reboot a domain through the ACPI power button", (*manager.Manager).Reboot, "is being rebooted"),
+		a.simpleCommand("suspend", "Pause a domain's CPUs", (*manager.Manager).Suspend, "suspended"),
+		a.simpleCommand("resume", "Resume a suspended domain", (*manager.Manager).Resume, "resumed"),
 		a.statusCommand(),
 		a.logCommand(),
 		a.consoleCommand(),

@@ -9,7 +9,6 @@ import (
 
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/manager"
-	"github.com/minivirt/minivirt/pkg/supervisor"
 )
 
 func (a *app) vmchannelCommand() *cobra.Command {
@@ -128,11 +127,11 @@ func scopeWords(sc manager.Scope) string {
 
 // vmchannelItem is one vmchannel in `vmchannel list -o json` and in
 // `status -o json`: its definition, and its counters while the domain runs.
-type vmchannelItem = supervisor.ChannelStatus
+type vmchannelItem = manager.ChannelStatus
 
 // vmchannelItems lists d's vmchannels with the counters of its supervisor,
 // when one answered: what runs, live changes included.
-func vmchannelItems(d *domain.Domain, live *supervisor.Status) []vmchannelItem {
+func vmchannelItems(d *domain.Domain, live *manager.LiveView) []vmchannelItem {
 	if live != nil {
 		return append([]vmchannelItem{}, live.VMChannels...)
 	}

@@ -581,9 +581,9 @@ func (m *Manager) Stop(ctx context.Context, name string, timeout time.Duration) 
 	return true, note, nil
 }
 
-// Control sends a request that needs no wait (reboot, suspend, resume) to a
+// control sends a request that needs no wait (reboot, suspend, resume) to a
 // running domain's supervisor.
-func (m *Manager) Control(ctx context.Context, name, op string) error {
+func (m *Manager) control(ctx context.Context, name, op string) error {
 	if _, _, err := m.running(name); err != nil {
 		return err
 	}
@@ -615,9 +615,14 @@ type Status struct {
 	Domain *domain.Domain
 	Observed
 	// Live is the supervisor's own view, nil when none answered.
-	Live *supervisor.Status
+	Live *LiveView
 	// LiveError says why a supervisor that should answer did not.
 	LiveError error
+	// QEMUUID is the user QEMU runs as (its effective uid), -1 when it
+	// does not run; Confined is the directory it is confined to (its
+	// chroot), "" when it is not.
+	QEMUUID  int
+	Confined string
 }
 
 // Status reports a domain's state. It only reads.
@@ -626,7 +631,10 @@ func (m *Manager) Status(ctx context.Context, name string) (Status, error) {
 	if err != nil {
 		return Status{}, err
 	}
-	st := Status{Domain: d, Observed: o}
+	st := Status{Domain: d, Observed: o, QEMUUID: -1}
+	if o.Active() && o.QEMUAlive {
+		st.QEMUUID, st.Confined = qemuUser(o.QEMU.PID)
+	}
 	if o.Active() && o.Supervised {
 		ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		defer cancel()

@@ -3,9 +3,9 @@
 // ways. It is the only place where vmchannel bytes are copied.
 //
 // A guest connection reaches the Relay from QEMU's user network: QEMU runs
-// minivirt's helper for each guest connection (guestfwd cmd:), and the
-// helper hands its connection to the supervisor over a Unix socket with
-// SCM_RIGHTS (Handoff, Serve).
+// minivirt's helper (RunHelper) for each guest connection (guestfwd cmd:),
+// and the helper hands its connection to the supervisor over a Unix socket
+// with SCM_RIGHTS (Handoff, Serve).
 package vmchannel
 
 import (

@@ -35,13 +35,14 @@ func (a *app) portAddCommand() *cobra.Command {
   minivirt port add demo --guest-port 80 --path /run/demo-web.sock --live --config`,
 		Args: exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if guestPort < 1 || guestPort > 65535 {
-				return fmt.Errorf("port add: --guest-port %d: must be 1-65535", guestPort)
+			gport, err := domain.Port("port add: --guest-port", guestPort)
+			if err != nil {
+				return err
 			}
 			if (listen == "") == (path == "") {
 				return fmt.Errorf("port add: give --listen [ADDR:]PORT (TCP on the host) or --path SOCKET, one of them")
 			}
-			f := domain.Forward{GuestPort: uint16(guestPort), Path: path, MaxConnections: maxConns}
+			f := domain.Forward{GuestPort: gport, Path: path, MaxConnections: maxConns}
 			if listen != "" {
 				ap, err := domain.ParseListen(listen)
 				if err != nil {
@@ -79,14 +80,15 @@ func (a *app) portRemoveCommand() *cobra.Command {
 		Example: "  minivirt port remove demo --guest-port 22",
 		Args:    exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if guestPort < 1 || guestPort > 65535 {
-				return fmt.Errorf("port remove: --guest-port %d: must be 1-65535", guestPort)
+			gport, err := domain.Port("port remove: --guest-port", guestPort)
+			if err != nil {
+				return err
 			}
 			scope, err := a.mgr.ScopeFor(args[0], sc.live, sc.config)
 			if err != nil {
 				return userError(err)
 			}
-			if err := a.mgr.RemoveForward(cmd.Context(), args[0], uint16(guestPort), host, scope); err != nil {
+			if err := a.mgr.RemoveForward(cmd.Context(), args[0], gport, host, scope); err != nil {
 				return userError(err)
 			}
 			fmt.Fprintf(a.stdout, "Domain %s: forward to guest port %d removed%s\n", args[0], guestPort, scopeWords(scope))

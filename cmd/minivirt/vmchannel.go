@@ -33,10 +33,11 @@ func (a *app) vmchannelAddCommand() *cobra.Command {
 			if !cmd.Flags().Changed("port") || path == "" {
 				return fmt.Errorf("vmchannel add: --port and --path are required")
 			}
-			if port < 1 || port > 65535 {
-				return fmt.Errorf("vmchannel port %d: must be 1-65535", port)
+			vport, err := domain.Port("vmchannel port", port)
+			if err != nil {
+				return err
 			}
-			vc := domain.VMChannel{Port: uint16(port), Path: path, Proxy: proxy, MaxConnections: maxConns}
+			vc := domain.VMChannel{Port: vport, Path: path, Proxy: proxy, MaxConnections: maxConns}
 			if address != "" {
 				if err := domain.CheckAddress(address, fmt.Sprint(port)); err != nil {
 					return err
@@ -77,8 +78,9 @@ func (a *app) vmchannelRemoveCommand() *cobra.Command {
 		Short: "Remove a vmchannel: from the running domain and/or its definition",
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if port < 1 || port > 65535 {
-				return fmt.Errorf("vmchannel port %d: must be 1-65535 (give --port)", port)
+			vport, err := domain.Port("vmchannel port", port)
+			if err != nil {
+				return fmt.Errorf("%w (give --port)", err)
 			}
 			var addr netip.Addr
 			if address != "" {
@@ -91,7 +93,7 @@ func (a *app) vmchannelRemoveCommand() *cobra.Command {
 			if err != nil {
 				return userError(err)
 			}
-			if _, err := a.mgr.RemoveVMChannel(cmd.Context(), args[0], uint16(port), addr, scope); err != nil {
+			if _, err := a.mgr.RemoveVMChannel(cmd.Context(), args[0], vport, addr, scope); err != nil {
 				return userError(err)
 			}
 			fmt.Fprintf(a.stdout, "Domain %s: vmchannel port %d removed%s\n", args[0], port, scopeWords(scope))

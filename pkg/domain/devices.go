@@ -128,15 +128,19 @@ func (d *Domain) NeedsNetwork() bool { return len(d.VMChannels()) > 0 || len(d.F
 // AddVMChannel adds a vmchannel of minivirt's own and validates the result;
 // on error the domain is unchanged.
 func (d *Domain) AddVMChannel(vc VMChannel) (VMChannel, error) {
-	if !vc.Address.IsValid() {
-		vc.Address = DefaultVMChannelAddress
+	e := ExtVMChannel{Port: uint(vc.Port), Path: vc.Path, Proxy: vc.Proxy}
+	if vc.Address.IsValid() {
+		e.Address = vc.Address.String()
 	}
-	e := ExtVMChannel{Address: vc.Address.String(), Port: uint(vc.Port), Path: vc.Path, Proxy: vc.Proxy}
 	if vc.MaxConnections != 0 {
 		e.MaxConnections = uint(vc.MaxConnections)
 	}
 	before := d.Ext.VMChannels
 	d.Ext.VMChannels = append(append([]ExtVMChannel(nil), before...), e)
+	d.normaliseVMChannels()
+	if !vc.Address.IsValid() {
+		vc.Address, _ = netip.ParseAddr(d.Ext.VMChannels[len(d.Ext.VMChannels)-1].Address)
+	}
 	if err := d.Validate(); err != nil {
 		d.Ext.VMChannels = before
 		return VMChannel{}, err

@@ -82,12 +82,18 @@ func (d *Domain) normalise() error {
 			setDefault(&ch.Source.UNIX.Mode, "bind")
 		}
 	}
+	d.normaliseVMChannels()
+	return nil
+}
+
+// normaliseVMChannels gives minivirt's vmchannels the default address:
+// the one place it is applied, on reading a domain and on adding one.
+func (d *Domain) normaliseVMChannels() {
 	for i := range d.Ext.VMChannels {
 		if d.Ext.VMChannels[i].Path != "" {
 			setDefault(&d.Ext.VMChannels[i].Address, DefaultVMChannelAddress.String())
 		}
 	}
-	return nil
 }
 
 func setDefault(s *string, def string) {

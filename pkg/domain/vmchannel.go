@@ -143,10 +143,20 @@ func (d *Domain) validateNetwork() error {
 	return nil
 }
 
+// Port returns n as a TCP port, or an error that names it as what (for
+// example "vmchannel port" or "port add: --guest-port"): the one check of a
+// port's range, for the model and the command line alike.
+func Port(what string, n uint) (uint16, error) {
+	if n < 1 || n > 65535 {
+		return 0, fmt.Errorf("%s %d: must be 1-65535", what, n)
+	}
+	return uint16(n), nil
+}
+
 // checkVMChannel checks one vmchannel's fields; path is checked when checkPath.
 func checkVMChannel(addr string, port uint, path, proxy string, maxConns uint, checkPath bool) error {
-	if port < 1 || port > 65535 {
-		return fmt.Errorf("vmchannel port %d: must be 1-65535", port)
+	if _, err := Port("vmchannel port", port); err != nil {
+		return err
 	}
 	p := strconv.FormatUint(uint64(port), 10)
 	if err := CheckAddress(addr, p); err != nil {

@@ -1,6 +1,8 @@
-// Package launcher turns a domain into a QEMU command line (Build, a pure
-// function), and runs the per-domain supervisor that creates the host
-// sockets, starts QEMU and follows it (Supervise).
+// Package launcher turns a domain into a QEMU command line: Build is a pure
+// function, and its Plan says what must exist before QEMU runs (the
+// sockets QEMU inherits, its network's socket, the NVRAM copy) and what
+// QEMU will do that the supervisor must allow for (spawn the vmchannel
+// helper, exit on the guest's power-off). pkg/supervisor carries it out.
 package launcher
 
 import (

@@ -122,12 +122,17 @@ func TestSupervisorKilledMidStart(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 		time.Sleep(time.Duration(r*15) * time.Millisecond) // where in the start it dies, not a wait for anything
+		killed := 0
 		if data, err := os.ReadFile(idFile); err == nil {
 			if pid, err := strconv.Atoi(strings.Fields(string(data))[0]); err == nil {
 				syscall.Kill(pid, syscall.SIGKILL)
+				killed = pid
 			}
 		}
 		start.Wait()
+		if killed != 0 {
+			waitDead(t, killed, 10*time.Second) // SIGKILL lands asynchronously
+		}
 		if !h.recordMatches("mid", fmt.Sprintf("round %d, after the kill", r), true) {
 			break
 		}

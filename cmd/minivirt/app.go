@@ -22,7 +22,13 @@ type app struct {
 	stateDir, runDir string
 	lockTimeout      time.Duration
 
-	mgr *manager.Manager // the lifecycle engine, once the directories are known
+	mgr  *manager.Manager // the lifecycle engine, once the directories are known
+	self string           // this minivirt binary, once the directories are known
+
+	// execSSH runs the system's ssh (path, from PATH) with argv in place of
+	// this process, and returns only when it could not. nil: execve(2),
+	// with this process's environment. Tests set it to see the argv.
+	execSSH func(path string, argv []string) error
 }
 
 func (a *app) resolveDirs() error {
@@ -35,6 +41,7 @@ func (a *app) resolveDirs() error {
 	if err != nil {
 		return err
 	}
+	a.self = self
 	a.mgr = &manager.Manager{StateDir: a.stateDir, RunDir: a.runDir, LockTimeout: a.lockTimeout,
 		Spawn: manager.Detached{Binary: self, Args: a.superviseArgs}}
 	return nil

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minivirt/minivirt/internal/fakeqemu"
 	"github.com/minivirt/minivirt/internal/testenv"
 	"github.com/minivirt/minivirt/pkg/store"
 )
@@ -20,8 +21,16 @@ import (
 var binary string
 
 // TestMain builds the real binary once: the store is shared between
-// processes, so the tests run minivirt as separate processes.
+// processes, so the tests run minivirt as separate processes. The test
+// binary doubles as a fake QEMU (internal/fakeqemu) for domains that name
+// it as their emulator, and as minivirt itself with asCLI set.
 func TestMain(m *testing.M) {
+	if mode := os.Getenv(fakeqemu.Env); mode != "" {
+		os.Exit(fakeqemu.Main(mode, os.Args[1:]))
+	}
+	if os.Getenv(asCLI) == "1" {
+		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
+	}
 	dir, err := os.MkdirTemp("", "minivirt-cli-test")
 	if err != nil {
 		panic(err)

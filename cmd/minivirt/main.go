@@ -42,10 +42,16 @@ func (e *exitError) Unwrap() error { return e.err }
 // run executes one command line and returns the exit status. Every failure
 // is one line on stderr that starts "minivirt: ".
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	a := &app{stdin: stdin, stdout: stdout, stderr: stderr}
+	return runApp(&app{stdin: stdin, stdout: stdout, stderr: stderr}, args)
+}
+
+// runApp is run with the app made already: its streams, and the exec
+// step of `ssh`.
+func runApp(a *app, args []string) int {
+	stdout, stderr := a.stdout, a.stderr
 	root := a.rootCommand()
 	root.SetArgs(args)
-	root.SetIn(stdin)
+	root.SetIn(a.stdin)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	cmd, err := root.ExecuteC()
@@ -155,11 +161,13 @@ with end-of-stream carried both ways.`,
 		a.domifaddrCommand(),
 		a.autostartCommand(),
 		a.editCommand(),
+		a.sshCommand(),
+		a.sshConfigCommand(),
 	)
 	root.AddCommand(a.lookupCommands()...)
 	for _, c := range root.Commands() {
 		switch c.Name() {
-		case "undefine", "dumpxml", "start", "shutdown", "destroy", "stop", "reboot", "suspend", "resume", "status", "log", "console", "qmp":
+		case "undefine", "dumpxml", "start", "shutdown", "destroy", "stop", "reboot", "suspend", "resume", "status", "log", "console", "qmp", "ssh", "ssh-config":
 			a.domainCommand(c)
 		}
 		for _, sub := range c.Commands() {

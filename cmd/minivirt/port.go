@@ -13,13 +13,15 @@ import (
 func (a *app) portCommand() *cobra.Command {
 	cmd := groupCommand(&cobra.Command{
 		Use:   "port",
-		Short: "Forward host connections into the guest: a TCP port on the host, or a Unix socket",
+		Short: "Forward host connections into the guest: a TCP port on the host, a Unix socket, or stdin and stdout",
 		Long: `port forwards connections from the host to a TCP port of the guest, one guest
 connection for every host connection, with end-of-stream both ways. The host
 side is a TCP address (127.0.0.1 unless one is given) or, on minivirt's own
-network, a Unix socket: then nothing listens on TCP at all.`,
+network, a Unix socket: then nothing listens on TCP at all. port connect
+carries one connection on its stdin and stdout, with nothing listening on the
+host (ssh's ProxyCommand).`,
 	})
-	cmd.AddCommand(a.portAddCommand(), a.portRemoveCommand(), a.portListCommand())
+	cmd.AddCommand(a.portAddCommand(), a.portRemoveCommand(), a.portListCommand(), a.portConnectCommand())
 	return cmd
 }
 
@@ -118,7 +120,7 @@ func (a *app) portListCommand() *cobra.Command {
 	var output string
 	cmd := &cobra.Command{
 		Use:     "list NAME",
-		Short:   "List a domain's forwards, with counters while it runs on minivirt's network",
+		Short:   "List a domain's forwards, with counters while it runs on minivirt's network (`port connect`'s too)",
 		Example: "  minivirt port list demo\n  minivirt port list demo -o json",
 		Args:    exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -145,8 +147,12 @@ func (a *app) portListCommand() *cobra.Command {
 	return cmd
 }
 
+// connectHost is the Host of `port list`'s rows that count `port connect`.
+const connectHost = "(port connect)"
+
 // forwardItems lists the forwards the running domain serves (with their
-// counters), then those of the definition it does not.
+// counters), then those of the definition it does not, then the counters
+// of `port connect` by guest port.
 func forwardItems(st manager.Status) []forwardItem {
 	items := []forwardItem{}
 	live := map[string]bool{}
@@ -160,6 +166,12 @@ func forwardItems(st manager.Status) []forwardItem {
 	for _, f := range st.Domain.Forwards() {
 		if !live[f.Name()] {
 			items = append(items, forwardItem{Host: f.Name(), GuestPort: f.GuestPort, Max: f.MaxConnections})
+		}
+	}
+	if st.Live != nil {
+		for _, c := range st.Live.Connects {
+			items = append(items, forwardItem{Host: connectHost, GuestPort: c.GuestPort, Max: c.MaxConnections,
+				Active: c.Active, Total: c.Total, Refused: c.Refused, BytesIn: c.BytesIn, BytesOut: c.BytesOut, Live: true})
 		}
 	}
 	return items

@@ -36,6 +36,9 @@ type Network struct {
 	channels []domain.VMChannel // served now, in the order added
 	stack    *usernet.Network   // the attached QEMU's stack; nil while none is
 	forwards map[string]*forward
+	// connects are the guest ports Connect has reached, each counted in
+	// the relay as the inbound forward connectName(port).
+	connects map[uint16]bool
 }
 
 // forward is one inbound forward's host listener.
@@ -54,6 +57,7 @@ func New(d *domain.Domain, ledger unixsock.Ledger) *Network {
 		mtu:      d.NetstackMTU(),
 		channels: channels,
 		forwards: map[string]*forward{},
+		connects: map[uint16]bool{},
 	}
 }
 
@@ -175,6 +179,68 @@ func (n *Network) RemoveForward(name string) {
 	}
 	f.l.Close()
 	n.relay.RemoveInbound(name)
+}
+
+// Connect opens a connection from the gateway to the guest's TCP port for
+// one client that is not a forward's (`minivirt port connect`), and returns
+// the function that relays between it and the client: it copies both ways,
+// each end of stream passed on as a half-close, until both directions have
+// ended, closes both, and must be called exactly once; called with a
+// client connection that is closed already, it only releases the guest
+// connection. Connections are counted, and limited to
+// domain.DefaultMaxConnections at once, per guest port (Connects). The
+// dial fails as DialGuest's does; ctx bounds it.
+func (n *Network) Connect(ctx context.Context, port uint16) (relay func(client net.Conn), err error) {
+	name := connectName(port)
+	n.mu.Lock()
+	if !n.connects[port] {
+		n.connects[port] = true
+		n.relay.AddInbound(name, domain.DefaultMaxConnections)
+	}
+	n.mu.Unlock()
+	in, err := n.relay.AdmitInbound(name)
+	if errors.Is(err, vmchannel.ErrLimit) {
+		return nil, fmt.Errorf("%d connections to guest port %d are open already, the most it takes at once: %w", domain.DefaultMaxConnections, port, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	guest, err := n.DialGuest(ctx, port)
+	if err != nil {
+		in.Refused()
+		return nil, err
+	}
+	return func(client net.Conn) { in.Splice(guest, client) }, nil
+}
+
+// connectName is the relay's name for Connect's connections to a guest
+// port; forwards are named "tcp:..." and "unix:...".
+func connectName(port uint16) string { return fmt.Sprintf("connect:%d", port) }
+
+// ConnectStatus counts Connect's connections to one guest port (BytesIn:
+// guest to host).
+type ConnectStatus struct {
+	GuestPort      uint16 `json:"guest_port"`
+	MaxConnections int    `json:"max_connections"`
+	vmchannel.Counters
+}
+
+// Connects returns the counters of Connect's connections, by guest port,
+// for every port it has reached.
+func (n *Network) Connects() []ConnectStatus {
+	n.mu.Lock()
+	ports := make([]uint16, 0, len(n.connects))
+	for p := range n.connects {
+		ports = append(ports, p)
+	}
+	n.mu.Unlock()
+	slices.Sort(ports)
+	out := make([]ConnectStatus, 0, len(ports))
+	for _, p := range ports {
+		c, _ := n.relay.InboundCounters(connectName(p))
+		out = append(out, ConnectStatus{GuestPort: p, MaxConnections: domain.DefaultMaxConnections, Counters: c})
+	}
+	return out
 }
 
 // ChannelStatus is one vmchannel served, with its counters.

@@ -261,8 +261,9 @@ func (m *Manager) Define(d *domain.Domain) (created bool, running string, err er
 	return created, running, err
 }
 
-// Undefine removes a domain's definition; refused while it runs, or while
-// a QEMU of it runs that no record names.
+// Undefine removes a domain's definition, the NVRAM copy minivirt made for
+// it and its access record (SetAccess); refused while it runs, or while a
+// QEMU of it runs that no record names.
 func (m *Manager) Undefine(name string) error {
 	found, err := supervisor.FindDomainQEMU(m.DomainRunDir(name))
 	if err != nil {
@@ -286,7 +287,8 @@ func (m *Manager) Undefine(name string) error {
 		if err := os.Remove(m.NVRAMPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("removing the NVRAM of %s: %w", name, err)
 		}
-		return nil
+		// Its access record (not the key and known hosts files it names).
+		return m.removeAccess(name)
 	})
 }
 

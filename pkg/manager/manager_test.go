@@ -3,103 +3,28 @@ package manager
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/minivirt/minivirt/internal/fakeqemu"
 	"github.com/minivirt/minivirt/pkg/domain"
-	"github.com/minivirt/minivirt/pkg/qmp/qmptest"
 	"github.com/minivirt/minivirt/pkg/supervisor"
 )
 
-// The test binary doubles as a fake QEMU: a domain names it as its
-// <emulator>, the supervisor runs it with QEMU's argv, and it serves QMP on
-// the monitor descriptor it inherits. The real QEMU cannot be made to send a
-// 1 MiB reply to order, never answer one command, or drop its monitor, so
-// those cases use this fake; everything else in them is the real engine and
-// supervisor. MINIVIRT_FAKE_QEMU picks the fake's behaviour:
-//
-//	normal: answers every command; system_powerdown leads to a SHUTDOWN event
-//	drop:   after cont, closes the monitor and stops listening for a new one
-const fakeEnv = "MINIVIRT_FAKE_QEMU"
+// The test binary doubles as a fake QEMU (internal/fakeqemu): a domain
+// names it as its <emulator>, the supervisor runs it with QEMU's argv, and
+// the fake's mode (fakeEnv) picks its behaviour.
+const fakeEnv = fakeqemu.Env
 
 func TestMain(m *testing.M) {
 	if mode := os.Getenv(fakeEnv); mode != "" {
-		os.Exit(fakeQEMU(mode, os.Args[1:]))
+		os.Exit(fakeqemu.Main(mode, os.Args[1:]))
 	}
 	os.Exit(m.Run())
-}
-
-// fakeQEMU serves QMP on the fd of "-chardev socket,id=monitor,fd=N".
-func fakeQEMU(mode string, args []string) int {
-	if mode == "exit" { // a QEMU that refuses its command line
-		fmt.Fprintln(os.Stderr, "fake QEMU: refusing to start")
-		return 3
-	}
-	fd := -1
-	for i, a := range args {
-		if a == "-chardev" && i+1 < len(args) && strings.HasPrefix(args[i+1], "socket,id=monitor,fd=") {
-			rest := strings.TrimPrefix(args[i+1], "socket,id=monitor,fd=")
-			fd, _ = strconv.Atoi(rest[:strings.IndexByte(rest, ',')])
-		}
-	}
-	l, err := net.FileListener(os.NewFile(uintptr(fd), "monitor"))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "fake QEMU: no monitor:", err)
-		return 1
-	}
-	for {
-		c, err := l.Accept()
-		if err != nil && mode == "drop" {
-			select {} // a QEMU whose monitor is gone: only SIGKILL ends it
-		}
-		if err != nil {
-			return 1
-		}
-		if quit := serveQMP(c, mode, l); quit {
-			return 0
-		}
-	}
-}
-
-// serveQMP answers one monitor client; it reports whether QEMU must exit.
-func serveQMP(c net.Conn, mode string, l net.Listener) (quit bool) {
-	defer c.Close()
-	qmptest.Serve(c, func(cmd string, s qmptest.Session) bool {
-		switch cmd {
-		case "hang": // never answered
-		case "query-qmp-schema":
-			s.Reply(`[{"blob": "` + strings.Repeat("x", 1<<20) + `"}]`)
-		case "query-status":
-			s.Reply(`{"running": true, "status": "running"}`)
-		case "system_powerdown":
-			s.Reply(`{}`)
-			s.Event("SHUTDOWN", `{"guest": true, "reason": "guest-shutdown"}`)
-			s.Event("STOP", `{}`)
-		case "quit":
-			s.Reply(`{}`)
-			s.Event("SHUTDOWN", `{"guest": false, "reason": "host-qmp-quit"}`)
-			quit = true
-			return false
-		case "cont":
-			s.Reply(`{}`)
-			s.Event("RESUME", `{}`)
-			if mode == "drop" {
-				l.Close()
-				return false
-			}
-		default:
-			s.Reply(`{}`)
-		}
-		return true
-	})
-	return quit
 }
 
 // fakeDomain defines a domain whose emulator is the fake QEMU, with extra

@@ -47,3 +47,37 @@ func (m *Manager) DialConsole(name string) (net.Conn, error) {
 	}
 	return conn, nil
 }
+
+// ErrGuestRefused is wrapped by ConnectGuest's error when the guest refused
+// the connection: nothing listens on its port (yet).
+var ErrGuestRefused = supervisor.ErrRefused
+
+// ConnectGuest opens a connection to the TCP port of a running domain's
+// guest through its supervisor, on minivirt's own network; no TCP port is
+// opened on the host. The connection is the guest connection's byte
+// stream, and the caller closes it:
+//
+//   - what is read from it is what the guest sends; io.EOF once the guest
+//     has closed or half-closed its side;
+//   - what is written to it reaches the guest;
+//   - it implements CloseWrite() error, which half-closes towards the
+//     guest: the guest reads end of stream and can still answer;
+//   - Close ends both ways; it has no deadline of its own.
+//
+// ctx bounds the opening only. It fails for a domain that is not running
+// (*NotRunningError) or unsupervised (*UnsupervisedError), or still
+// starting; for one on QEMU's user network or on none, saying what to do;
+// and when the guest refuses (ErrGuestRefused, within a second or two) or
+// does not answer (about three seconds: its network is not up).
+func (m *Manager) ConnectGuest(ctx context.Context, name string, port uint16) (net.Conn, error) {
+	if _, _, err := m.running(name); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, controlTimeout)
+	defer cancel()
+	conn, err := supervisor.Connect(ctx, rundir.PathsIn(m.DomainRunDir(name)).Control, port)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", name, err)
+	}
+	return conn, nil
+}

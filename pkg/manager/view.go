@@ -32,6 +32,10 @@ type ChannelStatus = supervisor.ChannelStatus
 // counters (BytesIn: guest to host).
 type ForwardStatus = supervisor.ForwardStatus
 
+// ConnectStatus counts the connections ConnectGuest opened to one guest
+// port while the domain runs (BytesIn: guest to host).
+type ConnectStatus = supervisor.ConnectStatus
+
 // GuestAddress is one address of the guest, as domifaddr shows it.
 type GuestAddress = supervisor.GuestAddress
 

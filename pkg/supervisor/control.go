@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
+	"syscall"
 	"time"
 
 	"github.com/minivirt/minivirt/pkg/domain"
@@ -31,14 +33,26 @@ const (
 	OpRemoveVMChannel = "vmchannel-remove"
 	OpAddForward      = "forward-add"
 	OpRemoveForward   = "forward-remove"
+	// OpConnect opens a connection to the guest's TCP port Port, on
+	// minivirt's own network, and makes the control connection its byte
+	// stream once the Response says it is open (see Connect).
+	OpConnect = "connect"
 )
 
 // Request is one control request; one request per connection.
+//
+// The protocol: the client sends one Request as a JSON object and the
+// supervisor answers one Response, a line of JSON (ending in a newline).
+// After an OpConnect Response without Error, the connection carries the
+// guest connection's bytes both ways, each end of stream passed on as a
+// half-close; for that, the client sends nothing after its request until it
+// has read the Response (bytes that come with the request are refused).
 type Request struct {
 	Op  string          `json:"op"`
 	QMP json.RawMessage `json:"qmp,omitempty"` // with OpQMP: a whole QMP command
 	// With the live changes: what to add, or the port (and address of a
-	// vmchannel, or host side of a forward) of what to remove.
+	// vmchannel, or host side of a forward) of what to remove. With
+	// OpConnect, Port is the guest's TCP port.
 	VMChannel *domain.VMChannel `json:"vmchannel,omitempty"`
 	Forward   *domain.Forward   `json:"forward,omitempty"`
 	Port      uint16            `json:"port,omitempty"`
@@ -57,9 +71,12 @@ type Response struct {
 	Starting bool `json:"starting,omitempty"`
 	// MonitorLost is set when the request failed because the QMP monitor
 	// is lost.
-	MonitorLost bool            `json:"monitor_lost,omitempty"`
-	Status      *Status         `json:"status,omitempty"`
-	QMP         json.RawMessage `json:"qmp,omitempty"`
+	MonitorLost bool `json:"monitor_lost,omitempty"`
+	// Refused is set when OpConnect failed because the guest refused the
+	// connection: nothing listens on its port.
+	Refused bool            `json:"refused,omitempty"`
+	Status  *Status         `json:"status,omitempty"`
+	QMP     json.RawMessage `json:"qmp,omitempty"`
 	// VMChannel is the vmchannel a live change added or removed, as the
 	// domain has it.
 	VMChannel *domain.VMChannel `json:"vmchannel,omitempty"`
@@ -81,6 +98,8 @@ type Status struct {
 	// network, or QEMU's user network's fixed one.
 	Addresses []GuestAddress  `json:"addresses,omitempty"`
 	Forwards  []ForwardStatus `json:"forwards,omitempty"`
+	// Connects count OpConnect's connections, by guest port.
+	Connects []ConnectStatus `json:"connects,omitempty"`
 	// RecordPending says why the store does not have the state yet (its
 	// database could not be written); the supervisor keeps trying.
 	RecordPending string `json:"record_pending,omitempty"`
@@ -89,6 +108,10 @@ type Status struct {
 // ForwardStatus is one inbound forward the supervisor serves, with its
 // counters (BytesIn: guest to host).
 type ForwardStatus = guestnet.ForwardStatus
+
+// ConnectStatus counts the connections OpConnect opened to one guest port
+// (BytesIn: guest to host).
+type ConnectStatus = guestnet.ConnectStatus
 
 // GuestAddress is one address of the guest, as domifaddr shows it.
 type GuestAddress struct {
@@ -108,14 +131,31 @@ var ErrStarting = errors.New("the domain is still starting; try again in a momen
 // carry a request out because its QMP monitor is lost.
 var ErrMonitorLost = errors.New("QMP monitor lost")
 
+// ErrRefused is wrapped by Connect's error when the guest refused the
+// connection: nothing listens on its port.
+var ErrRefused = errors.New("connection refused by the guest")
+
 // remoteError is the supervisor's error, in its words.
 type remoteError struct {
-	msg         string
-	monitorLost bool
+	msg                  string
+	monitorLost, refused bool
 }
 
-func (e *remoteError) Error() string        { return e.msg }
-func (e *remoteError) Is(target error) bool { return target == ErrMonitorLost && e.monitorLost }
+func (e *remoteError) Error() string { return e.msg }
+func (e *remoteError) Is(target error) bool {
+	return (target == ErrMonitorLost && e.monitorLost) || (target == ErrRefused && e.refused)
+}
+
+// answerError is the error a Response carries, or nil.
+func answerError(resp Response) error {
+	if resp.Starting {
+		return ErrStarting
+	}
+	if resp.Error != "" {
+		return &remoteError{msg: resp.Error, monitorLost: resp.MonitorLost, refused: resp.Refused}
+	}
+	return nil
+}
 
 // Call sends one request to the control socket at path and waits for the
 // answer, at most until ctx ends.
@@ -138,46 +178,178 @@ func Call(ctx context.Context, path string, req Request) (Response, error) {
 	if err := json.NewDecoder(c).Decode(&resp); err != nil {
 		return Response{}, fmt.Errorf("supervisor: no answer: %w", err)
 	}
-	if resp.Starting {
-		return resp, ErrStarting
+	return resp, answerError(resp)
+}
+
+// maxResponseLine bounds the Response line Connect reads.
+const maxResponseLine = 64 << 10
+
+// Connect asks the supervisor on the control socket at path for a
+// connection to the guest's TCP port (OpConnect). On success the returned
+// connection is the guest connection's byte stream: what is read from it
+// is what the guest sends, ending (io.EOF) when the guest closes or
+// half-closes its side; what is written to it reaches the guest; its
+// CloseWrite half-closes towards the guest, which reads end of stream and
+// can still answer; Close ends both ways. It has no deadline. ctx bounds
+// the request and its answer only. When the guest refused the connection
+// the error wraps ErrRefused; while the supervisor starts, it is
+// ErrStarting.
+func Connect(ctx context.Context, path string, port uint16) (*net.UnixConn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("supervisor: %w", err)
 	}
-	if resp.Error != "" {
-		return resp, &remoteError{msg: resp.Error, monitorLost: resp.MonitorLost}
+	c := conn.(*net.UnixConn)
+	resp, err := connectAnswer(ctx, c, port)
+	if err == nil {
+		err = answerError(resp)
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// connectAnswer sends c's OpConnect request and reads its Response, a byte
+// at a time: the guest's first bytes follow the line at once, and must stay
+// in c. It leaves c without a deadline.
+func connectAnswer(ctx context.Context, c *net.UnixConn, port uint16) (Response, error) {
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	req, err := json.Marshal(Request{Op: OpConnect, Port: port})
+	if err != nil {
+		stop()
+		return Response{}, err
+	}
+	var line []byte
+	if _, err = c.Write(req); err == nil {
+		line, err = readLine(c, maxResponseLine)
+	}
+	if !stop() { // ctx ended: the deadline may be set at any moment
+		return Response{}, fmt.Errorf("supervisor: no answer: %w", ctx.Err())
+	}
+	if err == nil {
+		err = c.SetDeadline(time.Time{})
+	}
+	if err != nil {
+		return Response{}, fmt.Errorf("supervisor: no answer: %w", err)
+	}
+	var resp Response
+	if err := json.Unmarshal(line, &resp); err != nil {
+		return Response{}, fmt.Errorf("supervisor: answer %q: %w", line, err)
 	}
 	return resp, nil
 }
 
+// readLine reads up to and including the first newline, one byte at a time,
+// at most max bytes.
+func readLine(r io.Reader, max int) ([]byte, error) {
+	var line []byte
+	b := make([]byte, 1)
+	for len(line) < max {
+		if _, err := io.ReadFull(r, b); err != nil {
+			return line, err
+		}
+		line = append(line, b[0])
+		if b[0] == '\n' {
+			return line, nil
+		}
+	}
+	return line, fmt.Errorf("an answer longer than %d bytes", max)
+}
+
+// A handler answers one control request. When it returns a stream too, the
+// control connection becomes that stream once the Response is sent:
+// stream takes the connection and owns it from then on. It is called even
+// when the Response could not be sent, with the connection closed, so that
+// it releases what it holds.
+type handler func(ctx context.Context, req Request) (resp Response, stream func(net.Conn))
+
+// controlTimeouts bound one control connection: reading its request,
+// carrying it out, and writing the answer. A stream that follows has none.
+type controlTimeouts struct{ read, handle, write time.Duration }
+
 // serveControl answers control requests until l is closed.
-func serveControl(l net.Listener, handle func(context.Context, Request) Response) {
+func serveControl(l net.Listener, handle handler) {
+	serveControlWithin(l, handle, controlTimeouts{read: 10 * time.Second, handle: 60 * time.Second, write: 10 * time.Second})
+}
+
+// serveControlWithin is serveControl with other timeouts.
+func serveControlWithin(l net.Listener, handle handler, within controlTimeouts) {
 	for {
 		c, err := l.Accept()
 		if err != nil {
 			return
 		}
-		go func() {
-			defer c.Close()
-			c.SetReadDeadline(time.Now().Add(10 * time.Second))
-			var req Request
-			if err := json.NewDecoder(c).Decode(&req); err != nil {
-				return
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-			defer cancel()
-			resp := handle(ctx, req)
-			c.SetWriteDeadline(time.Now().Add(10 * time.Second))
-			json.NewEncoder(c).Encode(resp)
-		}()
+		go serveRequest(c, handle, within)
 	}
 }
 
+// serveRequest answers the one request of control connection c.
+func serveRequest(c net.Conn, handle handler, within controlTimeouts) {
+	c.SetReadDeadline(time.Now().Add(within.read))
+	dec := json.NewDecoder(c)
+	var req Request
+	if err := dec.Decode(&req); err != nil {
+		c.Close()
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), within.handle)
+	var resp Response
+	var stream func(net.Conn)
+	if req.Op == OpConnect && buffered(dec) {
+		resp = Response{Error: "the client sent bytes after its connect request, before the answer; it must wait for the answer"}
+	} else {
+		resp, stream = handle(ctx, req)
+	}
+	cancel()
+	c.SetWriteDeadline(time.Now().Add(within.write))
+	err := json.NewEncoder(c).Encode(resp)
+	if stream == nil {
+		c.Close()
+		return
+	}
+	if err == nil {
+		// The stream lasts as long as both its ends want it.
+		err = c.SetDeadline(time.Time{})
+	}
+	if err != nil {
+		c.Close()
+	}
+	stream(c)
+}
+
+// buffered reports whether dec has read bytes beyond the value it decoded.
+func buffered(dec *json.Decoder) bool {
+	n, _ := dec.Buffered().Read(make([]byte, 1))
+	return n > 0
+}
+
 // handle answers one control request.
-func (s *supervisor) handle(ctx context.Context, req Request) Response {
+func (s *supervisor) handle(ctx context.Context, req Request) (Response, func(net.Conn)) {
 	s.mu.Lock()
 	ready := s.ready
 	s.mu.Unlock()
 	if !ready {
-		return Response{Starting: true, Error: ErrStarting.Error()}
+		return Response{Starting: true, Error: ErrStarting.Error()}, nil
 	}
+	if req.Op == OpConnect {
+		stream, err := s.connect(ctx, req.Port)
+		if err != nil {
+			return Response{Error: err.Error(), Refused: errors.Is(err, syscall.ECONNREFUSED)}, nil
+		}
+		return Response{}, stream
+	}
+	return s.answer(ctx, req), nil
+}
+
+// answer answers one control request other than OpConnect, once the
+// supervisor is ready.
+func (s *supervisor) answer(ctx context.Context, req Request) Response {
 	callCtx, cancel := context.WithTimeout(ctx, qmpCallTimeout)
 	defer cancel()
 	fail := func(err error) Response { return Response{Error: err.Error()} }
@@ -187,7 +359,7 @@ func (s *supervisor) handle(ctx context.Context, req Request) Response {
 		st := &Status{State: s.m.State, Reason: s.m.Reason, Detail: s.m.Detail, MonitorLost: s.m.MonitorLost,
 			VirtioPorts: s.plan.VirtioPorts}
 		s.mu.Unlock()
-		st.VMChannels, st.Forwards = s.net.Channels(), s.net.Forwards()
+		st.VMChannels, st.Forwards, st.Connects = s.net.Channels(), s.net.Forwards(), s.net.Connects()
 		st.Addresses = s.addresses()
 		st.RecordPending = s.rec.pending()
 		return Response{Status: st}

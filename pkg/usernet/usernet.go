@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"syscall"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -178,9 +179,58 @@ func (n *Network) RemoveChannel(ch netip.AddrPort) {
 }
 
 // DialGuest opens a TCP connection from the gateway to the guest's port, for
-// an inbound forward. A port nobody listens on is refused at once.
+// an inbound forward or `port connect`; the connection has CloseWrite, a
+// half-close. A port nobody listens on is refused at once: the error wraps
+// syscall.ECONNREFUSED. A guest that does not answer ARP for its address
+// (no guest, or its network is not up) fails after the stack's neighbour
+// probes, about three seconds, wrapping syscall.EHOSTUNREACH; ctx bounds
+// the wait.
 func (n *Network) DialGuest(ctx context.Context, port uint16) (net.Conn, error) {
-	return gonet.DialContextTCP(ctx, n.stack, tcpip.FullAddress{NIC: nic, Addr: tcpip.AddrFrom4(domain.GuestAddress.As4()), Port: port}, ipv4.ProtocolNumber)
+	to := tcpip.FullAddress{NIC: nic, Addr: tcpip.AddrFrom4(domain.GuestAddress.As4()), Port: port}
+	fail := func(err error) error {
+		return &net.OpError{Op: "dial", Net: "tcp", Addr: &net.TCPAddr{IP: domain.GuestAddress.AsSlice(), Port: int(port)}, Err: err}
+	}
+	var wq waiter.Queue
+	ep, terr := n.stack.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		return nil, fail(errorOf(terr))
+	}
+	entry, connected := waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+	terr = ep.Connect(to)
+	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
+		select {
+		case <-ctx.Done():
+			ep.Close()
+			return nil, fail(ctx.Err())
+		case <-connected:
+		}
+		terr = ep.LastError()
+	}
+	if terr != nil {
+		ep.Close()
+		return nil, fail(errnoOf(terr))
+	}
+	return gonet.NewTCPConn(&wq, ep), nil
+}
+
+// errnoOf turns the errors of a connect into the errno a host socket's
+// connect would fail with, so that callers test them with errors.Is.
+func errnoOf(e tcpip.Error) error {
+	switch e.(type) {
+	case *tcpip.ErrConnectionRefused:
+		return syscall.ECONNREFUSED
+	case *tcpip.ErrHostUnreachable:
+		return syscall.EHOSTUNREACH
+	case *tcpip.ErrNetworkUnreachable:
+		return syscall.ENETUNREACH
+	case *tcpip.ErrTimeout:
+		return syscall.ETIMEDOUT
+	case *tcpip.ErrConnectionReset:
+		return syscall.ECONNRESET
+	}
+	return errorOf(e)
 }
 
 // listenBacklog bounds the connections a vmchannel's listener holds

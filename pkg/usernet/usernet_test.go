@@ -4,17 +4,20 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
 	"os"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/usernet/usernettest"
 )
 
 // qemuEnd starts the network on one end of a socket pair and returns the
@@ -164,5 +167,45 @@ func TestLeaseTable(t *testing.T) {
 	}
 	if len(tab.byMAC) != 3 || cap(tab.order) != 3 {
 		t.Errorf("%d leases by MAC, order of capacity %d; want 3 and 3", len(tab.byMAC), cap(tab.order))
+	}
+}
+
+// DialGuest's failures are the errnos a host socket's connect gives: a
+// port the guest does not listen on is refused at once, and a guest that
+// does not answer ARP (none here) is unreachable after the neighbour
+// probes, within ctx.
+func TestDialGuestErrors(t *testing.T) {
+	n, qemu := startNetwork(t, nil)
+	guest, err := usernettest.Start(qemu, MTU)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer guest.Close()
+	l, err := guest.Listen(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := n.DialGuest(ctx, 7)
+	if err != nil {
+		t.Fatalf("a port the guest listens on: %v", err)
+	}
+	c.Close()
+	began := time.Now()
+	if _, err := n.DialGuest(ctx, 8); !errors.Is(err, syscall.ECONNREFUSED) || time.Since(began) > time.Second {
+		t.Errorf("a port nobody listens on: %v after %v; want ECONNREFUSED at once", err, time.Since(began))
+	}
+
+	lonely, _ := startNetwork(t, nil) // QEMU's end is never read: no guest answers
+	began = time.Now()
+	if _, err := lonely.DialGuest(ctx, 7); !errors.Is(err, syscall.EHOSTUNREACH) {
+		t.Errorf("no guest: %v after %v; want EHOSTUNREACH", err, time.Since(began))
+	}
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	if _, err := lonely.DialGuest(short, 7); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("no guest, ctx ending first: %v", err)
 	}
 }

@@ -156,33 +156,79 @@ func (r *Relay) InboundCounters(name string) (Counters, bool) {
 // guest, which dial reaches. It takes ownership of host and returns at once.
 // A guest port nobody listens on closes the host connection at once.
 func (r *Relay) HandleInbound(name string, host net.Conn, dial func(context.Context) (net.Conn, error)) error {
-	r.mu.RLock()
-	c, ok := r.inbound[name]
-	r.mu.RUnlock()
-	if !ok {
+	in, err := r.AdmitInbound(name)
+	if err != nil {
 		host.Close()
-		return fmt.Errorf("no inbound forward %s", name)
+		if errors.Is(err, ErrLimit) {
+			return nil
+		}
+		return err
 	}
-	if !c.admit() {
-		host.Close()
-		return nil
-	}
-	r.wg.Add(1)
 	go func() {
-		defer r.wg.Done()
-		defer c.active.Add(^uint64(0))
-		defer host.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), DialTimeout)
 		guest, err := dial(ctx)
 		cancel()
 		if err != nil {
-			c.refused.Add(1)
+			host.Close()
+			in.Refused()
 			return
 		}
-		defer guest.Close()
-		splice(guest, host, &c.bytesIn, &c.bytesOut)
+		in.Splice(guest, host)
 	}()
 	return nil
+}
+
+// ErrLimit is returned by AdmitInbound when the inbound forward has as
+// many connections as its limit allows.
+var ErrLimit = errors.New("as many connections as the limit allows")
+
+// Inbound is one host connection of an inbound forward that the forward's
+// limit admitted: it counts as active, and the relay waits for it (Wait),
+// until Refused or Splice ends it. Exactly one of them must be called.
+type Inbound struct {
+	r *Relay
+	m *meter
+}
+
+// AdmitInbound counts a new connection of the inbound forward name and
+// admits it within the forward's limit (else ErrLimit: it is counted as
+// refused). The caller then dials the guest and ends the Inbound with
+// Refused or Splice; in between it may answer the host, which HandleInbound
+// does not.
+func (r *Relay) AdmitInbound(name string) (*Inbound, error) {
+	r.mu.RLock()
+	m, ok := r.inbound[name]
+	r.mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("no inbound forward %s", name)
+	}
+	if !m.admit() {
+		return nil, fmt.Errorf("inbound forward %s: %w (%d)", name, ErrLimit, m.max)
+	}
+	r.wg.Add(1)
+	return &Inbound{r: r, m: m}, nil
+}
+
+// Refused ends a connection the guest did not take (its dial failed),
+// counting it as refused.
+func (in *Inbound) Refused() {
+	in.m.refused.Add(1)
+	in.done()
+}
+
+// Splice copies between guest and host, counting, with each end of stream
+// passed on as a half-close, until both directions have ended; then it
+// closes both and ends the connection.
+func (in *Inbound) Splice(guest, host net.Conn) {
+	defer in.done()
+	defer host.Close()
+	defer guest.Close()
+	splice(guest, host, &in.m.bytesIn, &in.m.bytesOut)
+}
+
+func (in *Inbound) done() {
+	in.m.active.Add(^uint64(0))
+	in.r.wg.Done()
 }
 
 // Wait waits until every connection the relay took has ended.

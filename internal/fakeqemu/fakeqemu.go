@@ -1,0 +1,224 @@
+// Package fakeqemu is a fake QEMU for tests: a test binary doubles as one
+// when a domain names it as its <emulator> and its TestMain calls Main
+// when Env is set. The supervisor runs it with QEMU's argv; it serves QMP
+// on the monitor descriptor it inherits and, in mode "guest", plays a
+// guest on minivirt's own network. The real QEMU cannot be made to send a
+// 1 MiB reply to order, never answer one command, or drop its monitor, and
+// needs a guest to boot; everything around the fake is the real engine
+// and supervisor.
+//
+// Env picks the fake's behaviour (a domain passes it as a
+// <qemu:commandline> variable, as a user's would):
+//
+//	normal: answers every command; system_powerdown leads to a SHUTDOWN event
+//	drop:   after cont, closes the monitor and stops listening for a new one
+//	exit:   refuses its command line (exit status 3)
+//	guest:  normal, and a guest at 10.0.2.15 on the -netdev stream socket
+//	        (usernettest) that listens on GuestPort only
+package fakeqemu
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/minivirt/minivirt/pkg/qmp/qmptest"
+	"github.com/minivirt/minivirt/pkg/usernet/usernettest"
+)
+
+// Env is the variable that makes a test binary the fake, and names its mode.
+const Env = "MINIVIRT_FAKE_QEMU"
+
+// GuestPort is the one port the guest of mode "guest" listens on. Its
+// service sends Greeting at once, then reads until end of stream, sends
+// back what it read, and closes.
+const (
+	GuestPort = 7
+	Greeting  = "hello from the fake guest\n"
+)
+
+// Main runs the fake with QEMU's argv (without argv[0]) and returns its exit
+// status.
+func Main(mode string, args []string) int {
+	if mode == "exit" { // a QEMU that refuses its command line
+		fmt.Fprintln(os.Stderr, "fake QEMU: refusing to start")
+		return 3
+	}
+	if mode == "guest" {
+		if err := serveGuest(args); err != nil {
+			fmt.Fprintln(os.Stderr, "fake QEMU: guest:", err)
+			return 1
+		}
+	}
+	fd := numberAfter(args, "-chardev", "socket,id=monitor,fd=")
+	l, err := net.FileListener(os.NewFile(uintptr(fd), "monitor"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "fake QEMU: no monitor:", err)
+		return 1
+	}
+	for {
+		c, err := l.Accept()
+		if err != nil && mode == "drop" {
+			select {} // a QEMU whose monitor is gone: only SIGKILL ends it
+		}
+		if err != nil {
+			return 1
+		}
+		if quit := serveQMP(c, mode, l); quit {
+			return 0
+		}
+	}
+}
+
+// numberAfter finds the value of option that holds marker and returns the
+// number that follows marker there, or -1.
+func numberAfter(args []string, option, marker string) int {
+	for i, a := range args {
+		if a != option || i+1 == len(args) {
+			continue
+		}
+		if _, rest, ok := strings.Cut(args[i+1], marker); ok {
+			num, _, _ := strings.Cut(rest, ",")
+			if n, err := strconv.Atoi(num); err == nil {
+				return n
+			}
+		}
+	}
+	return -1
+}
+
+// serveGuest starts the guest on the descriptor of "-netdev
+// stream,...,addr.str=N" with the MTU of the device's host_mtu, and its
+// service on GuestPort. It runs until the process exits.
+func serveGuest(args []string) error {
+	fd := numberAfter(args, "-netdev", "addr.str=")
+	if fd < 0 {
+		return fmt.Errorf("no -netdev stream socket in %q", args)
+	}
+	mtu := numberAfter(args, "-device", "host_mtu=")
+	if mtu < 0 {
+		return fmt.Errorf("no host_mtu in %q", args)
+	}
+	f := os.NewFile(uintptr(fd), "netdev")
+	conn, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	guest, err := usernettest.Start(conn, uint32(mtu))
+	if err != nil {
+		return err
+	}
+	l, err := guest.Listen(GuestPort)
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go Service(c)
+		}
+	}()
+	return nil
+}
+
+// Service is GuestPort's service on one accepted connection: it sends
+// Greeting, reads until end of stream, sends back what it read, and closes.
+func Service(c net.Conn) {
+	defer c.Close()
+	io.WriteString(c, Greeting)
+	if in, err := io.ReadAll(c); err == nil {
+		c.Write(in)
+	}
+}
+
+// CheckEcho is a client of Service on c, which has CloseWrite, within a
+// deadline: it reads the Greeting, sends payload and half-closes c while it
+// reads what comes back until the service closes, and checks that it is
+// payload. It returns what is wrong, or nil, and closes c.
+func CheckEcho(c net.Conn, payload []byte, within time.Duration) error {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(within))
+	greeting := make([]byte, len(Greeting))
+	if _, err := io.ReadFull(c, greeting); err != nil || string(greeting) != Greeting {
+		return fmt.Errorf("greeted with %q (%v), want %q", greeting, err, Greeting)
+	}
+	sent := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		if err == nil {
+			err = c.(interface{ CloseWrite() error }).CloseWrite()
+		}
+		sent <- err
+	}()
+	back, err := io.ReadAll(c)
+	if serr := <-sent; serr != nil {
+		return fmt.Errorf("sending: %w", serr)
+	}
+	if err != nil || !bytes.Equal(back, payload) {
+		return fmt.Errorf("the echo after end of stream: %d bytes (want %d), %v", len(back), len(payload), err)
+	}
+	return nil
+}
+
+// CheckRefusal checks the outcome (c, err) of a connection, begun at began,
+// to a port of the guest that nobody listens on: it must have failed
+// within two seconds, wrapping refused and saying "connection refused" and
+// which guest port. It returns what is wrong, or nil; a connection that
+// was made is closed.
+func CheckRefusal(c net.Conn, err error, began time.Time, refused error, port uint16) error {
+	took := time.Since(began)
+	switch {
+	case err == nil:
+		c.Close()
+		return errors.New("a connection to a port nobody listens on succeeded")
+	case took > 2*time.Second:
+		return fmt.Errorf("the refusal took %v: %w", took, err)
+	case !errors.Is(err, refused) || !strings.Contains(err.Error(), "connection refused") || !strings.Contains(err.Error(), fmt.Sprintf("guest port %d", port)):
+		return fmt.Errorf("the refusal said %w", err)
+	}
+	return nil
+}
+
+// serveQMP answers one monitor client; it reports whether QEMU must exit.
+func serveQMP(c net.Conn, mode string, l net.Listener) (quit bool) {
+	defer c.Close()
+	qmptest.Serve(c, func(cmd string, s qmptest.Session) bool {
+		switch cmd {
+		case "hang": // never answered
+		case "query-qmp-schema":
+			s.Reply(`[{"blob": "` + strings.Repeat("x", 1<<20) + `"}]`)
+		case "query-status":
+			s.Reply(`{"running": true, "status": "running"}`)
+		case "system_powerdown":
+			s.Reply(`{}`)
+			s.Event("SHUTDOWN", `{"guest": true, "reason": "guest-shutdown"}`)
+			s.Event("STOP", `{}`)
+		case "quit":
+			s.Reply(`{}`)
+			s.Event("SHUTDOWN", `{"guest": false, "reason": "host-qmp-quit"}`)
+			quit = true
+			return false
+		case "cont":
+			s.Reply(`{}`)
+			s.Event("RESUME", `{}`)
+			if mode == "drop" {
+				l.Close()
+				return false
+			}
+		default:
+			s.Reply(`{}`)
+		}
+		return true
+	})
+	return quit
+}

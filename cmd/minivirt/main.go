@@ -137,6 +137,7 @@ with end-of-stream carried both ways.`,
 
 	root.AddCommand(
 		a.defineCommand(),
+		a.createCommand(),
 		a.undefineCommand(),
 		a.listCommand(),
 		a.dumpxmlCommand(),

@@ -283,11 +283,16 @@ func (m *Manager) Undefine(name string) error {
 		if err := s.ReleaseQEMUSlot(name); err != nil {
 			return err
 		}
-		// The variable store minivirt made for it, and nothing else.
+		// The variable store minivirt made for it, and what create made,
+		// and nothing else.
 		if err := os.Remove(m.NVRAMPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("removing the NVRAM of %s: %w", name, err)
 		}
-		// Its access record (not the key and known hosts files it names).
+		if err := m.removeCreated(name); err != nil {
+			return fmt.Errorf("removing what create made for %s: %w", name, err)
+		}
+		// Its access record (the key and known hosts files are create's,
+		// removed above when create made them).
 		return m.removeAccess(name)
 	})
 }

@@ -1,0 +1,98 @@
+package integration
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// cloudImage is the Debian 12 cloud image `make cloud-image` builds (cloud-init,
+// openssh-server, qemu-guest-agent, no user, no password); `make test`
+// names it in MINIVIRT_CLOUD_IMAGE.
+func cloudImage(t *testing.T) string {
+	t.Helper()
+	img := os.Getenv("MINIVIRT_CLOUD_IMAGE")
+	if img == "" {
+		t.Skip("MINIVIRT_CLOUD_IMAGE is not set: `make test` builds the image (make cloud-image) and sets it")
+	}
+	if _, err := os.Stat(img); err != nil {
+		t.Fatalf("MINIVIRT_CLOUD_IMAGE: %v", err)
+	}
+	return img
+}
+
+func fileSum(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// sshUntil runs `minivirt ssh NAME -- command` until it succeeds, within
+// the boot deadline: the guest's sshd comes up some time after start.
+func (h *host) sshUntil(name, command string) string {
+	h.t.Helper()
+	deadline := time.Now().Add(bootDeadline)
+	for {
+		out, errs, code := h.Run("", "ssh", name, "--", command)
+		if code == 0 {
+			return out
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("ssh %s -- %s: no success within %s; last: exit %d: %s", name, command, bootDeadline, code, errs)
+		}
+		time.Sleep(2 * time.Second) // the guest is still booting: try again
+	}
+}
+
+// TestCloudImage: a cloud image with cloud-init and no user becomes a guest
+// one logs in to with `minivirt ssh`, strict host-key checking and no TCP
+// port on the host; the image is never written; a second boot does not
+// make the user again and ssh still works; undefine removes what create
+// made and leaves the image.
+func TestCloudImage(t *testing.T) {
+	img := cloudImage(t)
+	t.Parallel()
+	h := newHost(t)
+	before := fileSum(t, img)
+	h.OK("", "create", "deb", "--image", img, "--memory", "1GiB", "--start")
+	if out := h.sshUntil("deb", "hostname"); strings.TrimSpace(out) != "deb" {
+		t.Errorf("hostname in the guest: %q; want deb", out)
+	}
+	if out := h.sshUntil("deb", "sudo -n id -u"); strings.TrimSpace(out) != "0" {
+		t.Errorf("passwordless sudo: %q", out)
+	}
+	h.OK("", "shutdown", "deb", "--timeout", "3m")
+	if fileSum(t, img) != before {
+		t.Error("the image changed")
+	}
+	h.OK("", "start", "deb")
+	// cloud-init's once-per-instance steps do not run again (one user, one
+	// host key, the one minivirt knows: strict checking passes).
+	if out := h.sshUntil("deb", "getent passwd minivirt | cut -d: -f1; ls /etc/ssh/ssh_host_*_key | wc -l"); out != "minivirt\n1\n" {
+		t.Errorf("after the second boot: %q", out)
+	}
+	h.OK("", "destroy", "deb")
+	h.OK("", "undefine", "deb")
+	for _, dir := range []string{"disks", "access", "created"} {
+		entries, _ := os.ReadDir(filepath.Join(h.stateDir, dir))
+		for _, e := range entries {
+			t.Errorf("undefine left %s/%s", dir, e.Name())
+		}
+	}
+	if fileSum(t, img) != before {
+		t.Error("the image changed")
+	}
+}

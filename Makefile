@@ -7,7 +7,7 @@ BIN       := $(BUILD)/minivirt
 FUZZTIME  ?= 10s
 export GOFLAGS ?= -buildvcs=false
 
-.PHONY: all build guest deps test go-test fuzz corpus lint demo bench clean
+.PHONY: all build guest cloud-image deps test go-test fuzz corpus lint demo bench clean
 
 all: build
 
@@ -19,6 +19,12 @@ build:
 # initramfs of busybox, the virtio modules and guest/.
 guest: deps
 	@scripts/build-guest.sh $(BUILD)/guest
+
+# A Debian 12 cloud image, as users download one (qcow2, BIOS GRUB, cloud-init
+# with NoCloud, sshd, qemu-guest-agent, DHCP), built from Debian's packages
+# with mmdebstrap and cached in build/cloud until the script changes. As root.
+cloud-image: deps
+	@scripts/build-cloud-image.sh $(BUILD)/cloud
 
 deps:
 	@scripts/deps.sh

@@ -36,7 +36,7 @@ lint:
 
 # go test: unit tests, and the integration tests, which boot the tiny guest under QEMU.
 go-test:
-	MINIVIRT_GUEST_DIR=$(BUILD)/guest $(GO) test -count=1 -timeout 15m ./...
+	MINIVIRT_GUEST_DIR=$(BUILD)/guest MINIVIRT_CLOUD_IMAGE=$(BUILD)/cloud/debian-12.qcow2 $(GO) test -count=1 -timeout 15m ./...
 
 # Each fuzz target runs for FUZZTIME: it must find no panic and no round-trip
 # difference. -fuzzminimizetime=0: Go minimizes every new interesting input
@@ -52,7 +52,7 @@ fuzz:
 corpus:
 	@$(GO) test -count=1 -run='^TestCorpus$$' -v ./pkg/domain | grep -E '^corpus:|refused +[0-9]+:' 
 
-test: deps lint guest go-test fuzz corpus
+test: deps lint guest cloud-image go-test fuzz corpus
 
 demo: deps build guest
 	@scripts/demo.sh $(BIN) $(BUILD)/demo-service $(BUILD)/guest

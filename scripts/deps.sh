@@ -8,7 +8,7 @@ set -euo pipefail
 # its QEMU driver and virtinst: the tests run virt-install against a private
 # libvirtd, as users feed its output to minivirt.
 packages=(qemu-system-x86 qemu-utils ovmf busybox-static libxml2-utils libvirt-clients libvirt-daemon
-  libvirt-daemon-driver-qemu virtinst cpio socat)
+  libvirt-daemon-driver-qemu virtinst cpio socat genisoimage openssh-client)
 
 # The cloud image (make cloud-image): mmdebstrap builds its root from Debian's
 # packages; fdisk (sfdisk) the MBR; e2fsprogs (mkfs.ext4 -d) the file system;

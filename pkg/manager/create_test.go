@@ -1,13 +1,18 @@
 package manager
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -113,5 +118,52 @@ func TestCreateFailsCleanly(t *testing.T) {
 	})
 	if list, _ := m.List(); len(list) != 0 {
 		t.Errorf("defined: %+v", list)
+	}
+}
+
+// An image given by URL is fetched once into the state directory's cache,
+// checked against its sha256; a wrong sum defines nothing and keeps no
+// file. The server listens on loopback only.
+func TestCreateFromURL(t *testing.T) {
+	m := newTestManager(t)
+	img := testImage(t)
+	data, err := os.ReadFile(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var requests atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		http.ServeContent(w, r, "cloud.qcow2", time.Time{}, bytes.NewReader(data))
+	}))
+	defer srv.Close()
+	url := srv.URL + "/images/cloud.qcow2"
+	good := fmt.Sprintf("%x", sha256.Sum256(data))
+	bad := strings.Repeat("0", 64)
+
+	_, err = m.Create(context.Background(), CreateOptions{Name: "a", Image: url, ImageSHA256: bad, MemoryKiB: 1 << 20, VCPUs: 1, User: "bob"})
+	if err == nil || !strings.Contains(err.Error(), "sha256 is "+good) {
+		t.Fatalf("a wrong sum: %v", err)
+	}
+	if list, _ := m.List(); len(list) != 0 {
+		t.Errorf("a wrong sum defined %+v", list)
+	}
+	filepath.WalkDir(m.ImageCache(), func(path string, e os.DirEntry, err error) error {
+		if err == nil && !e.IsDir() && strings.HasSuffix(path, ".qcow2") {
+			t.Errorf("a wrong sum kept %s", path)
+		}
+		return nil
+	})
+	for _, name := range []string{"a", "b"} {
+		if _, err := m.Create(context.Background(), CreateOptions{Name: name, Image: url, ImageSHA256: good, MemoryKiB: 1 << 20, VCPUs: 1, User: "bob"}); err != nil {
+			t.Fatalf("create %s: %v", name, err)
+		}
+	}
+	if n := requests.Load(); n != 2 { // the refused download, then one for both domains
+		t.Errorf("%d requests for the image; want 2 (the second domain uses the cache)", n)
+	}
+	info, _ := exec.Command("qemu-img", "info", "--output=json", m.diskPath("b", ".qcow2")).Output()
+	if !strings.Contains(string(info), `"backing-filename": "`+m.ImageCache()) {
+		t.Errorf("the overlay is not backed by the cached image:\n%s", info)
 	}
 }

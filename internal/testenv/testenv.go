@@ -59,6 +59,9 @@ func Guest() (string, error) {
 	return filepath.Abs(dir)
 }
 
+// kernelLine is one line of the kernel's log on the console.
+var kernelLine = regexp.MustCompile(`(?m)^\[ *[0-9]+\.[0-9]+\] [^\n]*\n`)
+
 // ConsoleExec runs a shell command line in the tiny guest through the serial
 // console socket at path and returns what it printed and its exit status.
 // A console serves one client at a time: calls on one guest must not overlap.
@@ -82,7 +85,11 @@ func ConsoleExec(path, command string, timeout time.Duration) (string, int, erro
 		screen.Write(buf[:n])
 		if m := marker.FindSubmatch(screen.Bytes()); m != nil {
 			rc, _ := strconv.Atoi(string(m[2]))
-			return strings.ReplaceAll(string(m[1]), "\r", ""), rc, nil
+			// The kernel writes its messages to the same console whenever
+			// it likes ("IPv6: ADDRCONF(NETDEV_CHANGE): eth0: link becomes
+			// ready" as the link comes up): they are not the command's.
+			out := kernelLine.ReplaceAllString(strings.ReplaceAll(string(m[1]), "\r", ""), "")
+			return out, rc, nil
 		}
 		if err != nil {
 			return screen.String(), 0, fmt.Errorf("guest: %q: %w", command, err)

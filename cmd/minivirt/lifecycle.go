@@ -94,20 +94,51 @@ func (a *app) superviseCommand() *cobra.Command {
 
 func (a *app) shutdownCommand() *cobra.Command {
 	var timeout time.Duration
+	var mode string
 	cmd := &cobra.Command{
-		Use:   "shutdown NAME",
-		Short: "Press the ACPI power button and wait until the domain is shut off",
-		Args:  exactArgs("NAME"),
+		Use:   "shutdown NAME [--mode acpi|agent] [--timeout 60s]",
+		Short: "Press the ACPI power button (or ask the guest agent) and wait until the domain is shut off",
+		Long: `shutdown asks the guest to power off and waits until the domain is shut off, at
+most --timeout. With --mode acpi (the default) it presses the ACPI power button; with
+--mode agent it asks the guest agent (guest-shutdown), which needs qemu-guest-agent
+running in the guest and the domain's ` + domain.AgentChannel + ` channel.`,
+		Args: exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			name := args[0]
-			if err := a.mgr.Shutdown(cmd.Context(), name, timeout); err != nil {
-				return userError(err)
+			ctx, name := cmd.Context(), args[0]
+			err := byMode(mode, func() error { return a.mgr.Shutdown(ctx, name, timeout) }, func() error { return a.mgr.AgentShutdown(ctx, name, timeout) })
+			if err != nil {
+				return err
 			}
 			fmt.Fprintf(a.stdout, "Domain %s shut off\n", name)
 			return nil
 		},
 	}
 	cmd.Flags().DurationVar(&timeout, "timeout", defaultStopTimeout, "how long to wait for the guest to power off")
+	cmd.Flags().StringVar(&mode, "mode", modeACPI, "how to ask the guest: acpi or agent")
+	return cmd
+}
+
+func (a *app) rebootCommand() *cobra.Command {
+	var mode string
+	cmd := &cobra.Command{
+		Use:   "reboot NAME [--mode acpi|agent]",
+		Short: "Reboot a domain through the ACPI power button (or the guest agent)",
+		Long: `reboot asks the guest to restart and returns once it is asked: it does not wait
+for the guest. With --mode acpi (the default) it presses the ACPI power button and
+the domain then resets instead of powering off; with --mode agent it asks the guest
+agent (guest-shutdown with mode reboot), which needs qemu-guest-agent running in the
+guest and the domain's ` + domain.AgentChannel + ` channel.`,
+		Args: exactArgs("NAME"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx, name := cmd.Context(), args[0]
+			if err := byMode(mode, func() error { return a.mgr.Reboot(ctx, name) }, func() error { return a.mgr.AgentReboot(ctx, name) }); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "Domain %s is being rebooted\n", name)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&mode, "mode", modeACPI, "how to ask the guest: acpi or agent")
 	return cmd
 }
 

@@ -176,43 +176,55 @@ func (a *app) lookupCommands() []*cobra.Command {
 	}
 }
 
+// addressRow is one row of domifaddr: one address of one interface.
+type addressRow struct {
+	Name     string `json:"name"`
+	MAC      string `json:"mac"`
+	Protocol string `json:"protocol"` // "" for an interface without addresses
+	Address  string `json:"address"`
+	Source   string `json:"source"`
+	more     bool   // the interface's address after its first
+}
+
 func (a *app) domifaddrCommand() *cobra.Command {
-	var output string
+	var output, source string
 	cmd := &cobra.Command{
-		Use:     "domifaddr NAME",
-		Short:   "Show the guest's addresses: its DHCP lease on minivirt's network, or QEMU's user network's fixed one",
-		Example: "  minivirt domifaddr demo\n  minivirt domifaddr demo -o json",
+		Use:   "domifaddr NAME [--source lease|agent] [-o json]",
+		Short: "Show the guest's addresses: its DHCP lease on minivirt's network, QEMU's user network's fixed one, or the guest agent's",
+		Long: `domifaddr shows the guest's addresses. With --source lease (the default) they are
+what minivirt knows: the DHCP lease on minivirt's own network, or the fixed 10.0.2.15 of
+QEMU's user network. With --source agent they are every interface and address the
+guest agent reports (guest-network-get-interfaces), as virsh domifaddr --source agent
+prints them; that needs qemu-guest-agent running in the guest and the domain's
+` + domain.AgentChannel + ` channel.`,
+		Example: "  minivirt domifaddr demo\n  minivirt domifaddr demo -o json\n  minivirt domifaddr demo --source agent",
 		Args:    exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := outputFormat(output); err != nil {
 				return err
 			}
-			st, err := a.mgr.LiveStatus(cmd.Context(), args[0])
+			var rows []addressRow
+			var err error
+			switch source {
+			case "lease":
+				rows, err = a.leaseAddresses(cmd.Context(), args[0])
+			case "agent":
+				rows, err = a.agentAddresses(cmd.Context(), args[0])
+			default:
+				return fmt.Errorf("--source %q: give lease (minivirt's DHCP lease, the default) or agent (the guest agent's)", source)
+			}
 			if err != nil {
 				return userError(err)
-			}
-			if !st.Active() {
-				return fmt.Errorf("domain %s is not running", args[0])
-			}
-			type row struct {
-				Name     string `json:"name"`
-				MAC      string `json:"mac"`
-				Protocol string `json:"protocol"`
-				Address  string `json:"address"`
-				Source   string `json:"source"`
-			}
-			rows := []row{}
-			if st.Live != nil {
-				for _, ad := range st.Live.Addresses {
-					rows = append(rows, row{ad.Interface, ad.MAC, "ipv4", ad.Address.String(), ad.Source})
-				}
 			}
 			if output == "json" {
 				return a.printJSON(rows)
 			}
+			if source == "agent" {
+				return a.printVirshAddresses(rows)
+			}
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 3, ' ', 0)
 			fmt.Fprintln(w, " Name\tMAC address\tProtocol\tAddress")
-			fmt.Fprintln(w, "-------------------------------------------------------------------------------")
+			fmt.Fprintln(w, addressRule)
 			for _, r := range rows {
 				fmt.Fprintf(w, " %s\t%s\t%s\t%s\n", r.Name, r.MAC, r.Protocol, r.Address)
 			}
@@ -220,7 +232,70 @@ func (a *app) domifaddrCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "", "output format: table or json")
+	cmd.Flags().StringVar(&source, "source", "lease", "where the addresses come from: lease or agent")
 	return a.domainCommand(cmd)
+}
+
+const addressRule = "-------------------------------------------------------------------------------"
+
+// printVirshAddresses prints rows as virsh domifaddr does, column for
+// column: an interface is named on its first address only, and one without
+// addresses has N/A for them.
+func (a *app) printVirshAddresses(rows []addressRow) error {
+	fmt.Fprintf(a.stdout, " %-10s %-20s %-8s     %s\n%s\n", "Name", "MAC address", "Protocol", "Address", addressRule)
+	for _, r := range rows {
+		switch {
+		case r.more:
+			r.Name, r.MAC = "-", "-"
+		case r.Protocol == "":
+			r.Protocol, r.Address = "N/A", "N/A"
+			if r.MAC == "" {
+				r.MAC = "N/A"
+			}
+		}
+		if _, err := fmt.Fprintf(a.stdout, " %-10s %-17s    %-12s %s\n", r.Name, r.MAC, r.Protocol, r.Address); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// leaseAddresses are the addresses the supervisor knows: its DHCP leases,
+// or the user network's fixed address.
+func (a *app) leaseAddresses(ctx context.Context, name string) ([]addressRow, error) {
+	st, err := a.mgr.LiveStatus(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Active() {
+		return nil, fmt.Errorf("domain %s is not running", name)
+	}
+	rows := []addressRow{}
+	if st.Live != nil {
+		for _, ad := range st.Live.Addresses {
+			rows = append(rows, addressRow{Name: ad.Interface, MAC: ad.MAC, Protocol: "ipv4", Address: ad.Address.String(), Source: ad.Source})
+		}
+	}
+	return rows, nil
+}
+
+// agentAddresses are the addresses the guest agent reports, address/prefix.
+func (a *app) agentAddresses(ctx context.Context, name string) ([]addressRow, error) {
+	ifaces, err := a.mgr.AgentAddresses(ctx, name, 0)
+	if err != nil {
+		return nil, err
+	}
+	rows := []addressRow{}
+	for _, ifc := range ifaces {
+		if len(ifc.Addresses) == 0 {
+			rows = append(rows, addressRow{Name: ifc.Name, MAC: ifc.MAC, Source: "agent"})
+		}
+		for i, ad := range ifc.Addresses {
+			rows = append(rows, addressRow{Name: ifc.Name, MAC: ifc.MAC, Protocol: ad.Type, Address: fmt.Sprintf("%s/%d", ad.Address, ad.Prefix),
+				Source: "agent", more: i > 0})
+		}
+	}
+	return rows, nil
 }
 
 // autostartUnit is the systemd unit that starts marked domains at boot; %s

@@ -15,10 +15,17 @@
 //	exit:   refuses its command line (exit status 3)
 //	guest:  normal, and a guest at 10.0.2.15 on the -netdev stream socket
 //	        (usernettest) that listens on GuestPort only
+//	agent:  normal, and a guest agent (qgatest.Guest's answers) on the
+//	        virtio-serial port org.qemu.guest_agent.0; its guest-shutdown
+//	        leads to a SHUTDOWN event (powerdown, halt) or a RESET (reboot)
+//
+// In every other mode the agent's channel, when the domain has one, is a
+// listener nobody accepts on: a guest without qemu-guest-agent.
 package fakeqemu
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -26,8 +33,11 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/minivirt/minivirt/pkg/domain"
+	"github.com/minivirt/minivirt/pkg/qga/qgatest"
 	"github.com/minivirt/minivirt/pkg/qmp/qmptest"
 	"github.com/minivirt/minivirt/pkg/usernet/usernettest"
 )
@@ -56,6 +66,12 @@ func Main(mode string, args []string) int {
 			return 1
 		}
 	}
+	if mode == "agent" {
+		if err := serveAgent(args); err != nil {
+			fmt.Fprintln(os.Stderr, "fake QEMU: agent:", err)
+			return 1
+		}
+	}
 	fd := numberAfter(args, "-chardev", "socket,id=monitor,fd=")
 	l, err := net.FileListener(os.NewFile(uintptr(fd), "monitor"))
 	if err != nil {
@@ -64,6 +80,9 @@ func Main(mode string, args []string) int {
 	}
 	for {
 		c, err := l.Accept()
+		monitor.Lock()
+		monitor.c = c
+		monitor.Unlock()
 		if err != nil && mode == "drop" {
 			select {} // a QEMU whose monitor is gone: only SIGKILL ends it
 		}
@@ -187,6 +206,68 @@ func CheckRefusal(c net.Conn, err error, began time.Time, refused error, port ui
 		return fmt.Errorf("the refusal said %w", err)
 	}
 	return nil
+}
+
+// monitor is the monitor client being served, for the agent's events.
+var monitor struct {
+	sync.Mutex
+	c net.Conn
+}
+
+// event sends a QMP event to the monitor client, if there is one.
+func event(name, data string) {
+	monitor.Lock()
+	defer monitor.Unlock()
+	if monitor.c != nil {
+		qmptest.Event(monitor.c, name, data)
+	}
+}
+
+// serveAgent serves the guest agent on the listener QEMU was given for the
+// virtio-serial port named domain.AgentChannel (-device
+// virtserialport,...,chardev=ID,name=... and -chardev socket,id=ID,fd=N),
+// one client at a time, as QEMU does. It runs until the process exits.
+func serveAgent(args []string) error {
+	fd := -1
+	for i, a := range args {
+		if a != "-device" || i+1 == len(args) || !strings.HasSuffix(args[i+1], ",name="+domain.AgentChannel) {
+			continue
+		}
+		if _, rest, ok := strings.Cut(args[i+1], ",chardev="); ok {
+			id, _, _ := strings.Cut(rest, ",")
+			fd = numberAfter(args, "-chardev", "socket,id="+id+",fd=")
+		}
+	}
+	if fd < 0 {
+		return fmt.Errorf("no virtserialport %s in %q", domain.AgentChannel, args)
+	}
+	l, err := net.FileListener(os.NewFile(uintptr(fd), "agent"))
+	if err != nil {
+		return err
+	}
+	go qgatest.Channel(l, func(c net.Conn) { qgatest.Serve(c, agentCommand) })
+	return nil
+}
+
+// agentCommand answers one guest agent command as a Linux guest's qemu-ga.
+func agentCommand(command string, args json.RawMessage, s qgatest.Session) bool {
+	if command == "guest-shutdown" {
+		var a struct{ Mode string }
+		json.Unmarshal(args, &a)
+		switch a.Mode {
+		case "", "powerdown", "halt":
+			event("SHUTDOWN", `{"guest": true, "reason": "guest-shutdown"}`)
+		case "reboot":
+			event("RESET", `{"guest": true, "reason": "guest-reset"}`)
+		default:
+			s.Error("GenericError", "Parameter 'mode' does not accept value '"+a.Mode+"'")
+		}
+		return true
+	}
+	if !qgatest.Guest(command, s) {
+		s.Error("CommandNotFound", "The command "+command+" has not been found")
+	}
+	return true
 }
 
 // serveQMP answers one monitor client; it reports whether QEMU must exit.

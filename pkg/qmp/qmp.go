@@ -292,6 +292,16 @@ func restoreID(reply []byte, userID json.RawMessage, had bool) ([]byte, error) {
 	return json.Marshal(obj)
 }
 
+// Reply is a reply to a command: its "return", or its "error". The guest
+// agent's protocol (pkg/qga) has the same.
+type Reply struct {
+	Return json.RawMessage `json:"return"`
+	Error  *struct {
+		Class string `json:"class"`
+		Desc  string `json:"desc"`
+	} `json:"error"`
+}
+
 // Run implements Monitor.
 func (m *Conn) Run(ctx context.Context, command string, args any) (json.RawMessage, error) {
 	cmd := map[string]any{"execute": command}
@@ -306,13 +316,7 @@ func (m *Conn) Run(ctx context.Context, command string, args any) (json.RawMessa
 	if err != nil {
 		return nil, fmt.Errorf("QMP %s: %w", command, err)
 	}
-	var reply struct {
-		Return json.RawMessage `json:"return"`
-		Error  *struct {
-			Class string `json:"class"`
-			Desc  string `json:"desc"`
-		} `json:"error"`
-	}
+	var reply Reply
 	if err := json.Unmarshal(out, &reply); err != nil {
 		return nil, fmt.Errorf("QMP %s: reading the reply: %w", command, err)
 	}

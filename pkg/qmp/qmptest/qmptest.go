@@ -37,8 +37,12 @@ func (s Session) Error(class, desc string) {
 }
 
 // Event sends an event; data is a JSON object.
-func (s Session) Event(name, data string) {
-	fmt.Fprintf(s.c, `{"event": %q, "data": %s, "timestamp": {"seconds": 1, "microseconds": 0}}`+"\n", name, data)
+func (s Session) Event(name, data string) { Event(s.c, name, data) }
+
+// Event writes an event to a monitor connection, in one write: it may come
+// from outside a command, beside a Session's replies.
+func Event(c net.Conn, name, data string) {
+	fmt.Fprintf(c, `{"event": %q, "data": %s, "timestamp": {"seconds": 1, "microseconds": 0}}`+"\n", name, data)
 }
 
 // Serve greets the client on c and hands each command to handle, which

@@ -59,7 +59,8 @@ func (h *host) sshUntil(name, command string) string {
 
 // TestCloudImage: a cloud image with cloud-init and no user becomes a guest
 // one logs in to with `minivirt ssh`, strict host-key checking and no TCP
-// port on the host; the image is never written; a second boot does not
+// port on the host; the guest agent answers guestinfo, domifaddr --source
+// agent and shutdown --mode agent; the image is never written; a second boot does not
 // make the user again and ssh still works; undefine removes what create
 // made and leaves the image.
 func TestCloudImage(t *testing.T) {
@@ -74,6 +75,13 @@ func TestCloudImage(t *testing.T) {
 	if out := h.sshUntil("deb", "sudo -n id -u"); strings.TrimSpace(out) != "0" {
 		t.Errorf("passwordless sudo: %q", out)
 	}
+	// The guest agent, through its channel: the guest's own words.
+	if out := h.OK("", "guestinfo", "deb", "--hostname"); !strings.Contains(out, "deb") {
+		t.Errorf("guestinfo --hostname: %q", out)
+	}
+	if out := h.OK("", "domifaddr", "deb", "--source", "agent"); !strings.Contains(out, "10.0.2.15/24") {
+		t.Errorf("domifaddr --source agent:\n%s", out)
+	}
 	h.OK("", "shutdown", "deb", "--timeout", "3m")
 	if fileSum(t, img) != before {
 		t.Error("the image changed")
@@ -84,7 +92,10 @@ func TestCloudImage(t *testing.T) {
 	if out := h.sshUntil("deb", "getent passwd minivirt | cut -d: -f1; ls /etc/ssh/ssh_host_*_key | wc -l"); out != "minivirt\n1\n" {
 		t.Errorf("after the second boot: %q", out)
 	}
-	h.OK("", "destroy", "deb")
+	h.OK("", "shutdown", "deb", "--mode", "agent", "--timeout", "3m")
+	if st := h.status("deb"); st.State != "shut off" || st.Reason != "shutdown" {
+		t.Errorf("after shutdown --mode agent: %+v", st)
+	}
 	h.OK("", "undefine", "deb")
 	for _, dir := range []string{"disks", "access", "created"} {
 		entries, _ := os.ReadDir(filepath.Join(h.stateDir, dir))

@@ -198,7 +198,7 @@ func TestPortConnect(t *testing.T) {
 	if code == 0 || out != "" || strings.Count(errs, "\n") != 1 || !strings.HasPrefix(errs, "minivirt: ") || !strings.Contains(errs, "connection refused") {
 		t.Errorf("port connect to a closed port: exit %d, stdout %q, stderr %q", code, out, errs)
 	}
-	if took := time.Since(began); took > 5*time.Second {
+	if took := time.Since(began); took > time.Minute { // a hang guard, not a speed claim
 		t.Errorf("the refusal took %v", took)
 	}
 

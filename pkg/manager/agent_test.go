@@ -87,7 +87,7 @@ func TestAgentDoesNotAnswer(t *testing.T) {
 	} {
 		began := time.Now()
 		err := call()
-		if took := time.Since(began); took > 3*time.Second {
+		if took := time.Since(began); took > 30*time.Second { // a hang guard, not a speed claim
 			t.Errorf("%s took %v", verb, took)
 		}
 		if !errors.Is(err, ErrNoAnswer) || err.Error() != want {

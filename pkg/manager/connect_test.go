@@ -83,7 +83,7 @@ func TestConnectGuestElsewhere(t *testing.T) {
 	m, name = fakeDomain(t, "normal", `<vmchannels network='netstack'/>`)
 	began := time.Now()
 	_, err = m.ConnectGuest(ctx, name, 22)
-	if err == nil || !strings.Contains(err.Error(), "does not answer at "+domain.GuestAddress.String()) || time.Since(began) > 10*time.Second {
+	if err == nil || !strings.Contains(err.Error(), "does not answer at "+domain.GuestAddress.String()) || time.Since(began) > time.Minute { // a hang guard
 		t.Errorf("connect without a guest: %v after %v", err, time.Since(began))
 	}
 	if _, err := m.Destroy(ctx, name); err != nil {

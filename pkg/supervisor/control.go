@@ -100,6 +100,9 @@ type Status struct {
 	Forwards  []ForwardStatus `json:"forwards,omitempty"`
 	// Connects count OpConnect's connections, by guest port.
 	Connects []ConnectStatus `json:"connects,omitempty"`
+	// NIC counts the guest's frames on minivirt's own network (Rx: to the
+	// guest); nil on QEMU's user network, which counts nothing, or none.
+	NIC *NICCounters `json:"nic,omitempty"`
 	// RecordPending says why the store does not have the state yet (its
 	// database could not be written); the supervisor keeps trying.
 	RecordPending string `json:"record_pending,omitempty"`
@@ -112,6 +115,9 @@ type ForwardStatus = guestnet.ForwardStatus
 // ConnectStatus counts the connections OpConnect opened to one guest port
 // (BytesIn: guest to host).
 type ConnectStatus = guestnet.ConnectStatus
+
+// NICCounters count the guest's frames and bytes on minivirt's own network.
+type NICCounters = guestnet.NICCounters
 
 // GuestAddress is one address of the guest, as domifaddr shows it.
 type GuestAddress struct {
@@ -361,6 +367,10 @@ func (s *supervisor) answer(ctx context.Context, req Request) Response {
 		s.mu.Unlock()
 		st.VMChannels, st.Forwards, st.Connects = s.net.Channels(), s.net.Forwards(), s.net.Connects()
 		st.Addresses = s.addresses()
+		if s.netstack {
+			nic := s.net.NIC()
+			st.NIC = &nic
+		}
 		st.RecordPending = s.rec.pending()
 		return Response{Status: st}
 	case OpShutdown, OpReboot:

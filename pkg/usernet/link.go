@@ -30,7 +30,7 @@ const classifyPrefix = header.EthernetMinimumSize + header.IPv4MaximumHeaderSize
 // the stack as they are (the ethernet endpoint above parses their header),
 // the others are dropped; outbound packets are written whole, headers
 // included.
-func serveFrames(ctx context.Context, ep *channel.Endpoint, conn net.Conn, admit func(frame []byte) bool) error {
+func serveFrames(ctx context.Context, ep *channel.Endpoint, conn net.Conn, admit func(frame []byte) bool, count *linkCounters) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
@@ -38,8 +38,8 @@ func serveFrames(ctx context.Context, ep *channel.Endpoint, conn net.Conn, admit
 		conn.Close()
 	}()
 	txErr := make(chan error, 1)
-	go func() { txErr <- transmit(ctx, ep, conn) }()
-	rxErr := receive(ep, conn, admit)
+	go func() { txErr <- transmit(ctx, ep, conn, count) }()
+	rxErr := receive(ep, conn, admit, count)
 	cancel()
 	if err := <-txErr; rxErr == nil {
 		rxErr = err
@@ -53,7 +53,8 @@ func serveFrames(ctx context.Context, ep *channel.Endpoint, conn net.Conn, admit
 // receive reads the guest's frames from conn into the stack. It decides on
 // each frame from its first bytes, before it allocates for it: a frame
 // admit drops costs no more than reading it, however many the guest sends.
-func receive(ep *channel.Endpoint, conn net.Conn, admit func(frame []byte) bool) error {
+// Every frame read whole is counted, dropped or not.
+func receive(ep *channel.Endpoint, conn net.Conn, admit func(frame []byte) bool, count *linkCounters) error {
 	var prefix [lengthPrefix]byte
 	var head [classifyPrefix]byte
 	for {
@@ -72,6 +73,7 @@ func receive(ep *channel.Endpoint, conn net.Conn, admit func(frame []byte) bool)
 			if _, err := io.CopyN(io.Discard, conn, int64(n)-int64(len(h))); err != nil {
 				return err
 			}
+			count.fromGuest(n)
 			continue
 		}
 		frame := make([]byte, n)
@@ -79,13 +81,15 @@ func receive(ep *channel.Endpoint, conn net.Conn, admit func(frame []byte) bool)
 		if _, err := io.ReadFull(conn, frame[len(h):]); err != nil {
 			return err
 		}
+		count.fromGuest(n)
 		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(frame)})
 		ep.InjectInbound(0, pkt) // the protocol comes from the Ethernet header
 		pkt.DecRef()
 	}
 }
 
-func transmit(ctx context.Context, ep *channel.Endpoint, conn net.Conn) error {
+// transmit writes the stack's packets to conn, counting each written whole.
+func transmit(ctx context.Context, ep *channel.Endpoint, conn net.Conn, count *linkCounters) error {
 	for {
 		pkt := ep.ReadContext(ctx)
 		if pkt == nil {
@@ -100,5 +104,6 @@ func transmit(ctx context.Context, ep *channel.Endpoint, conn net.Conn) error {
 		if _, err := conn.Write(frame); err != nil {
 			return err
 		}
+		count.toGuest(len(frame) - lengthPrefix)
 	}
 }

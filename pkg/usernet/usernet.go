@@ -57,6 +57,8 @@ type Network struct {
 	dhcp  *dhcpServer
 	admit *admission
 	wg    sync.WaitGroup
+	// counters count the frames Serve carries.
+	counters linkCounters
 
 	mu       sync.Mutex
 	leases   leaseTable
@@ -285,7 +287,7 @@ func (n *Network) accept(l net.Listener, ch netip.AddrPort, handle Handler) {
 // frames prefixed by their 4-byte big-endian length) until conn closes or
 // ctx ends.
 func (n *Network) Serve(ctx context.Context, conn net.Conn) error {
-	return serveFrames(ctx, n.link, conn, n.admit.admit)
+	return serveFrames(ctx, n.link, conn, n.admit.admit, &n.counters)
 }
 
 // Lease is an address the network's DHCP server handed out.

@@ -82,6 +82,18 @@ func TestCloudImage(t *testing.T) {
 	if out := h.OK("", "domifaddr", "deb", "--source", "agent"); !strings.Contains(out, "10.0.2.15/24") {
 		t.Errorf("domifaddr --source agent:\n%s", out)
 	}
+	// domstats: QEMU's and minivirt's counters of a guest that did work.
+	stats := h.OK("", "domstats", "deb")
+	for _, want := range []string{"state.state=1", "vcpu.current=2", "block.0.name=vda", "block.1.name=vdb", "balloon.current="} {
+		if !strings.Contains(stats, want) {
+			t.Errorf("domstats lacks %s:\n%s", want, stats)
+		}
+	}
+	for _, key := range []string{"block.0.rd.bytes=", "net.0.rx.bytes=", "net.0.tx.bytes="} {
+		if i := strings.Index(stats, key); i < 0 || strings.HasPrefix(stats[i+len(key):], "0\n") {
+			t.Errorf("domstats %s is missing or 0 after a boot and ssh sessions:\n%s", key, stats)
+		}
+	}
 	h.OK("", "shutdown", "deb", "--timeout", "3m")
 	if fileSum(t, img) != before {
 		t.Error("the image changed")

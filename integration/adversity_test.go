@@ -325,13 +325,13 @@ func TestSupervisorKilledMidShutdown(t *testing.T) {
 func TestUnwritableDatabase(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
-		t.Skip("chattr +i needs root")
+		t.Fatal("this test runs as root (`make test` as root): chattr +i needs it")
 	}
 	h := newHost(t)
 	h.boot(guest{name: "ro", script: "sleep 3; poweroff -f"})
 	db := filepath.Join(h.stateDir, "minivirt.db")
 	if out, err := exec.Command("chattr", "+i", db).CombinedOutput(); err != nil {
-		t.Skipf("chattr +i: %v: %s (the filesystem does not support it)", err, out)
+		t.Fatalf("chattr +i %s: %v: %s (the state directory's filesystem must support it)", db, err, out)
 	}
 	defer exec.Command("chattr", "-i", db).Run()
 	st := h.status("ro")
@@ -364,7 +364,7 @@ func TestUnwritableDatabase(t *testing.T) {
 func TestOwnUIDPerDomain(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
-		t.Skip("QEMU changes uid only when minivirt runs as root")
+		t.Fatal("this test runs as root (`make test` as root): QEMU changes uid only then")
 	}
 	h := newHost(t)
 	svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)

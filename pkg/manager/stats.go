@@ -10,6 +10,7 @@ import (
 
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/supervisor"
+	"github.com/minivirt/minivirt/pkg/vmchannel"
 )
 
 // Virsh's domain state numbers (virDomainState), as domstats' state.state
@@ -278,26 +279,25 @@ func (s DomStats) Fields() []StatField {
 		add(p+"wr.reqs", b.WrReqs)
 		add(p+"wr.bytes", b.WrBytes)
 	}
-	for i, c := range s.VMChannels {
-		p := fmt.Sprintf("vmchannel.%d.", i)
-		add(p+"address", c.Address.String())
-		add(p+"port", int(c.Port))
-		add(p+"path", c.Path)
+	counters := func(p string, c vmchannel.Counters) {
 		add(p+"active", c.Active)
 		add(p+"total", c.Total)
 		add(p+"refused", c.Refused)
 		add(p+"bytes.in", c.BytesIn)
 		add(p+"bytes.out", c.BytesOut)
 	}
+	for i, c := range s.VMChannels {
+		p := fmt.Sprintf("vmchannel.%d.", i)
+		add(p+"address", c.Address.String())
+		add(p+"port", int(c.Port))
+		add(p+"path", c.Path)
+		counters(p, c.Counters)
+	}
 	for i, fw := range s.Forwards {
 		p := fmt.Sprintf("forward.%d.", i)
 		add(p+"name", fw.Forward.Name())
 		add(p+"guest_port", int(fw.Forward.GuestPort))
-		add(p+"active", fw.Active)
-		add(p+"total", fw.Total)
-		add(p+"refused", fw.Refused)
-		add(p+"bytes.in", fw.BytesIn)
-		add(p+"bytes.out", fw.BytesOut)
+		counters(p, fw.Counters)
 	}
 	return f
 }

@@ -117,6 +117,7 @@ func othersCanExecute(path string) bool {
 // carries the uuid it runs. QEMUs run elsewhere (another runtime root, or
 // libvirt) are not among them.
 func FindQEMU(runRoot string) (map[string][]QEMUProcess, error) {
+	runRoot = filepath.Clean(runRoot)
 	found, err := proc.Find(func(argv []string) bool {
 		pidfile := proc.ArgAfter(argv, "-pidfile")
 		return pidfile != "" && filepath.Dir(filepath.Dir(pidfile)) == runRoot &&

@@ -18,7 +18,8 @@ import (
 // openPTY returns the controlling and the terminal side of a new pty.
 func openPTY(t *testing.T) (*os.File, *os.File) {
 	t.Helper()
-	ptm, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	// Non-blocking, so that read deadlines work on it (a hang guard).
+	ptm, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,59 +37,135 @@ func openPTY(t *testing.T) (*os.File, *os.File) {
 	return ptm, pts
 }
 
-// TestConsole drives `minivirt console` through a pty as a person would:
-// a command typed into the guest's shell comes back, and Ctrl-] leaves.
-func TestConsole(t *testing.T) {
-	t.Parallel()
-	h := newHost(t)
-	h.boot(guest{name: "con"})
+// consoleSession is one `minivirt console` run on a pty, as a person runs it.
+type consoleSession struct {
+	t      *testing.T
+	name   string
+	ptm    *os.File
+	screen bytes.Buffer
+	exited chan error
+}
+
+// attachConsole runs `minivirt console` with args on a new pty.
+func attachConsole(t *testing.T, h *host, name string, args ...string) *consoleSession {
+	t.Helper()
 	ptm, pts := openPTY(t)
-	defer ptm.Close()
-	cmd := h.Command("", "console", "con")
+	t.Cleanup(func() { ptm.Close() })
+	cmd := h.Command("", append([]string{"console"}, args...)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = pts, pts, pts
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	pts.Close()
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	defer cmd.Process.Kill()
+	s := &consoleSession{t: t, name: name, ptm: ptm, exited: make(chan error, 1)}
+	go func() { s.exited <- cmd.Wait() }()
+	t.Cleanup(func() { cmd.Process.Kill() })
+	return s
+}
 
-	var screen bytes.Buffer
-	readUntil := func(want string) {
-		t.Helper()
-		buf := make([]byte, 4096)
-		deadline := time.Now().Add(30 * time.Second)
-		for !strings.Contains(screen.String(), want) {
-			ptm.SetReadDeadline(deadline)
-			n, err := ptm.Read(buf)
-			screen.Write(buf[:n])
-			if err != nil {
-				t.Fatalf("waiting for %q: %v; screen:\n%s", want, err, screen.String())
-			}
+// readUntil reads the console's screen until it shows want, and returns
+// what it showed since the previous call.
+func (s *consoleSession) readUntil(want string) string {
+	s.t.Helper()
+	from := s.screen.Len()
+	buf := make([]byte, 4096)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(s.screen.String()[from:], want) {
+		s.ptm.SetReadDeadline(deadline)
+		n, err := s.ptm.Read(buf)
+		s.screen.Write(buf[:n])
+		if err != nil {
+			s.t.Fatalf("%s: waiting for %q: %v; screen:\n%s", s.name, want, err, s.screen.String())
 		}
 	}
-	readUntil("Escape character is ^]")
-	marker := fmt.Sprintf("console-%d", time.Now().UnixNano())
-	// The shell echoes what we type; the marker is printed with its parts
-	// joined, so only the command's output matches.
-	fmt.Fprintf(ptm, "echo %s-'ok'\r", marker)
-	readUntil(marker + "-ok")
-	ptm.Write([]byte{0x1d}) // Ctrl-]
+	return s.screen.String()[from:]
+}
+
+// typeLine types a line, as Enter ends it on a raw terminal.
+func (s *consoleSession) typeLine(line string) { fmt.Fprintf(s.ptm, "%s\r", line) }
+
+// leave types Ctrl-] and waits for the console to end.
+func (s *consoleSession) leave() {
+	s.t.Helper()
+	s.ptm.Write([]byte{0x1d})
 	select {
-	case err := <-exited:
+	case err := <-s.exited:
 		if err != nil {
-			t.Errorf("console exited with %v", err)
+			s.t.Errorf("%s exited with %v", s.name, err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("Ctrl-] did not end the console")
+		s.t.Fatalf("Ctrl-] did not end %s", s.name)
+	}
+}
+
+// TestConsole drives `minivirt console` through ptys as people would, three
+// at once: each sees the guest's output; the first holds the input and a
+// second's typing reaches nobody; --force takes the input over; Ctrl-]
+// leaves, and the log keeps everything.
+func TestConsole(t *testing.T) {
+	t.Parallel()
+	h := newHost(t)
+	h.boot(guest{name: "con"})
+	marker := fmt.Sprintf("console-%d", time.Now().UnixNano())
+	// The shell echoes what is typed; each marker is printed with its parts
+	// joined, so only a command's output matches.
+	out := func(who string) string { return marker + "-" + who + "-ran" }
+	run := func(who string) string { return "echo " + marker + "-" + who + "-'ran'" }
+
+	first := attachConsole(t, h, "first", "con")
+	if s := first.readUntil("Escape character is ^]"); strings.Contains(s, "Another console holds the input") {
+		t.Errorf("the first console does not hold the input:\n%s", s)
+	}
+	second := attachConsole(t, h, "second", "con")
+	second.readUntil("Another console holds the input")
+
+	first.typeLine(run("first"))
+	first.readUntil(out("first"))
+	second.readUntil(out("first"))
+
+	second.typeLine(run("second"))
+	second.readUntil("this one shows the output only")
+	// The guest reads its input in order: had the second console's line
+	// reached it, its output would come before the next one's.
+	first.typeLine(run("again"))
+	if s := second.readUntil(out("again")); strings.Contains(s, out("second")) {
+		t.Errorf("a console without the input typed into the guest:\n%s", s)
+	}
+	first.readUntil(out("again"))
+
+	third := attachConsole(t, h, "third", "con", "--force")
+	if s := third.readUntil("Escape character is ^]"); strings.Contains(s, "Another console holds the input") {
+		t.Errorf("console --force did not take the input:\n%s", s)
+	}
+	first.readUntil("another console took the input over")
+	third.typeLine(run("third"))
+	for _, c := range []*consoleSession{first, second, third} {
+		c.readUntil(out("third"))
+	}
+	first.typeLine(run("first-after"))
+	first.readUntil("this one shows the output only")
+
+	for _, c := range []*consoleSession{first, second, third} {
+		c.leave()
 	}
 	if st := h.status("con"); st.State != "running" {
-		t.Errorf("leaving the console changed the domain: %+v", st)
+		t.Errorf("leaving the consoles changed the domain: %+v", st)
 	}
-	if !strings.Contains(h.OK("", "log", "con"), marker+"-ok") {
-		t.Error("the console session is not in the log")
+	log := h.OK("", "log", "con")
+	for _, who := range []string{"first", "again", "third"} {
+		if !strings.Contains(log, out(who)) {
+			t.Errorf("the log lacks %q", out(who))
+		}
+	}
+	for _, who := range []string{"second", "first-after"} {
+		if strings.Contains(log, out(who)) {
+			t.Errorf("the log has %q, typed by a console without the input", out(who))
+		}
+	}
+	// The input is free again: the console socket takes it (as socat does).
+	if got, _ := h.exec("con", "echo free-'again'", time.Minute); !strings.Contains(got, "free-again") {
+		t.Errorf("the console socket after the consoles left: %q", got)
 	}
 	h.OK("", "destroy", "con")
 }

@@ -14,13 +14,19 @@ import (
 const escapeByte = 0x1d
 
 func (a *app) consoleCommand() *cobra.Command {
-	return &cobra.Command{
+	var force bool
+	cmd := &cobra.Command{
 		Use:   "console NAME",
 		Short: "Attach to a domain's serial console; Ctrl-] leaves",
-		Args:  exactArgs("NAME"),
+		Long: `console attaches to a running domain's serial console. Several consoles can
+be attached at once: each shows what the guest writes from then on, and one
+holds the input: the first attached, or once it has left, the first to type.
+--force takes the input over; the console that held it goes on showing the
+output. The console log keeps everything (minivirt log NAME).`,
+		Args: exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
-			conn, err := a.mgr.DialConsole(name)
+			conn, input, err := a.mgr.DialConsole(cmd.Context(), name, force)
 			if err != nil {
 				return userError(err)
 			}
@@ -31,6 +37,9 @@ func (a *app) consoleCommand() *cobra.Command {
 				}
 			}
 			fmt.Fprintf(a.stderr, "Connected to domain %s\r\nEscape character is ^] (Ctrl + ])\r\n", name)
+			if !input {
+				fmt.Fprint(a.stderr, "Another console holds the input: this one shows the output only (--force takes the input over)\r\n")
+			}
 			out := make(chan error, 1)
 			go func() {
 				_, err := io.Copy(a.stdout, conn)
@@ -46,6 +55,8 @@ func (a *app) consoleCommand() *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&force, "force", false, "take the input over from the console that holds it")
+	return cmd
 }
 
 // copyUntilEscape copies src to dst until Ctrl-] or the end of src.

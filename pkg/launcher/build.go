@@ -61,10 +61,14 @@ type Plan struct {
 	Sockets []Socket // listening sockets QEMU inherits, each at its FD
 	// NetFD, when not 0, is where QEMU expects its end of the stream socket
 	// of minivirt's own network (Network "netstack").
-	NetFD   int
-	Network string // domain.NetworkSlirp or domain.NetworkNetstack; "" without vmchannels or a NIC
-	Paths   rundir.Paths
-	Accel   string // "kvm" or "tcg"
+	NetFD int
+	// ConsoleFD, when not 0, is where QEMU expects its end of the socket
+	// pair of the primary console, whose other end the supervisor shares
+	// among console clients at Paths.Console.
+	ConsoleFD int
+	Network   string // domain.NetworkSlirp or domain.NetworkNetstack; "" without vmchannels or a NIC
+	Paths     rundir.Paths
+	Accel     string // "kvm" or "tcg"
 	// Env is added to QEMU's environment (<qemu:commandline> env).
 	Env []string
 	// NVRAM, when Path is set, is the UEFI variable store QEMU opens: the
@@ -87,13 +91,10 @@ type Plan struct {
 
 // Files returns the descriptors QEMU inherits in exec.Cmd.ExtraFiles order:
 // the file for descriptor FirstFD+i at index i. open makes a socket's file;
-// netEnd is QEMU's end of the network socket.
-func (p Plan) Files(open func(Socket) (*os.File, error), netEnd *os.File) ([]*os.File, error) {
-	n := len(p.Sockets)
-	if p.NetFD != 0 {
-		n++
-	}
-	files := make([]*os.File, n)
+// ends are QEMU's ends of its socket pairs, by descriptor (NetFD,
+// ConsoleFD).
+func (p Plan) Files(open func(Socket) (*os.File, error), ends map[int]*os.File) ([]*os.File, error) {
+	files := make([]*os.File, len(p.Sockets)+len(ends))
 	for _, s := range p.Sockets {
 		f, err := open(s)
 		if err != nil {
@@ -106,8 +107,8 @@ func (p Plan) Files(open func(Socket) (*os.File, error), netEnd *os.File) ([]*os
 		}
 		files[s.FD-FirstFD] = f
 	}
-	if p.NetFD != 0 {
-		files[p.NetFD-FirstFD] = netEnd
+	for fd, f := range ends {
+		files[fd-FirstFD] = f
 	}
 	return files, nil
 }
@@ -161,6 +162,13 @@ func (b *builder) add(args ...string) { b.a = append(b.a, args...) }
 // inherit registers a listening socket QEMU gets at the next descriptor.
 func (b *builder) inherit(path string) int {
 	b.p.Sockets = append(b.p.Sockets, Socket{Path: path, FD: b.fd})
+	b.fd++
+	return b.fd - 1
+}
+
+// pairEnd allocates the descriptor of QEMU's end of a socket pair whose
+// other end the supervisor keeps.
+func (b *builder) pairEnd() int {
 	b.fd++
 	return b.fd - 1
 }
@@ -399,8 +407,11 @@ func (b *builder) chardev(id string, src *libvirtxml.DomainChardevSource, log *l
 		if log != nil {
 			return "", fmt.Errorf("console log file %s: minivirt logs the first console to %s; remove <log>", log.File, filepath.Join(b.env.LogDir, b.d.Name+".log"))
 		}
-		return fmt.Sprintf("socket,id=%s,fd=%d,server=on,wait=off,logfile=%s,logappend=on",
-			id, b.inherit(b.p.Paths.Console), escapeOpt(filepath.Join(b.env.LogDir, b.d.Name+".log"))), nil
+		// QEMU writes the log itself, whoever is attached; the supervisor
+		// holds the other end and shares it among console clients.
+		b.p.ConsoleFD = b.pairEnd()
+		return fmt.Sprintf("socket,id=%s,fd=%d,logfile=%s,logappend=on",
+			id, b.p.ConsoleFD, escapeOpt(filepath.Join(b.env.LogDir, b.d.Name+".log"))), nil
 	case src == nil || src.Pty != nil:
 		s = "pty,id=" + id
 	case src.Null != nil:
@@ -623,8 +634,7 @@ func (b *builder) netstack() bool {
 func (b *builder) network() error {
 	d, p := b.d, b.p
 	if b.netstack() {
-		p.Network, p.NetFD = domain.NetworkNetstack, b.fd
-		b.fd++
+		p.Network, p.NetFD = domain.NetworkNetstack, b.pairEnd()
 		b.add("-netdev", fmt.Sprintf("stream,id=net0,server=off,addr.type=fd,addr.str=%d", p.NetFD),
 			"-device", fmt.Sprintf("virtio-net-pci,netdev=net0,host_mtu=%d", d.NetstackMTU()))
 		return nil

@@ -29,23 +29,27 @@ func (m *Manager) Resume(ctx context.Context, name string) error {
 	return m.control(ctx, name, supervisor.OpResume)
 }
 
-// DialConsole connects to the serial console of a domain whose QEMU runs,
-// supervised or not. What the guest writes to its serial port comes out of
-// the connection, and what is written to it goes in; the caller closes it.
-// It returns a *NotRunningError when QEMU does not run.
-func (m *Manager) DialConsole(name string) (net.Conn, error) {
-	_, o, err := m.Observe(name)
+// DialConsole attaches to the serial console of a running domain through
+// its supervisor, which shares it among every client attached: each sees
+// what the guest writes from now on (the console log keeps all of it).
+// One client holds the input, and input says whether this one does: the
+// first to attach while nobody holds it, or the first to type once its
+// holder has gone. With force, this client takes the input over; the one
+// that held it is told in its output. The caller closes the connection;
+// it ends when QEMU does. It fails for a domain that is not running
+// (*NotRunningError) or unsupervised (*UnsupervisedError; its log is still
+// written: `minivirt log -f`).
+func (m *Manager) DialConsole(ctx context.Context, name string, force bool) (conn net.Conn, input bool, err error) {
+	if _, _, err := m.running(name); err != nil {
+		return nil, false, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, controlTimeout)
+	defer cancel()
+	c, input, err := supervisor.Console(ctx, rundir.PathsIn(m.DomainRunDir(name)).Control, force)
 	if err != nil {
-		return nil, err
+		return nil, false, fmt.Errorf("console %s: %w", name, err)
 	}
-	if !o.Active() || !o.QEMUAlive {
-		return nil, &NotRunningError{name}
-	}
-	conn, err := net.Dial("unix", rundir.PathsIn(m.DomainRunDir(name)).Console)
-	if err != nil {
-		return nil, fmt.Errorf("console %s: %w", name, err)
-	}
-	return conn, nil
+	return c, input, nil
 }
 
 // ErrGuestRefused is wrapped by ConnectGuest's error when the guest refused

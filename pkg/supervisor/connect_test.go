@@ -40,7 +40,7 @@ func newConnectRigWithin(t *testing.T, within controlTimeouts) *connectRig {
 		t.Fatal(err)
 	}
 	s := &supervisor{d: d, ready: true, netstack: true, net: guestnet.New(d, unixsock.Ledger{})}
-	qemuEnd, ourEnd, err := socketPair()
+	qemuEnd, ourEnd, err := socketPair("network")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,6 +37,10 @@ const (
 	// minivirt's own network, and makes the control connection its byte
 	// stream once the Response says it is open (see Connect).
 	OpConnect = "connect"
+	// OpConsole attaches to the guest's primary console and makes the
+	// control connection its byte stream once the Response says so (see
+	// Console); with Force, this client takes the input over.
+	OpConsole = "console"
 )
 
 // Request is one control request; one request per connection.
@@ -61,6 +65,9 @@ type Request struct {
 	// Timeout, with OpShutdown, is how long the guest has to power off:
 	// after it the domain is running again, not "in shutdown" for ever.
 	Timeout time.Duration `json:"timeout,omitempty"`
+	// Force, with OpConsole, takes the console's input from the client
+	// that holds it.
+	Force bool `json:"force,omitempty"`
 }
 
 // Response answers a Request.
@@ -80,6 +87,9 @@ type Response struct {
 	// VMChannel is the vmchannel a live change added or removed, as the
 	// domain has it.
 	VMChannel *domain.VMChannel `json:"vmchannel,omitempty"`
+	// ConsoleInput, answering OpConsole, says that this client holds the
+	// console's input; without it, the client sees the output only.
+	ConsoleInput bool `json:"console_input,omitempty"`
 }
 
 // Status is the supervisor's view of its domain.
@@ -201,32 +211,51 @@ const maxResponseLine = 64 << 10
 // the error wraps ErrRefused; while the supervisor starts, it is
 // ErrStarting.
 func Connect(ctx context.Context, path string, port uint16) (*net.UnixConn, error) {
+	c, _, err := openStream(ctx, path, Request{Op: OpConnect, Port: port})
+	return c, err
+}
+
+// Console attaches to the guest's primary console through the control
+// socket at path (OpConsole). On success the returned connection carries
+// the guest's output from now on, and what is written to it reaches the
+// guest while this client holds the input, which input says; a client
+// that does not hold it sees the output only. With force it takes the
+// input over from the client that holds it, which is told in its output.
+// ctx bounds the request and its answer only.
+func Console(ctx context.Context, path string, force bool) (conn *net.UnixConn, input bool, err error) {
+	c, resp, err := openStream(ctx, path, Request{Op: OpConsole, Force: force})
+	return c, resp.ConsoleInput, err
+}
+
+// openStream sends a request whose answer turns the connection into a
+// stream (OpConnect, OpConsole), and returns the stream.
+func openStream(ctx context.Context, path string, req Request) (*net.UnixConn, Response, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
-		return nil, fmt.Errorf("supervisor: %w", err)
+		return nil, Response{}, fmt.Errorf("supervisor: %w", err)
 	}
 	c := conn.(*net.UnixConn)
-	resp, err := connectAnswer(ctx, c, port)
+	resp, err := streamAnswer(ctx, c, req)
 	if err == nil {
 		err = answerError(resp)
 	}
 	if err != nil {
 		c.Close()
-		return nil, err
+		return nil, resp, err
 	}
-	return c, nil
+	return c, resp, nil
 }
 
-// connectAnswer sends c's OpConnect request and reads its Response, a byte
-// at a time: the guest's first bytes follow the line at once, and must stay
-// in c. It leaves c without a deadline.
-func connectAnswer(ctx context.Context, c *net.UnixConn, port uint16) (Response, error) {
+// streamAnswer sends c's request and reads its Response, a byte at a time:
+// the stream's first bytes follow the line at once, and must stay in c. It
+// leaves c without a deadline.
+func streamAnswer(ctx context.Context, c *net.UnixConn, request Request) (Response, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	req, err := json.Marshal(Request{Op: OpConnect, Port: port})
+	req, err := json.Marshal(request)
 	if err != nil {
 		stop()
 		return Response{}, err
@@ -307,7 +336,7 @@ func serveRequest(c net.Conn, handle handler, within controlTimeouts) {
 	ctx, cancel := context.WithTimeout(context.Background(), within.handle)
 	var resp Response
 	var stream func(net.Conn)
-	if req.Op == OpConnect && buffered(dec) {
+	if (req.Op == OpConnect || req.Op == OpConsole) && buffered(dec) {
 		resp = Response{Error: "the client sent bytes after its connect request, before the answer; it must wait for the answer"}
 	} else {
 		resp, stream = handle(ctx, req)
@@ -342,6 +371,16 @@ func (s *supervisor) handle(ctx context.Context, req Request) (Response, func(ne
 	s.mu.Unlock()
 	if !ready {
 		return Response{Starting: true, Error: ErrStarting.Error()}, nil
+	}
+	if req.Op == OpConsole {
+		if s.console == nil {
+			return Response{Error: fmt.Sprintf("domain %s has no console minivirt serves (its first console or serial port has a <source> of its own)", s.d.Name)}, nil
+		}
+		c, holds, err := s.console.Join(req.Force)
+		if err != nil {
+			return Response{Error: err.Error()}, nil
+		}
+		return Response{ConsoleInput: holds}, c.Serve
 	}
 	if req.Op == OpConnect {
 		stream, err := s.connect(ctx, req.Port)

@@ -35,12 +35,13 @@ func (s *supervisor) removeSocket(path string) error {
 	return s.sockets().Remove(path)
 }
 
-// socketPair returns two connected stream sockets: QEMU's end and ours.
-// QEMU's -netdev socket refuses SOCK_SEQPACKET; frames carry their length.
-func socketPair() (qemuEnd, ourEnd *os.File, err error) {
+// socketPair returns two connected stream sockets, QEMU's end and ours,
+// for what (the network, the console). QEMU's -netdev stream refuses
+// SOCK_SEQPACKET; frames carry their length.
+func socketPair(what string) (qemuEnd, ourEnd *os.File, err error) {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, nil, fmt.Errorf("network socket pair: %w", err)
+		return nil, nil, fmt.Errorf("%s socket pair: %w", what, err)
 	}
-	return os.NewFile(uintptr(fds[0]), "qemu-net"), os.NewFile(uintptr(fds[1]), "netstack"), nil
+	return os.NewFile(uintptr(fds[0]), "qemu-"+what), os.NewFile(uintptr(fds[1]), what), nil
 }

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/minivirt/minivirt/pkg/console"
 	"github.com/minivirt/minivirt/pkg/guestnet"
 	"github.com/minivirt/minivirt/pkg/launcher"
 	"github.com/minivirt/minivirt/pkg/proc"
@@ -56,10 +57,12 @@ func (e *StepError) Unwrap() error { return e.Err }
 
 // starting is what the steps of one start make and hand on.
 type starting struct {
-	files   []*os.File // the descriptors QEMU inherits, in ExtraFiles order
-	ourEnd  *os.File   // the network's end of QEMU's network socket
-	log     *os.File   // QEMU's log
-	logFrom int64      // where this start's lines begin in it
+	files  []*os.File // the descriptors QEMU inherits, in ExtraFiles order
+	ourEnd *os.File   // the network's end of QEMU's network socket
+	// consoleEnd is our end of QEMU's primary console.
+	consoleEnd *os.File
+	log        *os.File // QEMU's log
+	logFrom    int64    // where this start's lines begin in it
 }
 
 // steps are the steps of a start, in order.
@@ -72,6 +75,7 @@ func (s *supervisor) steps() []step {
 		{"make QEMU's sockets", s.makeSockets, s.closeSockets},
 		{"serve the control socket", s.serveControl, s.closeControl},
 		{"serve the guest's network", s.serveNetwork, s.stopServing},
+		{"serve the console", s.serveConsole, nil}, // stopServing ends it
 		{"start QEMU", s.startQEMU, s.killQEMU},
 		{"connect QMP", s.connectQMP, s.closeMonitor},
 		{"record the running state", s.recordRunning, nil},
@@ -90,8 +94,10 @@ func (s *supervisor) start(ctx context.Context) error {
 				f.Close()
 			}
 		}
-		if st.ourEnd != nil {
-			st.ourEnd.Close()
+		for _, f := range []*os.File{st.ourEnd, st.consoleEnd} {
+			if f != nil {
+				f.Close()
+			}
 		}
 		if st.log != nil {
 			st.log.Close()
@@ -179,18 +185,30 @@ func (s *supervisor) claimRecord(context.Context) error {
 // makeSockets creates every socket QEMU inherits, and on minivirt's own
 // network the socket pair of its NIC.
 func (s *supervisor) makeSockets(context.Context) error {
-	var netEnd *os.File
-	if s.plan.NetFD != 0 {
-		var err error
-		if netEnd, s.starting.ourEnd, err = socketPair(); err != nil {
-			return err
+	ends := make(map[int]*os.File)
+	closeEnds := func() {
+		for _, f := range ends {
+			f.Close()
 		}
 	}
-	files, err := s.plan.Files(func(sock launcher.Socket) (*os.File, error) { return s.listenFile(sock.Path) }, netEnd)
-	if err != nil {
-		if netEnd != nil {
-			netEnd.Close()
+	for _, pair := range []struct {
+		fd   int
+		what string
+		ours **os.File
+	}{{s.plan.NetFD, "network", &s.starting.ourEnd}, {s.plan.ConsoleFD, "console", &s.starting.consoleEnd}} {
+		if pair.fd == 0 {
+			continue
 		}
+		qemuEnd, ourEnd, err := socketPair(pair.what)
+		if err != nil {
+			closeEnds()
+			return err
+		}
+		ends[pair.fd], *pair.ours = qemuEnd, ourEnd
+	}
+	files, err := s.plan.Files(func(sock launcher.Socket) (*os.File, error) { return s.listenFile(sock.Path) }, ends)
+	if err != nil {
+		closeEnds()
 		return err
 	}
 	s.starting.files = files
@@ -202,6 +220,43 @@ func (s *supervisor) closeSockets() {
 	for _, sock := range s.plan.Sockets {
 		s.removeSocket(sock.Path)
 	}
+}
+
+// serveConsole shares the primary console: clients connect to its socket
+// (or through the control socket) and the guest's output reaches each.
+func (s *supervisor) serveConsole(context.Context) error {
+	if s.starting.consoleEnd == nil {
+		return nil
+	}
+	conn, err := net.FileConn(s.starting.consoleEnd)
+	if err != nil {
+		return err
+	}
+	s.starting.consoleEnd.Close()
+	s.starting.consoleEnd = nil
+	l, err := s.listenUnix(s.plan.Paths.Console)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	s.console, s.consoleSock = console.New(conn), l
+	go func() {
+		err := s.console.Run(context.Background())
+		conn.Close()
+		if err != nil {
+			s.logf("console: %v", err)
+		}
+	}()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s.console.Attach(c, false)
+		}
+	}()
+	return nil
 }
 
 // serveControl answers the CLI from now on: "starting" until ready.

@@ -15,6 +15,7 @@ package supervisor
 import (
 	"context"
 	"errors"
+	"github.com/minivirt/minivirt/pkg/console"
 	"log"
 	"net"
 	"os/exec"
@@ -94,6 +95,10 @@ type supervisor struct {
 	relay net.Listener
 	// control answers the CLI; it stays open until the final record lands.
 	control net.Listener
+	// console shares the guest's primary console among its clients, who
+	// connect to consoleSock or ask the control socket (OpConsole).
+	console     *console.Mux
+	consoleSock net.Listener
 
 	mu      sync.Mutex
 	m       Machine
@@ -210,6 +215,9 @@ func (s *supervisor) stopServing() {
 	}
 	if s.relay != nil {
 		s.relay.Close()
+	}
+	if s.consoleSock != nil {
+		s.consoleSock.Close()
 	}
 	for _, sock := range s.plan.Sockets { // QMP, console, virtio ports
 		s.removeSocket(sock.Path)

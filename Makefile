@@ -62,10 +62,10 @@ demo: deps build guest
 # guest (netstack at two MTUs, slirp, guestfwd cmd:socat, plain user-mode
 # TCP; interleaved rounds after a warm-up), start time against the same argv
 # run bare, density, a busy host, and the CLI with 10,000 domains.
-bench: deps build guest
+bench: deps build guest cloud-image
 	@mkdir -p $(BUILD)/bench
 	$(GO) test -run='^$$' -bench=. -benchmem -count=3 ./pkg/vmchannel | tee $(BUILD)/bench/relay.txt
-	$(GO) run ./bench/e2e -minivirt $(BIN) -guest $(BUILD)/guest | tee $(BUILD)/bench/e2e.md
+	$(GO) run ./bench/e2e -minivirt $(BIN) -guest $(BUILD)/guest -cloud $(BUILD)/cloud/debian-12.qcow2 | tee $(BUILD)/bench/e2e.md
 
 clean:
 	rm -rf $(BUILD)

@@ -43,6 +43,9 @@ var (
 	domains     = flag.Int("domains", 10000, "defined domains for the CLI figures")
 	density     = flag.String("density", "1,4,16", "numbers of idle domains for the density figures")
 	idleSeconds = flag.Int("idle", 10, "seconds over which idle CPU is measured")
+	cloudImage  = flag.String("cloud", "", "a cloud image (`make cloud-image`): time it from one command to the first ssh login, against virt-install with libvirtd")
+	cloudReps   = flag.Int("cloud-reps", 3, "runs per side of the cloud image figures")
+	cloudOnly   = flag.Bool("cloud-only", false, "run the cloud image figures only")
 )
 
 func main() {
@@ -118,6 +121,9 @@ func run() error {
 	out, _ := exec.Command("qemu-system-x86_64", "--version").Output()
 	fmt.Printf("Machine: %s, %d CPUs, %s; accel %s on every side; %s; run as uid %d\n\n", host, numCPU(), memTotal(), b.accel, firstLine(string(out)), os.Geteuid())
 
+	if *cloudOnly {
+		return b.cloudFigures(*cloudImage)
+	}
 	// Every side boots once and stays up; the rounds interleave them.
 	meta := fmt.Sprintf("<metadata><vmchannels xmlns='%s' network='netstack' mtu='1500'/></metadata>", domain.Namespace)
 	var sides []*side
@@ -171,6 +177,11 @@ func run() error {
 	}
 	if err := b.cliFigures(); err != nil {
 		return err
+	}
+	if *cloudImage != "" {
+		if err := b.cloudFigures(*cloudImage); err != nil {
+			return fmt.Errorf("cloud image: %w", err)
+		}
 	}
 	fmt.Printf("## Targets (issue 16), each a ratio from this run\n\n")
 	for _, t := range b.targets {

@@ -4,6 +4,7 @@ package testenv
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -204,91 +205,98 @@ func PrepareRig() (guestDir string, cleanup func(), err error) {
 // in parallel with each other.
 func Libvirtd(t testing.TB, dir string) string {
 	t.Helper()
+	uri, stop, err := StartLibvirtd(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return uri
+}
+
+// StartLibvirtd is Libvirtd for a caller that is not a test: it returns
+// the URI and the stop, which kills libvirtd by pid and waits for it.
+func StartLibvirtd(dir string) (uri string, stop func(), err error) {
 	if os.Geteuid() != 0 {
-		t.Fatal("libvirtd needs root here (run `make test` as root)")
+		return "", nil, errors.New("libvirtd needs root here (run `make test` as root)")
 	}
 	bin, err := exec.LookPath("libvirtd")
 	if err != nil {
-		t.Fatal("libvirtd not found: run `make deps` (Debian packages libvirt-daemon and libvirt-daemon-driver-qemu)")
+		return "", nil, errors.New("libvirtd not found: run `make deps` (Debian packages libvirt-daemon and libvirt-daemon-driver-qemu)")
 	}
 	sockDir := filepath.Join(dir, "libvirt")
 	if err := os.MkdirAll(sockDir, 0o700); err != nil {
-		t.Fatal(err)
+		return "", nil, err
 	}
 	conf := filepath.Join(dir, "libvirtd.conf")
 	body := fmt.Sprintf("unix_sock_dir = %q\nunix_sock_rw_perms = \"0700\"\nunix_sock_ro_perms = \"0700\"\nunix_sock_admin_perms = \"0700\"\n", sockDir)
 	if err := os.WriteFile(conf, []byte(body), 0o600); err != nil {
-		t.Fatal(err)
+		return "", nil, err
 	}
-	for _, d := range []string{"/run/libvirt", "/var/log/libvirt", "/var/lib/libvirt/qemu"} {
+	for _, d := range []string{"/run/libvirt", "/var/log/libvirt", "/var/lib/libvirt/qemu", "/var/lib/libvirt/boot"} { // boot: virt-install's cloud-init seeds
 		os.MkdirAll(d, 0o755)
 	}
-	logf, err := os.Create(filepath.Join(dir, "libvirtd.log"))
+	stop, err = startDaemon(dir, "libvirtd", bin, filepath.Join(sockDir, "libvirt-sock"), "--config", conf, "--pid-file", filepath.Join(dir, "libvirtd.pid"))
 	if err != nil {
-		t.Fatal(err)
+		return "", nil, err
 	}
-	cmd := exec.Command(bin, "--config", conf, "--pid-file", filepath.Join(dir, "libvirtd.pid"))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-	})
-	sock := filepath.Join(sockDir, "libvirt-sock")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		if c, err := net.Dial("unix", sock); err == nil {
-			c.Close()
-			return "qemu:///system?socket=" + sock
-		}
-		if time.Now().After(deadline) {
-			data, _ := os.ReadFile(logf.Name())
-			t.Fatalf("libvirtd did not listen on %s within 30s:\n%s", sock, data)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return "qemu:///system?socket=" + filepath.Join(sockDir, "libvirt-sock"), stop, nil
 }
 
 // Virtlogd makes sure a virtlogd serves libvirtd's QEMU logs: it starts one
 // (stopped by pid when the test ends) unless one already listens.
 func Virtlogd(t testing.TB, dir string) {
 	t.Helper()
+	stop, err := StartVirtlogd(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+}
+
+// StartVirtlogd is Virtlogd for a caller that is not a test; stop does
+// nothing when a virtlogd was already there.
+func StartVirtlogd(dir string) (stop func(), err error) {
 	const sock = "/run/libvirt/virtlogd-sock"
 	if c, err := net.Dial("unix", sock); err == nil {
 		c.Close()
-		return
+		return func() {}, nil
 	}
 	bin, err := exec.LookPath("virtlogd")
 	if err != nil {
-		t.Fatal("virtlogd not found: run `make deps` (Debian package libvirt-daemon)")
+		return nil, errors.New("virtlogd not found: run `make deps` (Debian package libvirt-daemon)")
 	}
 	os.MkdirAll("/run/libvirt", 0o755)
-	logf, err := os.Create(filepath.Join(dir, "virtlogd.log"))
+	return startDaemon(dir, "virtlogd", bin, sock, "--pid-file", filepath.Join(dir, "virtlogd.pid"))
+}
+
+// startDaemon starts bin with args, its output in dir/name.log, and waits
+// at most 30 s until it listens on sock; stop kills it by pid.
+func startDaemon(dir, name, bin, sock string, args ...string) (stop func(), err error) {
+	logf, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	cmd := exec.Command(bin, "--pid-file", filepath.Join(dir, "virtlogd.pid"))
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+		logf.Close()
+		return nil, err
 	}
-	t.Cleanup(func() {
+	stop = func() {
 		cmd.Process.Kill()
 		cmd.Wait()
 		logf.Close()
-	})
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		if c, err := net.Dial("unix", sock); err == nil {
 			c.Close()
-			return
+			return stop, nil
 		}
 		if time.Now().After(deadline) {
+			stop()
 			data, _ := os.ReadFile(logf.Name())
-			t.Fatalf("virtlogd did not listen on %s within 30s:\n%s", sock, data)
+			return nil, fmt.Errorf("%s did not listen on %s within 30s:\n%s", name, sock, data)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -65,6 +65,7 @@ demo: deps build guest
 bench: deps build guest cloud-image
 	@mkdir -p $(BUILD)/bench
 	$(GO) test -run='^$$' -bench=. -benchmem -count=3 ./pkg/vmchannel | tee $(BUILD)/bench/relay.txt
+	MINIVIRT_BIN=$(BIN) MINIVIRT_GUEST_DIR=$(BUILD)/guest $(GO) test -run='^$$' -bench=RigStart -benchtime=10x ./pkg/rig | tee $(BUILD)/bench/rig.txt
 	$(GO) run ./bench/e2e -minivirt $(BIN) -guest $(BUILD)/guest -cloud $(BUILD)/cloud/debian-12.qcow2 | tee $(BUILD)/bench/e2e.md
 
 clean:

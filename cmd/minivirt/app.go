@@ -53,6 +53,12 @@ func (a *app) superviseArgs(m *manager.Manager, name string, opt manager.StartOp
 	if opt.Paused {
 		args = append(args, "--paused")
 	}
+	if opt.Restore != "" {
+		args = append(args, "--restore", opt.Restore)
+	}
+	if opt.RestoreDefinition {
+		args = append(args, "--restore-definition")
+	}
 	return args
 }
 

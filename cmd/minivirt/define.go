@@ -68,12 +68,18 @@ func unwrapPathError(err error) error {
 }
 
 func (a *app) undefineCommand() *cobra.Command {
-	return &cobra.Command{
+	var managedSave bool
+	cmd := &cobra.Command{
 		Use:   "undefine NAME",
 		Short: "Remove a domain's definition (refused while it runs)",
 		Args:  exactArgs("NAME"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			name := args[0]
+			if managedSave && a.mgr.HasManagedSave(name) {
+				if err := a.mgr.ManagedSaveRemove(name); err != nil {
+					return userError(err)
+				}
+			}
 			if err := a.mgr.Undefine(name); err != nil {
 				return userError(err)
 			}
@@ -81,6 +87,8 @@ func (a *app) undefineCommand() *cobra.Command {
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&managedSave, "managed-save", false, "remove the domain's managed save image too")
+	return cmd
 }
 
 func (a *app) dumpxmlCommand() *cobra.Command {

@@ -65,7 +65,8 @@ not running, and reports each: the host's boot unit runs it once.`,
 // superviseCommand is the hidden command a detached supervisor runs; its
 // ready pipe is fd 3.
 func (a *app) superviseCommand() *cobra.Command {
-	var paused bool
+	var paused, restoreDefinition bool
+	var restore string
 	cmd := &cobra.Command{
 		Use:    supervisorCommand + " NAME",
 		Hidden: true,
@@ -81,14 +82,18 @@ func (a *app) superviseCommand() *cobra.Command {
 				return err
 			}
 			return a.mgr.Supervise(context.Background(), name, manager.SuperviseOptions{
-				Self:   self,
-				Ready:  manager.ReportReady(ready, logger),
-				Log:    a.stderr,
-				Paused: paused,
+				Self:              self,
+				Ready:             manager.ReportReady(ready, logger),
+				Log:               a.stderr,
+				Paused:            paused,
+				Restore:           restore,
+				RestoreDefinition: restoreDefinition,
 			})
 		},
 	}
 	cmd.Flags().BoolVar(&paused, "paused", false, "leave the guest's CPUs stopped")
+	cmd.Flags().StringVar(&restore, "restore", "", "go on from this saved file instead of booting")
+	cmd.Flags().BoolVar(&restoreDefinition, "restore-definition", false, "with --restore: run the domain as defined, not as saved")
 	return cmd
 }
 

@@ -167,11 +167,20 @@ with end-of-stream carried both ways.`,
 		a.editCommand(),
 		a.sshCommand(),
 		a.sshConfigCommand(),
+		a.saveCommand(),
+		a.restoreCommand(),
+		a.managedSaveCommand(),
+		a.managedSaveRemoveCommand(),
+		a.snapshotCreateCommand(),
+		a.snapshotListCommand(),
+		a.snapshotRevertCommand(),
+		a.snapshotDeleteCommand(),
+		a.snapshotCurrentCommand(),
 	)
 	root.AddCommand(a.lookupCommands()...)
 	for _, c := range root.Commands() {
 		switch c.Name() {
-		case "undefine", "dumpxml", "start", "shutdown", "destroy", "stop", "reboot", "suspend", "resume", "status", "log", "console", "qmp", "ssh", "ssh-config":
+		case "undefine", "dumpxml", "start", "shutdown", "destroy", "stop", "reboot", "suspend", "resume", "status", "log", "console", "qmp", "ssh", "ssh-config", "save", "managedsave", "managedsave-remove", "snapshot-create-as", "snapshot-list", "snapshot-revert", "snapshot-delete", "snapshot-current":
 			a.domainCommand(c)
 		}
 		for _, sub := range c.Commands() {

@@ -95,7 +95,8 @@ func (a *app) dominfoCommand() *cobra.Command {
 				cpus = d.VCPU.Current
 			}
 			info := domainInfo{Name: d.Name, UUID: d.UUID, OSType: d.OS.Type.Type, State: o.State, CPUs: cpus,
-				MaxMemory: d.Memory.Value, UsedMemory: d.Memory.Value, Persistent: true, Autostart: auto}
+				MaxMemory: d.Memory.Value, UsedMemory: d.Memory.Value, Persistent: true, Autostart: auto,
+				ManagedSave: a.mgr.HasManagedSave(d.Name)}
 			if o.Active() && o.ID != 0 {
 				id := o.ID
 				info.ID = &id
@@ -109,8 +110,8 @@ func (a *app) dominfoCommand() *cobra.Command {
 			}
 			w := tabwriter.NewWriter(a.stdout, 0, 4, 1, ' ', 0)
 			fmt.Fprintf(w, "Id:\t%s\nName:\t%s\nUUID:\t%s\nOS Type:\t%s\nState:\t%s\nCPU(s):\t%d\n", id, info.Name, info.UUID, info.OSType, info.State, info.CPUs)
-			fmt.Fprintf(w, "Max memory:\t%d KiB\nUsed memory:\t%d KiB\nPersistent:\tyes\nAutostart:\t%s\nManaged save:\tno\nSecurity model:\tnone\nSecurity DOI:\t0\n",
-				info.MaxMemory, info.UsedMemory, map[bool]string{true: "enable", false: "disable"}[auto])
+			fmt.Fprintf(w, "Max memory:\t%d KiB\nUsed memory:\t%d KiB\nPersistent:\tyes\nAutostart:\t%s\nManaged save:\t%s\nSecurity model:\tnone\nSecurity DOI:\t0\n",
+				info.MaxMemory, info.UsedMemory, map[bool]string{true: "enable", false: "disable"}[auto], map[bool]string{true: "yes", false: "no"}[info.ManagedSave])
 			return w.Flush()
 		},
 	}

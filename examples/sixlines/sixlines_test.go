@@ -49,3 +49,14 @@ func TestDialGuest(t *testing.T) {
 		}
 	}
 }
+
+// TestRoundTripRestored is TestRoundTrip with rig.Restore: the guest boots
+// once, is saved when ready, and the test's guest is restored from the save.
+func TestRoundTripRestored(t *testing.T) {
+	vm := rig.Run(t, "minivirt-guest request 10.0.2.4:600 ping", rig.Restore(), rig.Serve(600, func(c net.Conn) {
+		io.ReadAll(c)
+		c.Write([]byte("pong"))
+		c.Close()
+	}))
+	vm.ExpectConsole(t, "reply: pong")
+}

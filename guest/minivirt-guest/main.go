@@ -33,6 +33,17 @@ func main() {
 		var reply []byte
 		reply, err = request(os.Args[2], []byte(os.Args[3]))
 		fmt.Printf("reply: %s\n", reply)
+	case "fetch":
+		// fetch ADDR: half-close at once and write what the host sends,
+		// as is; an empty answer is an error (nothing served yet).
+		if len(os.Args) != 3 {
+			usage()
+		}
+		var body []byte
+		if body, err = request(os.Args[2], nil); err == nil && len(body) == 0 {
+			err = fmt.Errorf("%s: nothing served", os.Args[2])
+		}
+		os.Stdout.Write(body)
 	case "parallel":
 		// parallel N ADDR: N connections at once, each its own request.
 		if len(os.Args) != 4 {
@@ -85,7 +96,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | parallel N ADDR | hostfirst ADDR MESSAGE | virtio-echo NAME | latency N ADDR | bulk BYTES ADDR | hold N ADDR | flood SECONDS ADDR | dhcp-flood N | syn-flood N ADDR")
+	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | fetch ADDR | parallel N ADDR | hostfirst ADDR MESSAGE | virtio-echo NAME | latency N ADDR | bulk BYTES ADDR | hold N ADDR | flood SECONDS ADDR | dhcp-flood N | syn-flood N ADDR")
 	os.Exit(2)
 }
 

@@ -312,6 +312,17 @@ func (n *Network) Leases() []usernet.Lease {
 	return stack.Leases()
 }
 
+// RestoreLeases gives the attached stack the leases of a saved one
+// (usernet.Network.RestoreLeases); without a stack it does nothing.
+func (n *Network) RestoreLeases(ls []usernet.Lease) {
+	n.mu.Lock()
+	stack := n.stack
+	n.mu.Unlock()
+	if stack != nil {
+		stack.RestoreLeases(ls)
+	}
+}
+
 // Close stops serving: the forwards' listeners close and new guest
 // connections are refused; connections under way go on until they end.
 func (n *Network) Close() {

@@ -40,6 +40,10 @@ type Env struct {
 	// Chroot, when set, is the empty directory QEMU is confined to once it
 	// has initialised (-chroot).
 	Chroot string
+	// Incoming starts QEMU waiting for a saved guest's state
+	// (-incoming defer), which the supervisor hands it by descriptor
+	// (migrate-incoming): QEMU opens no file for it.
+	Incoming bool
 }
 
 // Default UEFI firmware, from Debian's ovmf package.
@@ -166,6 +170,10 @@ func (b *builder) inherit(path string) int {
 	return b.fd - 1
 }
 
+// DriveID is QEMU's id of the drive of the disk with target dev: what
+// QMP's block commands name it by.
+func DriveID(dev string) string { return "drive-" + dev }
+
 // pairEnd allocates the descriptor of QEMU's end of a socket pair whose
 // other end the supervisor keeps.
 func (b *builder) pairEnd() int {
@@ -227,6 +235,9 @@ func (b *builder) machine() error {
 		// The supervisor applies on_crash: QEMU only stops the guest.
 		"-action", "panic=pause",
 	)
+	if b.env.Incoming {
+		b.add("-incoming", "defer")
+	}
 	p.ExitsOnPoweroff = d.OnPoweroff == "destroy" || d.OnPoweroff == ""
 	if !p.ExitsOnPoweroff {
 		b.add("-no-shutdown") // the supervisor applies restart or preserve
@@ -497,7 +508,7 @@ func (b *builder) disks() error {
 	d := b.d
 	for i, disk := range d.Devices.Disks {
 		dev := disk.Target.Dev
-		id := "drive-" + dev
+		id := DriveID(dev)
 		format := diskFormatDefault
 		var opts []string
 		path := ""
@@ -539,7 +550,11 @@ func (b *builder) disks() error {
 			// QEMU writes to a throwaway overlay, removed when it exits.
 			opts = append(opts, "snapshot=on")
 		}
-		drive := fmt.Sprintf("file=%s,format=%s,if=none,id=%s", escapeOpt(path), format, id)
+		// auto-read-only=off: -drive turns it on, and then QEMU reopens
+		// the file by its path to drop or regain write access (as a save
+		// does when it inactivates the disk), which fails once QEMU is
+		// chrooted and no longer root. The descriptor it opened serves.
+		drive := fmt.Sprintf("file=%s,format=%s,if=none,id=%s,auto-read-only=off", escapeOpt(path), format, id)
 		if len(opts) > 0 {
 			drive += "," + strings.Join(opts, ",")
 		}

@@ -277,6 +277,9 @@ func (m *Manager) Undefine(name string) error {
 		if o := observe(rt, m.DomainRunDir(name), found); o.Active() {
 			return fmt.Errorf("domain %s is %s; destroy it first: minivirt destroy %s", name, o.State, name)
 		}
+		if m.HasManagedSave(name) {
+			return fmt.Errorf("domain %s has a managed save image; remove it first (minivirt managedsave-remove %s), or undefine with --managed-save", name, name)
+		}
 		if err := s.Undefine(name); err != nil {
 			return err
 		}
@@ -290,6 +293,11 @@ func (m *Manager) Undefine(name string) error {
 		}
 		if err := m.removeCreated(name); err != nil {
 			return fmt.Errorf("removing what create made for %s: %w", name, err)
+		}
+		// minivirt's record of its snapshots; the snapshots themselves
+		// stay in the disks, which are the user's.
+		if err := os.Remove(m.snapshotsPath(name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return err
 		}
 		// Its access record (the key and known hosts files are create's,
 		// removed above when create made them).
@@ -360,6 +368,13 @@ type StartOptions struct {
 	// Paused leaves the guest's CPUs stopped once QEMU is up, as virsh
 	// start --paused: the domain is paused (user) until Resume.
 	Paused bool
+	// Restore is a file Save made and Restore checked: the guest goes on
+	// from it instead of booting. Set by Restore and by Start for a
+	// managed save, never by callers.
+	Restore string
+	// RestoreDefinition runs the restored guest as the domain is defined,
+	// not as the file holds it (RestoreOptions.UseDefinition).
+	RestoreDefinition bool
 }
 
 // Start starts a domain and returns once its CPUs run under supervision
@@ -378,9 +393,22 @@ func (m *Manager) Start(ctx context.Context, name string, opt StartOptions) ([]s
 	if m.Spawn == nil {
 		return nil, errors.New("manager: no Spawner set")
 	}
+	managed := ""
+	if opt.Restore == "" {
+		// As libvirt: a domain with a managed save goes on from it.
+		if managed, err = m.managedRestore(name); err != nil {
+			return nil, fmt.Errorf("start %s: %w", name, err)
+		}
+		opt.Restore = managed
+	}
 	warnings, err := m.Spawn.Spawn(ctx, m, d, opt)
 	if err != nil {
 		return warnings, fmt.Errorf("start %s: %w", name, err)
+	}
+	if managed != "" {
+		if err := os.Remove(managed); err != nil {
+			return warnings, fmt.Errorf("start %s: removing its managed save: %w", name, err)
+		}
 	}
 	return warnings, nil
 }

@@ -44,6 +44,11 @@ type SuperviseOptions struct {
 	DieWithParent bool
 	// Paused leaves the guest's CPUs stopped (StartOptions.Paused).
 	Paused bool
+	// Restore is the saved file the guest goes on from
+	// (StartOptions.Restore); the domain is then the one it holds, unless
+	// RestoreDefinition.
+	Restore           string
+	RestoreDefinition bool
 }
 
 // Supervise runs the supervisor of one defined domain in the calling
@@ -51,6 +56,9 @@ type SuperviseOptions struct {
 func (m *Manager) Supervise(ctx context.Context, name string, opt SuperviseOptions) error {
 	logger := log.New(opt.Log, "supervisor "+name+": ", log.LstdFlags|log.Lmicroseconds)
 	d, err := m.Get(name)
+	if err == nil && opt.Restore != "" && !opt.RestoreDefinition {
+		d, err = savedDomain(opt.Restore, d)
+	}
 	if err != nil {
 		opt.Ready(nil, err)
 		return err
@@ -79,6 +87,7 @@ func (m *Manager) Supervise(ctx context.Context, name string, opt SuperviseOptio
 		Log:           logger,
 		DieWithParent: opt.DieWithParent,
 		Paused:        opt.Paused,
+		Restore:       opt.Restore,
 	})
 }
 
@@ -201,11 +210,13 @@ func (s InProcess) Spawn(ctx context.Context, m *Manager, d *domain.Domain, opt 
 	go func() {
 		defer close(finished)
 		err := m.Supervise(context.Background(), d.Name, SuperviseOptions{
-			Self:          s.Self,
-			Ready:         func(w []string, err error) { ready <- result{w, err} },
-			Log:           logw,
-			DieWithParent: true,
-			Paused:        opt.Paused,
+			Self:              s.Self,
+			Ready:             func(w []string, err error) { ready <- result{w, err} },
+			Log:               logw,
+			DieWithParent:     true,
+			Paused:            opt.Paused,
+			Restore:           opt.Restore,
+			RestoreDefinition: opt.RestoreDefinition,
 		})
 		logw.Close()
 		if s.OnExit != nil {

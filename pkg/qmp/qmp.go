@@ -19,9 +19,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Event is an asynchronous QMP event.
@@ -217,6 +220,43 @@ func (m *Conn) Close() error {
 // RunRaw implements Monitor. The command's own "id", if any, is replaced on
 // the wire by the connection's and put back into the reply.
 func (m *Conn) RunRaw(ctx context.Context, command []byte) ([]byte, error) {
+	return m.runRaw(ctx, command, nil)
+}
+
+// FDSender is a Monitor that can hand QEMU a descriptor.
+type FDSender interface {
+	// SendFD hands f to QEMU under name (QMP getfd): QEMU keeps its own
+	// copy, and commands name it as "fd:NAME" (migrate, migrate-incoming).
+	// The caller still owns f.
+	SendFD(ctx context.Context, name string, f *os.File) error
+}
+
+// SendFD implements FDSender: getfd, with f in the command's ancillary
+// data (SCM_RIGHTS), as libvirt passes QEMU its migration descriptors.
+func (m *Conn) SendFD(ctx context.Context, name string, f *os.File) error {
+	if _, ok := m.c.(*net.UnixConn); !ok {
+		return errors.New("QMP getfd: the monitor is not on a Unix socket")
+	}
+	cmd, err := json.Marshal(map[string]any{"execute": "getfd", "arguments": map[string]string{"fdname": name}})
+	if err != nil {
+		return err
+	}
+	out, err := m.runRaw(ctx, cmd, f)
+	if err != nil {
+		return fmt.Errorf("QMP getfd: %w", err)
+	}
+	var reply Reply
+	if err := json.Unmarshal(out, &reply); err != nil {
+		return fmt.Errorf("QMP getfd: reading the reply: %w", err)
+	}
+	if reply.Error != nil {
+		return fmt.Errorf("QMP getfd: %s: %s", reply.Error.Class, reply.Error.Desc)
+	}
+	return nil
+}
+
+// runRaw is RunRaw, with f (when not nil) sent along with the command.
+func (m *Conn) runRaw(ctx context.Context, command []byte, f *os.File) ([]byte, error) {
 	var cmd map[string]json.RawMessage
 	if err := json.Unmarshal(command, &cmd); err != nil || cmd["execute"] == nil && cmd["exec-oob"] == nil {
 		return nil, fmt.Errorf("QMP: %q is not a QMP command object", command)
@@ -246,7 +286,7 @@ func (m *Conn) RunRaw(ctx context.Context, command []byte) ([]byte, error) {
 		forget()
 		return nil, err
 	}
-	if err := m.write(ctx, wire); err != nil {
+	if err := m.write(ctx, wire, f); err != nil {
 		forget()
 		return nil, err
 	}
@@ -263,14 +303,26 @@ func (m *Conn) RunRaw(ctx context.Context, command []byte) ([]byte, error) {
 	}
 }
 
-func (m *Conn) write(ctx context.Context, wire []byte) error {
+func (m *Conn) write(ctx context.Context, wire []byte, f *os.File) error {
 	m.writeMu.Lock()
 	defer m.writeMu.Unlock()
 	if dl, ok := ctx.Deadline(); ok {
 		m.c.SetWriteDeadline(dl)
 		defer m.c.SetWriteDeadline(time.Time{})
 	}
-	if _, err := m.c.Write(append(wire, '\n')); err != nil {
+	var err error
+	if f != nil {
+		// The descriptor rides on the command's first byte; the rest of
+		// a short write follows as plain bytes.
+		var n int
+		n, _, err = m.c.(*net.UnixConn).WriteMsgUnix(append(wire, '\n'), unix.UnixRights(int(f.Fd())), nil)
+		if err == nil && n < len(wire)+1 {
+			_, err = m.c.Write(append(wire, '\n')[n:])
+		}
+	} else {
+		_, err = m.c.Write(append(wire, '\n'))
+	}
+	if err != nil {
 		// A partly written command leaves the stream out of step.
 		m.c.Close()
 		m.fail(fmt.Errorf("writing a command: %w", err))

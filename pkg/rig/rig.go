@@ -55,6 +55,8 @@ type Guest struct {
 // Builder collects a guest's definition and its vmchannels before it starts.
 type Builder struct {
 	guest     Guest
+	uuid      string // when set, the domain's uuid (a restored rig guest keeps its save's)
+	restore   string // when set, Start restores the guest from this save instead of booting
 	dir       string // private directory: state, run, sockets
 	channels  []domain.VMChannel
 	listeners []net.Listener
@@ -121,6 +123,9 @@ func (b *Builder) domain() (*domain.Domain, error) {
 	if err != nil {
 		return nil, err
 	}
+	if b.uuid != "" {
+		d.UUID = b.uuid
+	}
 	for _, vc := range b.channels {
 		if _, err := d.AddVMChannel(vc); err != nil {
 			return nil, err
@@ -163,6 +168,18 @@ type VM struct {
 // Start boots the guest and returns once its CPUs run. Close (or the test
 // cleanup of StartT) tears it down.
 func (b *Builder) Start(ctx context.Context) (*VM, error) {
+	return b.start(ctx, func(m *manager.Manager, name string) ([]string, error) {
+		if b.restore != "" {
+			_, warnings, err := m.Restore(ctx, b.restore, manager.RestoreOptions{UseDefinition: true})
+			return warnings, err
+		}
+		return m.Start(ctx, name, manager.StartOptions{})
+	})
+}
+
+// start defines the guest in the rig's private store and starts it with
+// run.
+func (b *Builder) start(ctx context.Context, run func(m *manager.Manager, name string) ([]string, error)) (*VM, error) {
 	if b.err != nil {
 		return nil, b.err
 	}
@@ -197,7 +214,7 @@ func (b *Builder) Start(ctx context.Context) (*VM, error) {
 	if _, _, err := vm.mgr.Define(d); err != nil {
 		return nil, err
 	}
-	if vm.Warnings, err = vm.mgr.Start(ctx, d.Name, manager.StartOptions{}); err != nil {
+	if vm.Warnings, err = run(vm.mgr, d.Name); err != nil {
 		if spawned && !vm.waitGone(time.Minute) {
 			// A start cut short by ctx leaves the supervisor to finish
 			// and destroy the guest; its directory is not ours to take

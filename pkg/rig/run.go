@@ -21,8 +21,9 @@ import (
 type Option func(*runConfig)
 
 type runConfig struct {
-	serves []serve
-	guest  Guest
+	serves  []serve
+	guest   Guest
+	restore bool
 }
 
 type serve struct {
@@ -55,8 +56,16 @@ func Run(t testing.TB, script string, opts ...Option) *VM {
 	if g.Minivirt == "" {
 		g.Minivirt = Binary(t)
 	}
-	g.Cmdline = "console=ttyS0 " + g.Cmdline + " " + Script(script)
-	b := New(g)
+	var b *Builder
+	if cfg.restore {
+		var err error
+		if b, err = restoredBuilder(g, script); err != nil {
+			t.Fatalf("rig: %v", err)
+		}
+	} else {
+		g.Cmdline = "console=ttyS0 " + g.Cmdline + " " + Script(script)
+		b = New(g)
+	}
 	for _, s := range cfg.serves {
 		l, err := b.Listen(s.port)
 		if err != nil {
@@ -76,6 +85,15 @@ func Run(t testing.TB, script string, opts ...Option) *VM {
 	vm.t = t
 	return vm
 }
+
+// Restore makes Run start its guest from a save instead of booting it: the
+// guest boots once (per test binary, and per machine while the guest, the
+// minivirt binary and QEMU stay the same), is saved once it is ready, and
+// each test gets its own guest restored from that file, with its own state
+// and run directories, sockets and vmchannels. The script reaches the
+// restored guest over a vmchannel (10.0.2.4:599) rather than the kernel
+// command line; everything else is as Run without it.
+func Restore() Option { return func(c *runConfig) { c.restore = true } }
 
 // ExpectConsole waits, at most two minutes, for a console line that
 // matches pattern and returns it; otherwise it fails t.

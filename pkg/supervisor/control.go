@@ -41,6 +41,13 @@ const (
 	// control connection its byte stream once the Response says so (see
 	// Console); with Force, this client takes the input over.
 	OpConsole = "console"
+	// OpSave saves the guest's state to the file at Path and ends QEMU:
+	// the domain is then shut off (saved). With Paused, a restore leaves
+	// the guest's CPUs stopped.
+	OpSave = "save"
+	// OpSnapshot creates, reverts to or deletes an internal snapshot of
+	// the running domain's disks (Snapshot).
+	OpSnapshot = "snapshot"
 )
 
 // Request is one control request; one request per connection.
@@ -68,6 +75,12 @@ type Request struct {
 	// Force, with OpConsole, takes the console's input from the client
 	// that holds it.
 	Force bool `json:"force,omitempty"`
+	// Path, with OpSave, is the file to save to: an absolute path.
+	Path string `json:"path,omitempty"`
+	// Paused, with OpSave: restore the guest with its CPUs stopped.
+	Paused bool `json:"paused,omitempty"`
+	// Snapshot is OpSnapshot's request.
+	Snapshot *SnapshotRequest `json:"snapshot,omitempty"`
 }
 
 // Response answers a Request.
@@ -450,6 +463,19 @@ func (s *supervisor) answer(ctx context.Context, req Request) Response {
 		case <-s.done:
 		case <-ctx.Done():
 			return fail(fmt.Errorf("QEMU did not exit: %w", ctx.Err()))
+		}
+		return Response{}
+	case OpSave:
+		if err := s.save(req.Path, req.Paused); err != nil {
+			return fail(err)
+		}
+		return Response{}
+	case OpSnapshot:
+		if req.Snapshot == nil {
+			return fail(errors.New("snapshot: no request"))
+		}
+		if err := s.diskSnapshot(*req.Snapshot); err != nil {
+			return fail(err)
 		}
 		return Response{}
 	case OpSuspend:

@@ -49,6 +49,7 @@ const (
 	ReqDestroy                     // the user asked for a hard stop
 	ReqPowerdownFailed             // the power-button press of ReqShutdown/ReqReboot failed
 	EvShutdownTimedOut             // the guest did not power off in the time ReqShutdown gave; Input.Detail says so
+	EvSaved                        // the guest's state is saved to a file: QEMU is done with
 )
 
 // Input is one thing that happened.
@@ -85,6 +86,10 @@ type Policy struct {
 
 // Booted is the machine of a domain whose CPUs have just started.
 func Booted() Machine { return Machine{State: store.StateRunning, Reason: "booted"} }
+
+// Restored is the machine of a domain whose saved state QEMU has taken
+// back and whose CPUs run again: running (restored), as libvirt says.
+func Restored() Machine { return Machine{State: store.StateRunning, Reason: "restored"} }
 
 // StartedPaused is the machine of a domain started with its CPUs held, as
 // libvirt records virsh start --paused: paused (user).
@@ -200,6 +205,9 @@ func Step(m Machine, in Input, p Policy) (Machine, []Action) {
 			return m, nil
 		}
 		return ending(m, store.Runtime{State: store.StateShutoff, Reason: "crashed", Detail: "guest panicked"})
+
+	case EvSaved:
+		return ending(m, store.Runtime{State: store.StateShutoff, Reason: "saved"})
 
 	case EvShutdown:
 		action := p.OnPoweroff

@@ -40,6 +40,8 @@ func TestStep(t *testing.T) {
 		{"reboot asked", running, Input{Kind: ReqReboot}, defaults, asked(running, AskReboot), []Action{ActPowerdown}},
 		{"destroy asked", running, Input{Kind: ReqDestroy}, defaults, asked(running, AskDestroy), []Action{ActQuit}},
 		{"destroy while ending", decided, Input{Kind: ReqDestroy}, defaults, decided, nil},
+		{"saved", paused, Input{Kind: EvSaved}, defaults, ending("saved", ""), []Action{ActQuit}},
+		{"saved, then QEMU quits", ending("saved", ""), Input{Kind: EvExited, Clean: true}, defaults, off("saved", ""), nil},
 		{"power button failed: back to running", shuttingDown, Input{Kind: ReqPowerdownFailed}, defaults, Machine{State: store.StateRunning, Reason: "booted", before: shuttingDown.before}, nil},
 		{"power button failed on reboot", asked(running, AskReboot), Input{Kind: ReqPowerdownFailed}, defaults, running, nil},
 

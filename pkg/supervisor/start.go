@@ -124,6 +124,7 @@ func (s *supervisor) makePlan(context.Context) error {
 		return err
 	}
 	env := s.cfg.Env
+	env.Incoming = s.cfg.Restore != ""
 	if err := privileges(s.d, &env, s.cfg.OpenStore); err != nil {
 		return err
 	}
@@ -222,8 +223,9 @@ func (s *supervisor) closeSockets() {
 	}
 }
 
-// serveConsole shares the primary console: clients connect to its socket
-// (or through the control socket) and the guest's output reaches each.
+// serveConsole shares the primary console: clients connect to its socket,
+// or through the control socket (OpConsole, `minivirt console`), and the
+// guest's output reaches each.
 func (s *supervisor) serveConsole(context.Context) error {
 	if s.starting.consoleEnd == nil {
 		return nil
@@ -253,7 +255,10 @@ func (s *supervisor) serveConsole(context.Context) error {
 			if err != nil {
 				return
 			}
-			s.console.Attach(c, false)
+			// The socket's clients are programs (socat, scripts) with no
+			// way to ask: each takes the input as it connects, so that a
+			// script's input never waits on a client that is leaving.
+			s.console.Attach(c, true)
 		}
 	}()
 	return nil
@@ -398,15 +403,24 @@ func (s *supervisor) connectQMP(ctx context.Context) error {
 	if err != nil {
 		return s.qemuFailed(err)
 	}
+	run, machine := !s.cfg.Paused, Booted()
+	if s.cfg.Restore != "" {
+		running, err := s.restore(ctx, mon, s.cfg.Restore)
+		if err != nil {
+			mon.Close()
+			return s.qemuFailed(err)
+		}
+		run, machine = run && running, Restored()
+	}
 	callCtx, cancel2 := context.WithTimeout(ctx, qmpCallTimeout)
 	defer cancel2()
-	machine := StartedPaused()
-	if !s.cfg.Paused {
+	if run {
 		if err := qmp.Cont(callCtx, mon); err != nil {
 			mon.Close()
 			return s.qemuFailed(err)
 		}
-		machine = Booted()
+	} else {
+		machine = StartedPaused()
 	}
 	s.mu.Lock()
 	s.mon, s.m = mon, machine

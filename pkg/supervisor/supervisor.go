@@ -52,6 +52,12 @@ type Config struct {
 	// Paused holds the guest's CPUs once QEMU is up (virsh start
 	// --paused): QEMU started with -S simply gets no cont.
 	Paused bool
+	// Restore, when set, is a file minivirt saved (and the caller has
+	// checked): QEMU starts waiting for its state (-incoming defer), takes
+	// it by descriptor, and the guest goes on where it was, its CPUs
+	// running if they ran when it was saved and Paused is not set. Domain
+	// is then the one the file holds.
+	Restore string
 }
 
 // Timeouts of the supervisor's own waits.

@@ -302,6 +302,15 @@ func (n *Network) lease(l Lease) {
 	n.leases.add(l)
 }
 
+// RestoreLeases takes back leases a saved network handed out (Leases), in
+// their order, as if acknowledged now: a restored guest keeps its address
+// and domifaddr finds it. Beyond maxLeases, the oldest are forgotten.
+func (n *Network) RestoreLeases(ls []Lease) {
+	for _, l := range ls {
+		n.lease(l)
+	}
+}
+
 // Leases returns the addresses the network's DHCP server handed out, at
 // most maxLeases of them, the least recently acknowledged first.
 func (n *Network) Leases() []Lease {

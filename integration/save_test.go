@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -52,13 +53,18 @@ func TestSaveRestore(t *testing.T) {
 	}
 	devices := vmchannelXML(600, svc.path) +
 		`<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='` + disk + `'/><target dev='vdb' bus='virtio'/></disk>`
-	h.boot(guest{name: "sr", network: "netstack", devices: devices,
+	// minivirt.dhcp: the guest takes its address from the network's DHCP
+	// server, whose lease a restore must bring back.
+	h.boot(guest{name: "sr", network: "netstack", devices: devices, cmdline: "minivirt.dhcp",
 		script: `i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.2; done &`})
 	h.waitLog("sr", "tick 3\r\n", time.Minute)
 	if out, rc := h.exec("sr", "minivirt-guest request 10.0.2.4:600 before", time.Minute); rc != 0 || !strings.Contains(out, "reply: before") {
 		t.Fatalf("the vmchannel before the save: exit %d, %q", rc, out)
 	}
 	addrBefore := h.OK("", "domifaddr", "sr")
+	if !strings.Contains(addrBefore, "10.0.2.15") {
+		t.Fatalf("domifaddr before the save shows no lease:\n%s", addrBefore)
+	}
 	qemuBefore := h.status("sr").QEMUPID
 
 	file := filepath.Join(h.top, "sr.save")
@@ -248,4 +254,59 @@ func TestSnapshots(t *testing.T) {
 	h.fails("disk vdc", "snapshot-create-as", "rawdisk", "x")
 	h.OK(guest{name: "transient", devices: `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='` + disk + `'/><target dev='vdd' bus='virtio'/><transient/></disk>`}.xml(), "define", "-")
 	h.fails("disk vdd is transient", "snapshot-create-as", "transient", "x")
+}
+
+// TestSaveRestoreNonRoot: run by a user other than root, save, restore,
+// snapshot-create-as and snapshot-revert work, and QEMU runs as that user.
+func TestSaveRestoreNonRoot(t *testing.T) {
+	t.Parallel()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test runs as root, to become another user")
+	}
+	const nobody = 65534
+	h := newHost(t)
+	os.Chmod(h.top, 0o755)
+	for _, d := range []string{h.stateDir, h.runDir} {
+		os.MkdirAll(d, 0o700)
+		os.Chown(d, nobody, nobody)
+	}
+	as := func(args ...string) string {
+		t.Helper()
+		cmd := h.Command("", args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("minivirt %s as uid %d: %v: %s", strings.Join(args, " "), nobody, err, out)
+		}
+		return string(out)
+	}
+	work := filepath.Join(h.top, "nobody")
+	os.Mkdir(work, 0o700)
+	os.Chown(work, nobody, nobody)
+	disk := filepath.Join(work, "data.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", disk, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	os.Chown(disk, nobody, nobody)
+	xml := filepath.Join(work, "nrs.xml")
+	os.WriteFile(xml, []byte(guest{name: "nrs", devices: `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='` + disk + `'/><target dev='vda' bus='virtio'/></disk>`,
+		script: `i=0; while true; do i=$((i+1)); echo "tick $i"; sleep 0.2; done &`}.xml()), 0o644)
+	as("define", xml)
+	as("start", "nrs")
+	t.Cleanup(func() { h.Command("", "destroy", "nrs").Run() })
+	h.waitLog("nrs", "tick 3\r\n", bootDeadline)
+	as("snapshot-create-as", "nrs", "s1")
+	file := filepath.Join(work, "nrs.save")
+	as("save", "nrs", file)
+	as("restore", file)
+	from := lastTick(t, h, "nrs")
+	h.waitLog("nrs", "tick "+strconv.Itoa(from+3)+"\r\n", time.Minute)
+	as("snapshot-revert", "nrs", "s1")
+	if uid := qemuUID(t, h.status("nrs").QEMUPID); uid != strconv.Itoa(nobody) {
+		t.Errorf("QEMU runs as uid %s, want %d", uid, nobody)
+	}
+	if n := strings.Count(h.OK("", "log", "nrs"), "Linux version"); n != 1 {
+		t.Errorf("the kernel booted %d times", n)
+	}
+	as("destroy", "nrs")
 }

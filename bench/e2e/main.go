@@ -3,7 +3,9 @@
 // accelerator: QEMU's own per-connection relay (guestfwd cmd:socat) and
 // plain user-mode TCP from the guest to a host TCP port. Every side runs in
 // every round, the order rotating, after a warm-up round that is discarded.
-// It also times `minivirt start` against the same QEMU argv started
+// It also times `minivirt save` and `restore` (256 MiB and 1 GiB), a cloud
+// image from one command to the first ssh login beside virt-install, and
+// `minivirt start` against the same QEMU argv started
 // directly, density (1, 4, 16 idle domains), the CLI on a busy host and
 // with 10,000 defined domains. It prints a Markdown report: BENCHMARKS.md
 // holds its tables as printed.
@@ -26,6 +28,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/launcher"
 	"github.com/minivirt/minivirt/pkg/qmp"
@@ -46,6 +50,7 @@ var (
 	cloudImage  = flag.String("cloud", "", "a cloud image (`make cloud-image`): time it from one command to the first ssh login, against virt-install with libvirtd")
 	cloudReps   = flag.Int("cloud-reps", 3, "runs per side of the cloud image figures")
 	cloudOnly   = flag.Bool("cloud-only", false, "run the cloud image figures only")
+	saveReps    = flag.Int("save-reps", 3, "rounds of the save and restore figures")
 )
 
 func main() {
@@ -177,6 +182,9 @@ func run() error {
 	}
 	if err := b.cliFigures(); err != nil {
 		return err
+	}
+	if err := b.saveRestoreFigures(); err != nil {
+		return fmt.Errorf("save and restore: %w", err)
 	}
 	if *cloudImage != "" {
 		if err := b.cloudFigures(*cloudImage); err != nil {
@@ -332,6 +340,19 @@ func (b *bench) startTimes() error {
 // first and inherited, paused), and times it until QMP's cont returns.
 func bareStart(plan launcher.Plan) (time.Duration, error) {
 	t0 := time.Now()
+	// The console is QEMU's end of a socket pair, as the supervisor makes
+	// it; the other end is drained here.
+	ends := map[int]*os.File{}
+	if plan.ConsoleFD != 0 {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return 0, err
+		}
+		ends[plan.ConsoleFD] = os.NewFile(uintptr(fds[0]), "qemu-console")
+		ours := os.NewFile(uintptr(fds[1]), "console")
+		defer ours.Close()
+		go io.Copy(io.Discard, ours)
+	}
 	files, err := plan.Files(func(s launcher.Socket) (*os.File, error) {
 		os.Remove(s.Path)
 		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: s.Path, Net: "unix"})
@@ -341,7 +362,7 @@ func bareStart(plan launcher.Plan) (time.Duration, error) {
 		l.SetUnlinkOnClose(false)
 		defer l.Close()
 		return l.File()
-	}, nil)
+	}, ends)
 	if err != nil {
 		return 0, err
 	}

@@ -44,6 +44,14 @@ func main() {
 			err = fmt.Errorf("%s: nothing served", os.Args[2])
 		}
 		os.Stdout.Write(body)
+	case "fill":
+		// fill MIB: write MIB MiB that no page of repeats into /tmp/fill,
+		// which lives in the guest's memory: a save has to copy it all.
+		if len(os.Args) != 3 {
+			usage()
+		}
+		n, _ := strconv.Atoi(os.Args[2])
+		err = fill(n)
 	case "parallel":
 		// parallel N ADDR: N connections at once, each its own request.
 		if len(os.Args) != 4 {
@@ -96,7 +104,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | fetch ADDR | parallel N ADDR | hostfirst ADDR MESSAGE | virtio-echo NAME | latency N ADDR | bulk BYTES ADDR | hold N ADDR | flood SECONDS ADDR | dhcp-flood N | syn-flood N ADDR")
+	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | fetch ADDR | fill MIB | parallel N ADDR | hostfirst ADDR MESSAGE | virtio-echo NAME | latency N ADDR | bulk BYTES ADDR | hold N ADDR | flood SECONDS ADDR | dhcp-flood N | syn-flood N ADDR")
 	os.Exit(2)
 }
 
@@ -368,4 +376,28 @@ func flood(seconds int, addr string) error {
 	}
 	fmt.Printf("flood ok=%d failed=%d\n", ok, failed)
 	return nil
+}
+
+// fill writes mib MiB of a xorshift sequence to /tmp/fill.
+func fill(mib int) error {
+	f, err := os.Create("/tmp/fill")
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 1<<20)
+	x := uint64(88172645463325252)
+	for i := 0; i < mib; i++ {
+		for j := 0; j < len(buf); j += 8 {
+			x ^= x << 13
+			x ^= x >> 7
+			x ^= x << 17
+			binary.LittleEndian.PutUint64(buf[j:], x)
+		}
+		if _, err := f.Write(buf); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	fmt.Printf("filled %d MiB\n", mib)
+	return f.Close()
 }

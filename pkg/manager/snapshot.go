@@ -215,23 +215,11 @@ func (m *Manager) SnapshotCurrent(name string) (string, error) {
 // off; it then runs, or stays paused when it was paused. A snapshot of
 // the disks alone needs the domain shut off (qemu-img snapshot -a).
 func (m *Manager) SnapshotRevert(ctx context.Context, name, snap string) error {
-	d, o, err := m.Observe(name)
+	o, rec, i, disks, err := m.snapshotOf("snapshot-revert", name, snap)
 	if err != nil {
 		return err
-	}
-	rec, err := m.readSnapshots(name)
-	if err != nil {
-		return err
-	}
-	i, ok := rec.find(snap)
-	if !ok {
-		return fmt.Errorf("domain %s has no snapshot %s (see minivirt snapshot-list %s)", name, snap, name)
 	}
 	s := rec.Snapshots[i]
-	disks, err := snapshotDisks(d)
-	if err != nil {
-		return fmt.Errorf("snapshot-revert %s: %w", name, err)
-	}
 	switch {
 	case s.VMState:
 		if !o.Active() {
@@ -272,21 +260,9 @@ func (m *Manager) SnapshotRevert(ctx context.Context, name, snap string) error {
 // minivirt's record (virsh snapshot-delete). When it was the current one,
 // its parent becomes current.
 func (m *Manager) SnapshotDelete(ctx context.Context, name, snap string) error {
-	d, o, err := m.Observe(name)
+	o, rec, i, disks, err := m.snapshotOf("snapshot-delete", name, snap)
 	if err != nil {
 		return err
-	}
-	rec, err := m.readSnapshots(name)
-	if err != nil {
-		return err
-	}
-	i, ok := rec.find(snap)
-	if !ok {
-		return fmt.Errorf("domain %s has no snapshot %s (see minivirt snapshot-list %s)", name, snap, name)
-	}
-	disks, err := snapshotDisks(d)
-	if err != nil {
-		return fmt.Errorf("snapshot-delete %s: %w", name, err)
 	}
 	if o.Active() {
 		if _, _, err := m.running(name); err != nil {
@@ -309,6 +285,28 @@ func (m *Manager) SnapshotDelete(ctx context.Context, name, snap string) error {
 		rec.Current = deleted.Parent
 	}
 	return m.writeSnapshots(name, rec)
+}
+
+// snapshotOf finds the domain's snapshot snap for verb: the domain's
+// state, its snapshot record and snap's index in it, and the disks.
+func (m *Manager) snapshotOf(verb, name, snap string) (Observed, snapshots, int, []snapshotDisk, error) {
+	d, o, err := m.Observe(name)
+	if err != nil {
+		return o, snapshots{}, 0, nil, err
+	}
+	rec, err := m.readSnapshots(name)
+	if err != nil {
+		return o, rec, 0, nil, err
+	}
+	i, ok := rec.find(snap)
+	if !ok {
+		return o, rec, 0, nil, fmt.Errorf("domain %s has no snapshot %s (see minivirt snapshot-list %s)", name, snap, name)
+	}
+	disks, err := snapshotDisks(d)
+	if err != nil {
+		return o, rec, 0, nil, fmt.Errorf("%s %s: %w", verb, name, err)
+	}
+	return o, rec, i, disks, nil
 }
 
 // snapshotCall asks the running domain's supervisor for a snapshot job on

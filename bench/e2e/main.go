@@ -28,8 +28,6 @@ import (
 	"syscall"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/launcher"
 	"github.com/minivirt/minivirt/pkg/qmp"
@@ -340,19 +338,6 @@ func (b *bench) startTimes() error {
 // first and inherited, paused), and times it until QMP's cont returns.
 func bareStart(plan launcher.Plan) (time.Duration, error) {
 	t0 := time.Now()
-	// The console is QEMU's end of a socket pair, as the supervisor makes
-	// it; the other end is drained here.
-	ends := map[int]*os.File{}
-	if plan.ConsoleFD != 0 {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return 0, err
-		}
-		ends[plan.ConsoleFD] = os.NewFile(uintptr(fds[0]), "qemu-console")
-		ours := os.NewFile(uintptr(fds[1]), "console")
-		defer ours.Close()
-		go io.Copy(io.Discard, ours)
-	}
 	files, err := plan.Files(func(s launcher.Socket) (*os.File, error) {
 		os.Remove(s.Path)
 		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: s.Path, Net: "unix"})
@@ -362,7 +347,7 @@ func bareStart(plan launcher.Plan) (time.Duration, error) {
 		l.SetUnlinkOnClose(false)
 		defer l.Close()
 		return l.File()
-	}, ends)
+	}, nil)
 	if err != nil {
 		return 0, err
 	}

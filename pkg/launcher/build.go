@@ -66,11 +66,7 @@ type Plan struct {
 	// NetFD, when not 0, is where QEMU expects its end of the stream socket
 	// of minivirt's own network (Network "netstack").
 	NetFD int
-	// ConsoleFD, when not 0, is where QEMU expects its end of the socket
-	// pair of the primary console, whose other end the supervisor shares
-	// among console clients at Paths.Console.
-	ConsoleFD int
-	Network   string // domain.NetworkSlirp or domain.NetworkNetstack; "" without vmchannels or a NIC
+	Network string // domain.NetworkSlirp or domain.NetworkNetstack; "" without vmchannels or a NIC
 	Paths     rundir.Paths
 	Accel     string // "kvm" or "tcg"
 	// Env is added to QEMU's environment (<qemu:commandline> env).
@@ -93,10 +89,19 @@ type Plan struct {
 	Warnings     []string
 }
 
+// HasSocket says whether QEMU inherits a listening socket at path.
+func (p Plan) HasSocket(path string) bool {
+	for _, s := range p.Sockets {
+		if s.Path == path {
+			return true
+		}
+	}
+	return false
+}
+
 // Files returns the descriptors QEMU inherits in exec.Cmd.ExtraFiles order:
 // the file for descriptor FirstFD+i at index i. open makes a socket's file;
-// ends are QEMU's ends of its socket pairs, by descriptor (NetFD,
-// ConsoleFD).
+// ends are QEMU's ends of its socket pairs, by descriptor (NetFD).
 func (p Plan) Files(open func(Socket) (*os.File, error), ends map[int]*os.File) ([]*os.File, error) {
 	files := make([]*os.File, len(p.Sockets)+len(ends))
 	for _, s := range p.Sockets {
@@ -133,7 +138,7 @@ const maxGuestfwdRule = 1023
 // effects: the supervisor creates Plan.Sockets and runs Plan.Argv.
 func Build(d *domain.Domain, env Env) (Plan, error) {
 	p := Plan{Paths: rundir.PathsIn(env.RunDir)}
-	for _, s := range []string{p.Paths.QMP, p.Paths.Console, p.Paths.Control, p.Paths.Relay} {
+	for _, s := range []string{p.Paths.QMP, p.Paths.Console, p.Paths.QEMUConsole, p.Paths.Control, p.Paths.Relay} {
 		if len(s) > domain.MaxSocketPath {
 			return Plan{}, fmt.Errorf("runtime directory %s: socket path %s is %d bytes, over the %d a Unix socket allows; use a shorter --run-dir", env.RunDir, s, len(s), domain.MaxSocketPath)
 		}
@@ -418,11 +423,11 @@ func (b *builder) chardev(id string, src *libvirtxml.DomainChardevSource, log *l
 		if log != nil {
 			return "", fmt.Errorf("console log file %s: minivirt logs the first console to %s; remove <log>", log.File, filepath.Join(b.env.LogDir, b.d.Name+".log"))
 		}
-		// QEMU writes the log itself, whoever is attached; the supervisor
-		// holds the other end and shares it among console clients.
-		b.p.ConsoleFD = b.pairEnd()
-		return fmt.Sprintf("socket,id=%s,fd=%d,logfile=%s,logappend=on",
-			id, b.p.ConsoleFD, escapeOpt(filepath.Join(b.env.LogDir, b.d.Name+".log"))), nil
+		// QEMU writes the log itself, whoever is attached. Its one client
+		// is the supervisor, which shares the console at Paths.Console;
+		// should the supervisor die, the socket takes another.
+		return fmt.Sprintf("socket,id=%s,fd=%d,server=on,wait=off,logfile=%s,logappend=on",
+			id, b.inherit(b.p.Paths.QEMUConsole), escapeOpt(filepath.Join(b.env.LogDir, b.d.Name+".log"))), nil
 	case src == nil || src.Pty != nil:
 		s = "pty,id=" + id
 	case src.Null != nil:

@@ -147,12 +147,12 @@ func TestBuildBase(t *testing.T) {
 	if p.Argv[0] != testEnv.QEMU {
 		t.Errorf("argv[0] = %q", p.Argv[0])
 	}
-	// QMP is an inherited listener, fd 3; the serial console is QEMU's end
-	// of a socket pair, fd 4, which the supervisor shares among clients.
-	if len(p.Sockets) != 1 || p.Sockets[0] != (Socket{"/run/minivirt/t/qmp.sock", 3}) || p.ConsoleFD != 4 {
-		t.Errorf("Sockets = %+v, ConsoleFD = %d", p.Sockets, p.ConsoleFD)
+	// QMP and QEMU's end of the serial console are inherited listeners,
+	// fds 3 and 4; the supervisor shares the console among clients.
+	if len(p.Sockets) != 2 || p.Sockets[0] != (Socket{"/run/minivirt/t/qmp.sock", 3}) || p.Sockets[1] != (Socket{"/run/minivirt/t/qemu-console.sock", 4}) {
+		t.Errorf("Sockets = %+v", p.Sockets)
 	}
-	if got := optionAfter(p.Argv, "-chardev", 1); got != "socket,id=serial0,fd=4,logfile=/var/lib/minivirt/logs/t.log,logappend=on" {
+	if got := optionAfter(p.Argv, "-chardev", 1); got != "socket,id=serial0,fd=4,server=on,wait=off,logfile=/var/lib/minivirt/logs/t.log,logappend=on" {
 		t.Errorf("console chardev = %q", got)
 	}
 	if got := optionAfter(p.Argv, "-chardev", 0); got != "socket,id=monitor,fd=3,server=on,wait=off" {
@@ -234,7 +234,7 @@ func TestBuildDevices(t *testing.T) {
 		{"virtio console: hvc0", `<console type='pty'><target type='virtio'/></console>`, "",
 			"-device", "virtconsole,bus=virtio-serial0.0,chardev=console0,id=console0"},
 		{"virtio console is the logged console", `<console type='pty'><target type='virtio'/></console>`, "",
-			"-chardev", "socket,id=console0,fd=4,logfile=/var/lib/minivirt/logs/t.log,logappend=on"},
+			"-chardev", "socket,id=console0,fd=4,server=on,wait=off,logfile=/var/lib/minivirt/logs/t.log,logappend=on"},
 		{"second serial to a file, logged", `<serial type='pty'/><serial type='file'><source path='/tmp/s1'/><log file='/tmp/s1.log' append='on'/></serial>`, "",
 			"-chardev", "file,id=serial1,path=/tmp/s1,logfile=/tmp/s1.log,logappend=on"},
 		{"serial to a unix socket", `<serial type='unix'><source mode='bind' path='/tmp/s.sock'/></serial>`, "",

@@ -37,11 +37,24 @@ func (m *Manager) Resume(ctx context.Context, name string) error {
 // holder has gone. With force, this client takes the input over; the one
 // that held it is told in its output. The caller closes the connection;
 // it ends when QEMU does. It fails for a domain that is not running
-// (*NotRunningError) or unsupervised (*UnsupervisedError; its log is still
-// written: `minivirt log -f`).
+// (*NotRunningError). A domain whose supervisor is gone is reached on QEMU's
+// own console socket, which serves one client at a time (it holds the
+// input).
 func (m *Manager) DialConsole(ctx context.Context, name string, force bool) (conn net.Conn, input bool, err error) {
-	if _, _, err := m.running(name); err != nil {
+	_, o, err := m.Observe(name)
+	if err != nil {
 		return nil, false, err
+	}
+	if !o.Active() || !o.QEMUAlive {
+		return nil, false, &NotRunningError{name}
+	}
+	if !o.Supervised {
+		var d net.Dialer
+		c, err := d.DialContext(ctx, "unix", rundir.PathsIn(m.DomainRunDir(name)).QEMUConsole)
+		if err != nil {
+			return nil, false, fmt.Errorf("console %s (unsupervised): %w", name, err)
+		}
+		return c, true, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, controlTimeout)
 	defer cancel()

@@ -37,6 +37,10 @@ const (
 // Paths are the files of one domain's runtime directory.
 type Paths struct {
 	QMP, Console, Control, Relay string
+	// QEMUConsole is QEMU's own end of the primary console, one client at
+	// a time: the supervisor, which shares it at Console; with the
+	// supervisor gone, whoever needs the guest's console.
+	QEMUConsole string
 	// PIDFile is written by QEMU itself before it runs guest code: it
 	// identifies a QEMU of this domain that no record names (its
 	// supervisor killed while starting it).
@@ -49,19 +53,20 @@ type Paths struct {
 // PathsIn returns the layout of the runtime directory dir.
 func PathsIn(dir string) Paths {
 	return Paths{
-		QMP:     filepath.Join(dir, "qmp.sock"),
-		Console: filepath.Join(dir, "console.sock"),
-		Control: filepath.Join(dir, "control.sock"),
-		Relay:   filepath.Join(dir, "relay.sock"),
-		PIDFile: filepath.Join(dir, "qemu.pid"),
-		Chroot:  filepath.Join(dir, "root"),
+		QMP:         filepath.Join(dir, "qmp.sock"),
+		Console:     filepath.Join(dir, "console.sock"),
+		QEMUConsole: filepath.Join(dir, "qemu-console.sock"),
+		Control:     filepath.Join(dir, "control.sock"),
+		Relay:       filepath.Join(dir, "relay.sock"),
+		PIDFile:     filepath.Join(dir, "qemu.pid"),
+		Chroot:      filepath.Join(dir, "root"),
 	}
 }
 
 // knownFiles are the only names minivirt removes from a runtime directory.
 func knownFiles(dir string) []string {
 	p := PathsIn(dir)
-	return []string{p.QMP, p.Console, p.Control, p.Relay, p.PIDFile, filepath.Join(dir, pendingFile), p.Chroot, filepath.Join(dir, ownerFile), filepath.Join(dir, markerFile)}
+	return []string{p.QMP, p.Console, p.QEMUConsole, p.Control, p.Relay, p.PIDFile, filepath.Join(dir, pendingFile), p.Chroot, filepath.Join(dir, ownerFile), filepath.Join(dir, markerFile)}
 }
 
 // CheckDir checks a directory minivirt keeps sockets in: a real directory

@@ -59,8 +59,6 @@ func (e *StepError) Unwrap() error { return e.Err }
 type starting struct {
 	files  []*os.File // the descriptors QEMU inherits, in ExtraFiles order
 	ourEnd *os.File   // the network's end of QEMU's network socket
-	// consoleEnd is our end of QEMU's primary console.
-	consoleEnd *os.File
 	log        *os.File // QEMU's log
 	logFrom    int64    // where this start's lines begin in it
 }
@@ -94,10 +92,8 @@ func (s *supervisor) start(ctx context.Context) error {
 				f.Close()
 			}
 		}
-		for _, f := range []*os.File{st.ourEnd, st.consoleEnd} {
-			if f != nil {
-				f.Close()
-			}
+		if st.ourEnd != nil {
+			st.ourEnd.Close()
 		}
 		if st.log != nil {
 			st.log.Close()
@@ -196,7 +192,7 @@ func (s *supervisor) makeSockets(context.Context) error {
 		fd   int
 		what string
 		ours **os.File
-	}{{s.plan.NetFD, "network", &s.starting.ourEnd}, {s.plan.ConsoleFD, "console", &s.starting.consoleEnd}} {
+	}{{s.plan.NetFD, "network", &s.starting.ourEnd}} {
 		if pair.fd == 0 {
 			continue
 		}
@@ -223,19 +219,20 @@ func (s *supervisor) closeSockets() {
 	}
 }
 
-// serveConsole shares the primary console: clients connect to its socket,
-// or through the control socket (OpConsole, `minivirt console`), and the
-// guest's output reaches each.
-func (s *supervisor) serveConsole(context.Context) error {
-	if s.starting.consoleEnd == nil {
-		return nil
+// serveConsole shares the primary console: the supervisor is the one
+// client of QEMU's console socket (connected before QEMU runs, so that it
+// misses nothing) and shares it with its own clients, who connect to the
+// console socket, or through the control socket (OpConsole, `minivirt
+// console`). Should the supervisor die, QEMU's socket takes another client.
+func (s *supervisor) serveConsole(ctx context.Context) error {
+	if !s.plan.HasSocket(s.plan.Paths.QEMUConsole) {
+		return nil // the first console has a <source> of its own
 	}
-	conn, err := net.FileConn(s.starting.consoleEnd)
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", s.plan.Paths.QEMUConsole)
 	if err != nil {
-		return err
+		return fmt.Errorf("QEMU's console: %w", err)
 	}
-	s.starting.consoleEnd.Close()
-	s.starting.consoleEnd = nil
 	l, err := s.listenUnix(s.plan.Paths.Console)
 	if err != nil {
 		conn.Close()

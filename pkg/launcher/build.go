@@ -65,10 +65,10 @@ type Plan struct {
 	Sockets []Socket // listening sockets QEMU inherits, each at its FD
 	// NetFD, when not 0, is where QEMU expects its end of the stream socket
 	// of minivirt's own network (Network "netstack").
-	NetFD int
+	NetFD   int
 	Network string // domain.NetworkSlirp or domain.NetworkNetstack; "" without vmchannels or a NIC
-	Paths     rundir.Paths
-	Accel     string // "kvm" or "tcg"
+	Paths   rundir.Paths
+	Accel   string // "kvm" or "tcg"
 	// Env is added to QEMU's environment (<qemu:commandline> env).
 	Env []string
 	// NVRAM, when Path is set, is the UEFI variable store QEMU opens: the

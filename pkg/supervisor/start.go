@@ -57,10 +57,10 @@ func (e *StepError) Unwrap() error { return e.Err }
 
 // starting is what the steps of one start make and hand on.
 type starting struct {
-	files  []*os.File // the descriptors QEMU inherits, in ExtraFiles order
-	ourEnd *os.File   // the network's end of QEMU's network socket
-	log        *os.File // QEMU's log
-	logFrom    int64    // where this start's lines begin in it
+	files   []*os.File // the descriptors QEMU inherits, in ExtraFiles order
+	ourEnd  *os.File   // the network's end of QEMU's network socket
+	log     *os.File   // QEMU's log
+	logFrom int64      // where this start's lines begin in it
 }
 
 // steps are the steps of a start, in order.

@@ -254,6 +254,11 @@ func TestSnapshots(t *testing.T) {
 	h.fails("disk vdc", "snapshot-create-as", "rawdisk", "x")
 	h.OK(guest{name: "transient", devices: `<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='` + disk + `'/><target dev='vdd' bus='virtio'/><transient/></disk>`}.xml(), "define", "-")
 	h.fails("disk vdd is transient", "snapshot-create-as", "transient", "x")
+	// A read-only disk is left out, as QEMU leaves it, and said by name.
+	h.OK(guest{name: "withro", devices: devices + `<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='` + raw + `'/><target dev='vdc' bus='virtio'/><readonly/></disk>`}.xml(), "define", "-")
+	if _, errs, code := h.Run("", "snapshot-create-as", "withro", "ro"); code != 0 || !strings.Contains(errs, "disk vdc (read-only) is not in snapshot ro") {
+		t.Errorf("a snapshot beside a read-only disk: exit %d, stderr %q", code, errs)
+	}
 }
 
 // TestSaveRestoreNonRoot: run by a user other than root, save, restore,

@@ -21,8 +21,12 @@ domain runs the snapshot holds the guest's memory and device state too, unless
 --disk-only; of a shut-off domain it holds the disks.`,
 		Args: exactArgs("NAME", "SNAP"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := a.mgr.SnapshotCreate(cmd.Context(), args[0], args[1], manager.SnapshotOptions{DiskOnly: diskOnly}); err != nil {
+			s, err := a.mgr.SnapshotCreate(cmd.Context(), args[0], args[1], manager.SnapshotOptions{DiskOnly: diskOnly})
+			if err != nil {
 				return userError(err)
+			}
+			for _, d := range s.Left {
+				a.warn("disk %s is not in snapshot %s: internal snapshots leave read-only disks out", d, s.Name)
 			}
 			fmt.Fprintf(a.stdout, "Domain snapshot %s created\n", args[1])
 			return nil

@@ -29,7 +29,10 @@ type Snapshot struct {
 	// there.
 	VMState bool     `json:"vmstate"`
 	Disks   []string `json:"disks"` // targets, e.g. vda
-	Parent  string   `json:"parent,omitempty"`
+	// Left are the disks not in it, read-only ones and CD-ROMs, each
+	// said as "TARGET (why)".
+	Left   []string `json:"left_out,omitempty"`
+	Parent string   `json:"parent,omitempty"`
 }
 
 // snapshots is a domain's snapshot record: STATE/snapshots/NAME.json.
@@ -94,34 +97,46 @@ type snapshotDisk struct{ target, path string }
 // writable disk, each of which must be a qcow2 file that is not transient.
 // Read-only disks and CD-ROMs are left out, as QEMU leaves them.
 func snapshotDisks(d *domain.Domain) ([]snapshotDisk, error) {
+	disks, _, err := snapshotDisksLeft(d)
+	return disks, err
+}
+
+// snapshotDisksLeft is snapshotDisks, with the disks it leaves out and why.
+func snapshotDisksLeft(d *domain.Domain) ([]snapshotDisk, []string, error) {
 	var out []snapshotDisk
+	var left []string
 	for _, disk := range d.Devices.Disks {
 		target := ""
 		if disk.Target != nil {
 			target = disk.Target.Dev
 		}
-		if disk.ReadOnly != nil || disk.Device == "cdrom" || disk.Device == "floppy" {
+		switch {
+		case disk.Device == "cdrom" || disk.Device == "floppy":
+			left = append(left, target+" ("+disk.Device+")")
+			continue
+		case disk.ReadOnly != nil:
+			left = append(left, target+" (read-only)")
 			continue
 		}
 		if disk.Transient != nil {
-			return nil, fmt.Errorf("disk %s is transient: its writes are thrown away, so it has no snapshot; remove <transient/> or detach it", target)
+			return nil, nil, fmt.Errorf("disk %s is transient: its writes are thrown away, so it has no snapshot; remove <transient/> or detach it", target)
 		}
 		if disk.Source == nil || disk.Source.File == nil || disk.Source.File.File == "" {
-			return nil, fmt.Errorf("disk %s is not a file: internal snapshots need qcow2 files", target)
+			return nil, nil, fmt.Errorf("disk %s is not a file: internal snapshots need qcow2 files", target)
 		}
 		format := "raw"
 		if disk.Driver != nil && disk.Driver.Type != "" {
 			format = disk.Driver.Type
 		}
 		if format != "qcow2" {
-			return nil, fmt.Errorf("disk %s (%s) is %s: internal snapshots need qcow2 disks (convert it with qemu-img convert -O qcow2)", target, disk.Source.File.File, format)
+			return nil, nil, fmt.Errorf("disk %s (%s) is %s: internal snapshots need qcow2 disks (convert it with qemu-img convert -O qcow2)", target, disk.Source.File.File, format)
 		}
 		out = append(out, snapshotDisk{target, disk.Source.File.File})
 	}
 	if len(out) == 0 {
-		return nil, errors.New("the domain has no writable qcow2 disk to snapshot")
+		return nil, nil, errors.New("the domain has no writable qcow2 disk to snapshot")
 	}
-	return out, nil
+	return out, left, nil
 }
 
 // checkSnapshotName refuses names that qemu-img or a file name cannot carry.
@@ -152,7 +167,7 @@ func (m *Manager) SnapshotCreate(ctx context.Context, name, snap string, opt Sna
 	if err != nil {
 		return Snapshot{}, err
 	}
-	disks, err := snapshotDisks(d)
+	disks, left, err := snapshotDisksLeft(d)
 	if err != nil {
 		return Snapshot{}, fmt.Errorf("snapshot-create-as %s: %w", name, err)
 	}
@@ -163,7 +178,7 @@ func (m *Manager) SnapshotCreate(ctx context.Context, name, snap string, opt Sna
 	if _, ok := rec.find(snap); ok {
 		return Snapshot{}, fmt.Errorf("domain %s already has a snapshot %s", name, snap)
 	}
-	s := Snapshot{Name: snap, Created: time.Now().UTC(), State: o.State, Parent: rec.Current}
+	s := Snapshot{Name: snap, Created: time.Now().UTC(), State: o.State, Parent: rec.Current, Left: left}
 	for _, disk := range disks {
 		s.Disks = append(s.Disks, disk.target)
 	}

@@ -47,7 +47,7 @@ var (
 	idleSeconds = flag.Int("idle", 10, "seconds over which idle CPU is measured")
 	cloudImage  = flag.String("cloud", "", "a cloud image (`make cloud-image`): time it from one command to the first ssh login, against virt-install with libvirtd")
 	cloudReps   = flag.Int("cloud-reps", 3, "runs per side of the cloud image figures")
-	cloudOnly   = flag.Bool("cloud-only", false, "run the cloud image figures only")
+	only        = flag.String("only", "", "run one part only: save (save and restore) or cloud (the cloud image)")
 	saveReps    = flag.Int("save-reps", 3, "rounds of the save and restore figures")
 )
 
@@ -124,8 +124,14 @@ func run() error {
 	out, _ := exec.Command("qemu-system-x86_64", "--version").Output()
 	fmt.Printf("Machine: %s, %d CPUs, %s; accel %s on every side; %s; run as uid %d\n\n", host, numCPU(), memTotal(), b.accel, firstLine(string(out)), os.Geteuid())
 
-	if *cloudOnly {
+	switch *only {
+	case "":
+	case "save":
+		return b.saveRestoreFigures()
+	case "cloud":
 		return b.cloudFigures(*cloudImage)
+	default:
+		return fmt.Errorf("-only %q: give save or cloud", *only)
 	}
 	// Every side boots once and stays up; the rounds interleave them.
 	meta := fmt.Sprintf("<metadata><vmchannels xmlns='%s' network='netstack' mtu='1500'/></metadata>", domain.Namespace)

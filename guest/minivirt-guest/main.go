@@ -45,13 +45,13 @@ func main() {
 		}
 		os.Stdout.Write(body)
 	case "fill":
-		// fill MIB: write MIB MiB that no page of repeats into /tmp/fill,
-		// which lives in the guest's memory: a save has to copy it all.
-		if len(os.Args) != 3 {
+		// fill MIB FILE: write MIB MiB that no page of repeats into FILE,
+		// on a RAM file system: a save has to copy it all.
+		if len(os.Args) != 4 {
 			usage()
 		}
 		n, _ := strconv.Atoi(os.Args[2])
-		err = fill(n)
+		err = fill(n, os.Args[3])
 	case "parallel":
 		// parallel N ADDR: N connections at once, each its own request.
 		if len(os.Args) != 4 {
@@ -104,7 +104,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | fetch ADDR | fill MIB | parallel N ADDR | hostfirst ADDR MESSAGE | virtio-echo NAME | latency N ADDR | bulk BYTES ADDR | hold N ADDR | flood SECONDS ADDR | dhcp-flood N | syn-flood N ADDR")
+	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | fetch ADDR | fill MIB FILE | parallel N ADDR | hostfirst ADDR MESSAGE | virtio-echo NAME | latency N ADDR | bulk BYTES ADDR | hold N ADDR | flood SECONDS ADDR | dhcp-flood N | syn-flood N ADDR")
 	os.Exit(2)
 }
 
@@ -378,9 +378,9 @@ func flood(seconds int, addr string) error {
 	return nil
 }
 
-// fill writes mib MiB of a xorshift sequence to /tmp/fill.
-func fill(mib int) error {
-	f, err := os.Create("/tmp/fill")
+// fill writes mib MiB of a xorshift sequence to path.
+func fill(mib int, path string) error {
+	f, err := os.Create(path)
 	if err != nil {
 		return err
 	}

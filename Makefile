@@ -61,7 +61,9 @@ demo: deps build guest
 # the relay alone against a bare Unix socket, then end to end with the tiny
 # guest (netstack at two MTUs, slirp, guestfwd cmd:socat, plain user-mode
 # TCP; interleaved rounds after a warm-up), start time against the same argv
-# run bare, density, a busy host, and the CLI with 10,000 domains.
+# run bare, density, a busy host, the CLI with 10,000 domains, save and
+# restore, a cloud image to the first ssh login beside virt-install, and a
+# rig's guest booted against restored.
 bench: deps build guest cloud-image
 	@mkdir -p $(BUILD)/bench
 	$(GO) test -run='^$$' -bench=. -benchmem -count=3 ./pkg/vmchannel | tee $(BUILD)/bench/relay.txt

@@ -305,6 +305,9 @@ func TestSupervisorKilledMidShutdown(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.waitState("half", "in shutdown", time.Minute)
+	// The store has it too (the supervisor records it before it presses
+	// the button); only then is the supervisor killed.
+	h.waitStored("half", "in shutdown", time.Minute)
 	syscall.Kill(st.SupervisorPID, syscall.SIGKILL)
 	waitDead(t, st.SupervisorPID, 10*time.Second)
 	waitDead(t, st.QEMUPID, 2*time.Minute)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/minivirt/minivirt/internal/testenv"
 	"github.com/minivirt/minivirt/pkg/proc"
+	"github.com/minivirt/minivirt/pkg/store"
 )
 
 var (
@@ -260,7 +261,36 @@ func alive(pid int) bool {
 		return false
 	}
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	return err == nil && !bytes.Contains(data, []byte(") Z "))
+	if err != nil {
+		return false
+	}
+	if !bytes.Contains(data, []byte(") Z ")) {
+		return true
+	}
+	// A killed Go process's leader thread can be a zombie while its other
+	// threads still exit, holding the descriptors (a listening socket
+	// among them): it is dead once they are gone too.
+	tasks, _ := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	return len(tasks) > 1
+}
+
+// waitStored waits until the state database records the domain in state.
+func (h *host) waitStored(name, state string, timeout time.Duration) {
+	h.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if s, err := store.Open(h.stateDir, time.Second); err == nil {
+			rt, err := s.GetRuntime(name)
+			s.Close()
+			if err == nil && rt.State == state {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("the state database did not record %s %s within %s", name, state, timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func waitDead(t *testing.T, pid int, timeout time.Duration) {

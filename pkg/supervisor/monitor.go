@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/minivirt/minivirt/pkg/qmp"
+	"github.com/minivirt/minivirt/pkg/store"
 )
 
 // step applies one input to the state machine, records a changed state and
@@ -28,7 +29,18 @@ func (s *supervisor) step(in Input) error {
 	s.mu.Unlock()
 	if changed {
 		s.logf("state: %s (%s) %s", rt.State, rt.Reason, rt.Detail)
-		s.rec.set(rt)
+		if rt.State == store.StateInShutdown && before.State != store.StateInShutdown {
+			// On record before the button is pressed: should this
+			// process die, QEMU's exit on the guest's power-off then
+			// reads as the shutdown it was, not a crash.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			if err := s.rec.flush(ctx, rt); err != nil {
+				s.logf("recording %s before acting: %v", rt.State, err)
+			}
+			cancel()
+		} else {
+			s.rec.set(rt)
+		}
 	}
 	var err error
 	for _, a := range actions {

@@ -53,8 +53,10 @@ func Lookup(pid int) (ID, error) {
 // Self returns the identity of the calling process.
 func Self() (ID, error) { return Lookup(os.Getpid()) }
 
-// Alive reports whether the process id names is still running (a zombie
-// counts as gone).
+// Alive reports whether the process id names is still running. A zombie
+// counts as gone once it is the last of its threads: a killed
+// multi-threaded process's leader is a zombie while its other threads still
+// exit, holding the process's descriptors (its disks, its sockets).
 func Alive(id ID) bool {
 	if id.PID <= 0 {
 		return false
@@ -68,7 +70,14 @@ func Alive(id ID) bool {
 		return false
 	}
 	state, err := processState(id.PID)
-	return err == nil && state != 'Z' && state != 'X'
+	if err != nil {
+		return false
+	}
+	if state == 'Z' || state == 'X' {
+		tasks, _ := os.ReadDir("/proc/" + strconv.Itoa(id.PID) + "/task")
+		return len(tasks) > 1
+	}
+	return true
 }
 
 // Signal sends sig to the process id names, only if it is still that process.

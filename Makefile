@@ -47,10 +47,13 @@ fuzz:
 	@$(GO) test -run='^$$' -fuzz=FuzzDomain -fuzztime=$(FUZZTIME) -fuzzminimizetime=0 ./pkg/domain 2>&1 | tee $(BUILD)/fuzz.log | grep -v 'gathering baseline'; \
 	  grep -o 'execs: [0-9]*' $(BUILD)/fuzz.log | tail -1 | sed 's/^/fuzz: FuzzDomain ran /'
 
-# How many domains of the corpus define as they are (pkg/domain/testdata/corpus,
-# plus directories named in MINIVIRT_CORPUS).
-corpus:
-	@$(GO) test -count=1 -run='^TestCorpus$$' -v ./pkg/domain | grep -E '^corpus:|refused +[0-9]+:' 
+# The corpus (pkg/domain/testdata/corpus, the project's shared corpus beside
+# the checkout, and directories named in MINIVIRT_CORPUS): how many domains
+# define, how many start would refuse here, and why; then, as root, the same
+# files defined by a private libvirtd beside minivirt.
+corpus: build
+	@$(GO) test -count=1 -run='^TestCorpus$$' -v ./pkg/domain | grep -E 'corpus:|(refused at define|refused at start) +[0-9]+:' | sed 's/^ *corpus_test.go:[0-9]*: //'
+	@if [ "$$(id -u)" -eq 0 ]; then $(GO) test -count=1 -run='^TestCorpusBesideLibvirt$$' -v ./integration | grep -E 'corpus beside libvirt:|^ +corpus_test.go:[0-9]+: +[0-9]+  ' | sed 's/^ *corpus_test.go:[0-9]*: //'; fi
 
 test: deps lint guest cloud-image go-test fuzz corpus
 

@@ -174,6 +174,7 @@ type guest struct {
 	top     string // extra top-level elements
 	network string // <vmchannels network=''/>, when set
 	os      string // attributes of <os>, e.g. firmware='efi'
+	osChild string // extra <os> content, e.g. <smbios mode='sysinfo'/>
 }
 
 func (g guest) xml() string {
@@ -187,7 +188,7 @@ func (g guest) xml() string {
 	}
 	return `<domain type='kvm'><name>` + g.name + `</name><memory unit='MiB'>192</memory><vcpu>1</vcpu>
 <os ` + g.os + `><kernel>` + filepath.Join(guestDir, "vmlinuz") + `</kernel><initrd>` + filepath.Join(guestDir, "initrd.gz") + `</initrd>
-<cmdline>` + cmdline + `</cmdline></os>` + g.top + `<devices>` + devices + `</devices></domain>`
+<cmdline>` + cmdline + `</cmdline>` + g.osChild + `</os>` + g.top + `<devices>` + devices + `</devices></domain>`
 }
 
 // boot defines and starts g and waits until its userspace is up. A domain

@@ -27,12 +27,12 @@ cp "$out/kernel/root/boot/vmlinuz-$kver" "$out/vmlinuz"
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
-mkdir -p "$stage"/{bin,sbin,dev,proc,sys,tmp,run,etc,lib/modules}
+mkdir -p "$stage"/{bin,sbin,dev,proc,sys,tmp,run,etc,mnt,lib/modules}
 cp /bin/busybox "$stage/bin/busybox"
 install -m 0755 "$top/guest/init" "$stage/init"
 install -m 0755 "$top/guest/udhcpc-script" "$stage/bin/udhcpc-script"
 (cd "$top" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags='-s -w' -o "$stage/bin/minivirt-guest" ./guest/minivirt-guest)
-mods="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_console virtio_blk button evdev pvpanic pvpanic-pci"
+mods="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_console virtio_blk button evdev pvpanic pvpanic-pci scsi_common scsi_mod sd_mod virtio_scsi cdrom sr_mod fuse virtiofs virtio_balloon"
 for m in $mods; do
   f=$(find "$out/kernel/root/lib/modules/$kver" -name "$m.ko" | head -n1)
   [ -n "$f" ] || { echo "minivirt: module $m.ko not in $pkg" >&2; exit 1; }

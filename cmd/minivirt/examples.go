@@ -25,6 +25,7 @@ var examples = map[string]string{
 	"minivirt snapshot-revert":    "  minivirt snapshot-revert demo before-upgrade",
 	"minivirt snapshot-delete":    "  minivirt snapshot-delete demo before-upgrade",
 	"minivirt snapshot-current":   "  minivirt snapshot-current demo --name",
+	"minivirt change-media":       "  minivirt change-media demo sdb /srv/debian.iso\n  minivirt change-media demo sdb --eject",
 	"minivirt qmp":                `  minivirt qmp demo '{"execute":"query-status"}'`,
 	"minivirt run":                "  minivirt run --rm --timeout 2m --console guest.xml",
 	"minivirt vmchannel":          "  minivirt vmchannel list demo",

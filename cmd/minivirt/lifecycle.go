@@ -8,6 +8,7 @@ import (
 	"io"
 	"log"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -248,11 +249,15 @@ type statusReport struct {
 	Monitor       string `json:"monitor,omitempty"` // "connected" or "lost" while QEMU runs
 	// Tainted says QEMU gets options minivirt did not write
 	// (<qemu:commandline>), as libvirt's "tainted: custom-argv".
-	Tainted     bool                `json:"tainted,omitempty"`
-	Since       *time.Time          `json:"since,omitempty"`
-	VMChannels  []vmchannelItem     `json:"vmchannels"`
-	Forwards    []forwardItem       `json:"forwards"`
-	VirtioPorts []domain.VirtioPort `json:"virtio_ports,omitempty"`
+	Tainted bool `json:"tainted,omitempty"`
+	// Kept names the tuning the definition holds that minivirt keeps but
+	// does not apply; RefusedAtStart what keeps it from starting here.
+	Kept           []string            `json:"kept,omitempty"`
+	RefusedAtStart []string            `json:"refused_at_start,omitempty"`
+	Since          *time.Time          `json:"since,omitempty"`
+	VMChannels     []vmchannelItem     `json:"vmchannels"`
+	Forwards       []forwardItem       `json:"forwards"`
+	VirtioPorts    []domain.VirtioPort `json:"virtio_ports,omitempty"`
 	// Stale says why the stored record is behind what happened (the
 	// state database could not be written); State is what happened.
 	Stale string `json:"stale,omitempty"`
@@ -277,7 +282,8 @@ func (a *app) statusCommand() *cobra.Command {
 			}
 			d, o := st.Domain, st.Observed
 			r := statusReport{Name: d.Name, UUID: d.UUID, State: o.State, Reason: o.Reason, Detail: o.Detail, QEMUUID: st.QEMUUID,
-				Confined: st.Confined, Tainted: d.Tainted(), VMChannels: vmchannelItems(d, st.Live), Forwards: forwardItems(st)}
+				Confined: st.Confined, Tainted: d.Tainted(), VMChannels: vmchannelItems(d, st.Live), Forwards: forwardItems(st),
+				Kept: d.KeptElements(), RefusedAtStart: d.RefusedAtStart()}
 			if st.Live != nil {
 				r.VirtioPorts = st.Live.VirtioPorts
 			}
@@ -318,6 +324,12 @@ func (a *app) statusCommand() *cobra.Command {
 			}
 			if r.Tainted {
 				fmt.Fprintf(w, "Tainted:     custom-argv (<qemu:commandline> passes QEMU options minivirt did not write)\n")
+			}
+			if len(r.Kept) > 0 {
+				fmt.Fprintf(w, "Kept:        %s (kept, not applied: they change nothing the guest sees)\n", strings.Join(r.Kept, ", "))
+			}
+			for _, why := range r.RefusedAtStart {
+				fmt.Fprintf(w, "Cannot start: %s\n", why)
 			}
 			if r.Stale != "" {
 				fmt.Fprintf(w, "Record:      stale: %s\n", r.Stale)

@@ -176,6 +176,7 @@ with end-of-stream carried both ways.`,
 		a.snapshotRevertCommand(),
 		a.snapshotDeleteCommand(),
 		a.snapshotCurrentCommand(),
+		a.changeMediaCommand(),
 	)
 	root.AddCommand(a.lookupCommands()...)
 	for _, c := range root.Commands() {

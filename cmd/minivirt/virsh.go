@@ -69,6 +69,9 @@ type domainInfo struct {
 	Persistent  bool   `json:"persistent"`
 	Autostart   bool   `json:"autostart"`
 	ManagedSave bool   `json:"managed_save"`
+	// Kept and RefusedAtStart are as in status.
+	Kept           []string `json:"kept,omitempty"`
+	RefusedAtStart []string `json:"refused_at_start,omitempty"`
 }
 
 func (a *app) dominfoCommand() *cobra.Command {
@@ -96,7 +99,10 @@ func (a *app) dominfoCommand() *cobra.Command {
 			}
 			info := domainInfo{Name: d.Name, UUID: d.UUID, OSType: d.OS.Type.Type, State: o.State, CPUs: cpus,
 				MaxMemory: d.Memory.Value, UsedMemory: d.Memory.Value, Persistent: true, Autostart: auto,
-				ManagedSave: a.mgr.HasManagedSave(d.Name)}
+				ManagedSave: a.mgr.HasManagedSave(d.Name), Kept: d.KeptElements(), RefusedAtStart: d.RefusedAtStart()}
+			if t := d.BalloonTarget(); t != 0 {
+				info.UsedMemory = t
+			}
 			if o.Active() && o.ID != 0 {
 				id := o.ID
 				info.ID = &id
@@ -112,6 +118,12 @@ func (a *app) dominfoCommand() *cobra.Command {
 			fmt.Fprintf(w, "Id:\t%s\nName:\t%s\nUUID:\t%s\nOS Type:\t%s\nState:\t%s\nCPU(s):\t%d\n", id, info.Name, info.UUID, info.OSType, info.State, info.CPUs)
 			fmt.Fprintf(w, "Max memory:\t%d KiB\nUsed memory:\t%d KiB\nPersistent:\tyes\nAutostart:\t%s\nManaged save:\t%s\nSecurity model:\tnone\nSecurity DOI:\t0\n",
 				info.MaxMemory, info.UsedMemory, map[bool]string{true: "enable", false: "disable"}[auto], map[bool]string{true: "yes", false: "no"}[info.ManagedSave])
+			if len(info.Kept) > 0 {
+				fmt.Fprintf(w, "Kept:\t%s (not applied)\n", strings.Join(info.Kept, ", "))
+			}
+			for _, why := range info.RefusedAtStart {
+				fmt.Fprintf(w, "Cannot start:\t%s\n", why)
+			}
 			return w.Flush()
 		},
 	}

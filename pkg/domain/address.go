@@ -11,17 +11,21 @@ import (
 // drive unit on the IDE/AHCI controller that agrees with the target name,
 // and a virtio-serial port. Others are refused by name.
 
-// checkPCIAddress accepts a or a PCI address on the root bus.
-func checkPCIAddress(where string, a *libvirtxml.DomainAddress) error {
+// checkPCIAddress accepts no address or a PCI address on the root bus. An
+// address elsewhere (another bus, another type) is valid, but minivirt
+// cannot place the device there: start refuses it.
+func (ck *checker) checkPCIAddress(where string, a *libvirtxml.DomainAddress) error {
 	if a == nil {
 		return nil
 	}
 	if a.PCI == nil {
-		return fmt.Errorf("%s address type %s: not supported by minivirt; use type='pci' or remove the address", where, addressType(a))
+		ck.refuseAtStart("%s address type %s: minivirt places this device by PCI address only; use type='pci' or remove the address to start the domain", where, addressType(a))
+		return nil
 	}
 	p := a.PCI
 	if p.ZPCI != nil || zero(p.Domain) != 0 || zero(p.Bus) != 0 {
-		return fmt.Errorf("%s address: minivirt places devices on the root PCI bus only (domain 0, bus 0); remove the address or use bus='0x00'", where)
+		ck.refuseAtStart("%s address: minivirt places devices on the root PCI bus only (domain 0, bus 0); remove the address or use bus='0x00' to start the domain", where)
+		return nil
 	}
 	if s := zero(p.Slot); s < 1 || s > 31 {
 		return fmt.Errorf("%s address slot %#02x: must be 0x01-0x1f", where, s)
@@ -57,25 +61,61 @@ func DriveUnit(dev string, ide bool) (bus, unit uint) {
 }
 
 // checkDriveAddress accepts a drive address that agrees with where
-// minivirt puts the disk.
-func (d *Domain) checkDriveAddress(where string, disk libvirtxml.DomainDisk, bus string) error {
+// minivirt puts the disk; start refuses another.
+func (ck *checker) checkDriveAddress(where string, disk libvirtxml.DomainDisk, bus string) error {
+	d := ck.d
 	a := disk.Address
 	if a == nil {
 		return nil
 	}
 	if bus == "virtio" {
-		return checkPCIAddress(where, a)
+		return ck.checkPCIAddress(where, a)
 	}
 	if a.Drive == nil {
-		return fmt.Errorf("%s address type %s: not supported on bus %s; use type='drive' or remove the address", where, addressType(a), bus)
+		ck.refuseAtStart("%s address type %s: minivirt places a disk on bus %s by drive address; use type='drive' or remove the address to start the domain", where, addressType(a), bus)
+		return nil
+	}
+	if bus == "scsi" {
+		if _, ok := d.SCSIController(zero(a.Drive.Controller)); !ok && zero(a.Drive.Controller) != 0 {
+			return fmt.Errorf("%s address controller %d: the domain has no such SCSI controller", where, zero(a.Drive.Controller))
+		}
+		return nil
+	}
+	if bus == "usb" || bus == "fdc" {
+		ck.unsupported(where, []string{"<address>"})
+		return nil
 	}
 	ide := bus == "ide" && !d.q35()
 	wb, wu := DriveUnit(disk.Target.Dev, ide)
 	dr := a.Drive
 	if zero(dr.Controller) != 0 || zero(dr.Target) != 0 || zero(dr.Bus) != wb || zero(dr.Unit) != wu {
-		return fmt.Errorf("%s address: minivirt puts %s at controller 0 bus %d unit %d; remove the address or change the target dev", where, disk.Target.Dev, wb, wu)
+		ck.refuseAtStart("%s address: minivirt puts %s at controller 0 bus %d unit %d; remove the address or change the target dev to start the domain", where, disk.Target.Dev, wb, wu)
 	}
 	return nil
+}
+
+// SCSIAddress is where a disk on a SCSI bus sits: its drive address, or
+// libvirt's default from its target name (sda is unit 0 of controller 0;
+// an lsilogic controller has 7 units).
+func (d *Domain) SCSIAddress(disk libvirtxml.DomainDisk) (controller, bus, target, unit uint) {
+	if a := disk.Address; a != nil && a.Drive != nil {
+		return zero(a.Drive.Controller), zero(a.Drive.Bus), zero(a.Drive.Target), zero(a.Drive.Unit)
+	}
+	n := DiskIndex(disk.Target.Dev)
+	if model, _ := d.SCSIController(0); model == "virtio-scsi-pci" {
+		return 0, 0, 0, n
+	}
+	return n / 7, 0, 0, n % 7
+}
+
+// DiskIndex is the number a disk's target name gives it: vda, sda, hda
+// and fda are 0, sdb is 1, sdaa is 26.
+func DiskIndex(dev string) uint {
+	n := uint(0)
+	for _, r := range dev[2:] {
+		n = n*26 + uint(r-'a'+1)
+	}
+	return n - 1
 }
 
 // q35 tells the machine family: q35 unless the machine is a pc (i440fx).

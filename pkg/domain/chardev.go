@@ -2,6 +2,7 @@ package domain
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"libvirt.org/go/libvirtxml"
@@ -12,7 +13,8 @@ import (
 
 // validateChardevs checks <serial> and <console>: pty (minivirt's console
 // socket), file, unix and null sources, with <log file>.
-func (d *Domain) validateChardevs() error {
+func (ck *checker) validateChardevs() error {
+	d := ck.d
 	type chardev struct {
 		where  string
 		source *libvirtxml.DomainChardevSource
@@ -22,18 +24,21 @@ func (d *Domain) validateChardevs() error {
 	var all []chardev
 	for i, s := range d.Devices.Serials {
 		where := fmt.Sprintf("serial %d", i)
-		rest := unhandled(&s, "Source", "Target", "Log", "Alias")
+		rest := unhandled(&s, "Source", "Target", "Log", "Alias", "Protocol")
 		if t := s.Target; t != nil {
 			rest = append(rest, unhandled(t, "Type", "Port", "Model")...)
-			if err := oneOf(where+" target type", t.Type, []string{"isa-serial"}); err != nil {
-				return err
+			if !contains([]string{"", "isa-serial", "pci-serial", "isa-debug"}, t.Type) {
+				ck.refuseAtStart("%s target type %q: minivirt gives the guest isa-serial, pci-serial or isa-debug; change it to start the domain", where, t.Type)
 			}
-			if t.Model != nil && t.Model.Name != "isa-serial" {
-				return fmt.Errorf("%s target model %q: must be isa-serial", where, t.Model.Name)
+			if t.Model != nil && !contains([]string{"isa-serial", "pci-serial", "isa-debugcon"}, t.Model.Name) {
+				ck.refuseAtStart("%s target model %q: minivirt gives the guest isa-serial, pci-serial or isa-debugcon; change it to start the domain", where, t.Model.Name)
 			}
 			if t.Port != nil && *t.Port != uint(i) {
 				return fmt.Errorf("%s target port %d: serial ports are numbered in order from 0", where, *t.Port)
 			}
+		}
+		if s.Protocol != nil && (s.Protocol.Type != "raw" && s.Protocol.Type != "telnet" || s.Source == nil || s.Source.TCP == nil) {
+			return fmt.Errorf("%s protocol type %q: must be raw or telnet, on a source of type tcp", where, s.Protocol.Type)
 		}
 		all = append(all, chardev{where, s.Source, s.Log, rest})
 	}
@@ -59,40 +64,80 @@ func (d *Domain) validateChardevs() error {
 		all = append(all, chardev{where, c.Source, c.Log, rest})
 	}
 	for _, c := range all {
-		if err := notSupported(c.where, c.rest); err != nil {
+		ck.unsupported(c.where, c.rest)
+		if err := ck.checkChardevSource(c.where, c.source, c.log); err != nil {
 			return err
-		}
-		src := c.source
-		switch {
-		case src == nil || src.Pty != nil || src.Null != nil:
-		case src.File != nil:
-			if err := notSupported(c.where+" source", unhandled(src.File, "Path", "Append")); err != nil {
-				return err
-			}
-			if err := absPath(c.where+" source path", src.File.Path); err != nil {
-				return err
-			}
-		case src.UNIX != nil:
-			if err := notSupported(c.where+" source", unhandled(src.UNIX, "Mode", "Path")); err != nil {
-				return err
-			}
-			if err := oneOf(c.where+" source mode", src.UNIX.Mode, []string{"bind", "connect"}); err != nil {
-				return err
-			}
-			if err := socketPath(c.where+" source path", src.UNIX.Path); err != nil {
-				return err
-			}
-		default:
-			return fmt.Errorf("%s %s: not supported by minivirt; use pty, file, unix or null", c.where, strings.Join(unhandled(src), ""))
-		}
-		if c.log != nil {
-			if err := absPath(c.where+" log file", c.log.File); err != nil {
-				return err
-			}
-			if err := oneOf(c.where+" log append", c.log.Append, onOff); err != nil {
-				return err
-			}
 		}
 	}
 	return nil
 }
+
+// checkChardevSource checks a character device's <source> and <log>: pty,
+// null, file, unix (bind or connect), tcp (server or client), udp and dev
+// (a host tty) are acted on; other types are kept and refused at start.
+func (ck *checker) checkChardevSource(where string, src *libvirtxml.DomainChardevSource, log *libvirtxml.DomainChardevLog) error {
+	switch {
+	case src == nil || src.Pty != nil || src.Null != nil:
+	case src.File != nil:
+		ck.unsupported(where+" source", unhandled(src.File, "Path", "Append"))
+		if err := absPath(where+" source path", src.File.Path); err != nil {
+			return err
+		}
+	case src.UNIX != nil:
+		ck.unsupported(where+" source", unhandled(src.UNIX, "Mode", "Path", "Reconnect"))
+		if err := oneOf(where+" source mode", src.UNIX.Mode, []string{"bind", "connect"}); err != nil {
+			return err
+		}
+		if err := socketPath(where+" source path", src.UNIX.Path); err != nil {
+			return err
+		}
+	case src.TCP != nil:
+		t := src.TCP
+		ck.unsupported(where+" source", unhandled(t, "Mode", "Host", "Service", "Reconnect"))
+		if err := oneOf(where+" source mode", t.Mode, []string{"bind", "connect"}); err != nil {
+			return err
+		}
+		if err := checkHostPort(where+" source", t.Host, t.Service); err != nil {
+			return err
+		}
+	case src.UDP != nil:
+		u := src.UDP
+		if err := checkHostPort(where+" source connect", u.ConnectHost, u.ConnectService); err != nil {
+			return err
+		}
+		if u.BindService != "" || u.BindHost != "" {
+			if err := checkHostPort(where+" source bind", u.BindHost, u.BindService); err != nil {
+				return err
+			}
+		}
+	case src.Dev != nil:
+		ck.unsupported(where+" source", unhandled(src.Dev, "Path"))
+		if err := absPath(where+" source path", src.Dev.Path); err != nil {
+			return err
+		}
+	default:
+		ck.refuseAtStart("%s %s: minivirt connects pty, file, unix, tcp, udp, dev and null; change it to start the domain", where, strings.Join(unhandled(src), ""))
+	}
+	if log != nil {
+		if err := absPath(where+" log file", log.File); err != nil {
+			return err
+		}
+		if err := oneOf(where+" log append", log.Append, onOff); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkHostPort checks a host name or address and a port number.
+func checkHostPort(where, host, port string) error {
+	if host != "" && !hostPattern().MatchString(host) {
+		return fmt.Errorf("%s host %q: must be a host name or an IP address", where, host)
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); err != nil || p == 0 {
+		return fmt.Errorf("%s service %q: must be a port number, 1-65535", where, port)
+	}
+	return nil
+}
+
+var hostPattern = lazyRegexp(`^[A-Za-z0-9._:-]{1,253}$`)

@@ -92,6 +92,9 @@ func census(doc []byte, input bool) (pathCounts, error) {
 				if input && p == "domain/devices/channel/target" && (a.Name.Local == "proxy" || a.Name.Local == "maxconnections") {
 					continue
 				}
+				if p == "domain/devices/redirfilter/usbdev" && a.Value == "-1" {
+					continue // "any": libvirt's way of writing what is absent
+				}
 				counts[p+"@"+name(a.Name)]++
 			}
 			if p == "domain/metadata" {

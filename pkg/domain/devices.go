@@ -55,7 +55,7 @@ func (d *Domain) guestfwdChannels() []libvirtxml.DomainChannel {
 func (d *Domain) VirtioPorts() []VirtioPort {
 	var out []VirtioPort
 	for _, ch := range d.Devices.Channels {
-		if ch.Target != nil && ch.Target.VirtIO != nil && ch.Source != nil && ch.Source.UNIX != nil {
+		if ch.Target != nil && ch.Target.VirtIO != nil && ch.Source != nil && ch.Source.UNIX != nil && ch.Source.UNIX.Mode == "bind" {
 			out = append(out, VirtioPort{Name: ch.Target.VirtIO.Name, Path: ch.Source.UNIX.Path})
 		}
 	}
@@ -77,7 +77,7 @@ func (d *Domain) Network() string {
 
 func (d *Domain) userInterface() (libvirtxml.DomainInterface, bool) {
 	for _, nic := range d.Devices.Interfaces {
-		if nic.Source != nil && nic.Source.User != nil {
+		if isUserNIC(nic) {
 			return nic, true
 		}
 	}

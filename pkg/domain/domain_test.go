@@ -48,7 +48,6 @@ func TestRejects(t *testing.T) {
 		{"zero vcpu", strings.Replace(minimal(""), "<os>", "<vcpu>0</vcpu><os>", 1), "vcpu 0: must be 1-255"},
 		{"bad uuid", strings.Replace(minimal(""), "<os>", "<uuid>nope</uuid><os>", 1), `uuid "nope"`},
 		{"relative kernel", strings.Replace(minimal(""), "/k", "vmlinuz", 1), `os kernel "vmlinuz": must be an absolute path`},
-		{"nothing to boot", strings.Replace(minimal(""), "<kernel>/k</kernel>", "", 1), "nothing to boot"},
 		{"bad on_crash", strings.Replace(minimal(""), "<devices>", "<on_crash>explode</on_crash><devices>", 1), `on_crash "explode"`},
 		{"port 0", minimal(`<interface type='vmchannel'><source port='0'/><target path='/s'/></interface>`), "vmchannel port 0: must be 1-65535"},
 		{"port 65536", minimal(`<interface type='vmchannel'><source port='65536'/><target path='/s'/></interface>`), "vmchannel port 65536: must be 1-65535"},
@@ -65,15 +64,9 @@ func TestRejects(t *testing.T) {
 		{"bad proxy", minimal(`<interface type='vmchannel'><source port='600'/><target path='/s' proxy='v1'/></interface>`), `proxy "v1"`},
 		{"bad limit", minimal(`<interface type='vmchannel'><source port='600'/><target path='/s' maxconnections='0'/></interface>`), `maxconnections 0: must be 1-65535`},
 		{"no target", minimal(`<interface type='vmchannel'><source port='600'/></interface>`), "missing <target path=''/>"},
-		{"bridge", minimal(`<interface type='bridge'><source bridge='br0'/></interface>`), `interface type bridge: not supported`},
-		{"network disk", minimal(`<disk type='network'><source protocol='nbd' name='x'><host name='h'/></source><target dev='vda'/></disk>`), `disk vda: source must be type='file'`},
-		{"address on a bridge", minimal(`<disk type='file'><source file='/i'/><target dev='vda'/><address type='pci' domain='0x0000' bus='0x01' slot='0x05' function='0x0'/></disk>`), `disk vda address: minivirt places devices on the root PCI bus only`},
-		{"drive address that disagrees", minimal(`<disk type='file'><source file='/i'/><target dev='sda' bus='sata'/><address type='drive' controller='0' bus='0' target='0' unit='3'/></disk>`), `minivirt puts sda at controller 0 bus 0 unit 0`},
-		{"usb address", minimal(`<disk type='file'><source file='/i'/><target dev='vda'/><address type='usb' bus='0' port='1'/></disk>`), `disk vda address type usb: not supported`},
 		{"unknown element", minimal(`<disk type='file'><source file='/i'/><target dev='vda'/><frobnicate/></disk>`), `<devices/disk/frobnicate>: not part of libvirt's domain XML`},
 		{"unknown attribute", minimal(`<disk type='file' colour='red'><source file='/i'/><target dev='vda'/></disk>`), `attribute colour of <devices/disk>`},
 		{"two names", strings.Replace(minimal(""), "<name>t</name>", "<name>t</name><name>u</name>", 1), `<name>: given 2 times where libvirt takes one`},
-		{"hostdev", minimal(`<hostdev mode='subsystem' type='pci'><source><address domain='0' bus='0' slot='3' function='0'/></source></hostdev>`), `devices: <hostdev> not supported`},
 		{"efi secure boot", strings.Replace(minimal(""), "<os>", "<os firmware='efi'><loader secure='yes'/>", 1), `Secure Boot`},
 		{"commandline collision", strings.Replace(minimal(""), "</domain>", "<qemu:commandline xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'><qemu:arg value='-m'/></qemu:commandline></domain>", 1), `qemu:commandline arg "-m": minivirt passes -m itself`},
 		{"forward without a host side", strings.Replace(minimal(""), "<os>", "<metadata><vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1'><forward port='22'/></vmchannels></metadata><os>", 1), `forward to guest port 22: give listen=`},
@@ -83,11 +76,6 @@ func TestRejects(t *testing.T) {
 		{"mtu on slirp", strings.Replace(minimal(`<interface type='user'/>`), "<os>", "<metadata><vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1' mtu='1500'/></metadata><os>", 1), `only minivirt's own network (netstack) takes an MTU`},
 		{"portForward udp", minimal(`<interface type='user'><portForward proto='udp'><range start='53'/></portForward></interface>`), `interface portForward proto "udp": must be tcp`},
 		{"vcpu current", strings.Replace(minimal(""), "<os>", "<vcpu current='3'>2</vcpu><os>", 1), `vcpu current 3: more than the 2`},
-		{"pty channel", minimal(`<channel type='pty'><target type='virtio' name='x'/></channel>`), `channel source type pty: not supported`},
-		{"xen channel", minimal(`<channel type='unix'><source path='/s'/><target type='xen' name='x'/></channel>`), `channel target type xen: not supported`},
-		{"virtio connect", minimal(`<channel type='unix'><source mode='connect' path='/s'/><target type='virtio' name='x'/></channel>`), "must be bind"},
-		{"tcp serial", minimal(`<serial type='tcp'><source mode='bind' host='127.0.0.1' service='4555'/></serial>`), `serial 0 type tcp: not supported`},
-		{"two user nics", minimal(`<interface type='user'/><interface type='user'/>`), "one user-mode NIC"},
 		{"bad mac", minimal(`<interface type='user'><mac address='zz'/></interface>`), `mac address "zz"`},
 		{"bad arch", strings.Replace(minimal(""), "<os>", "<os><type arch='aarch64'>hvm</type>", 1), `arch "aarch64"`},
 		{"bad network", minimal(`<vmchannels network='tap'/>`), `vmchannels network "tap"`},
@@ -498,5 +486,53 @@ func TestForwards(t *testing.T) {
 	}
 	if _, err := back.RemoveForward(80, ""); err != nil || len(back.Forwards()) != 0 {
 		t.Errorf("remove: %v, %+v", err, back.Forwards())
+	}
+}
+
+// TestRefusedAtStart: what libvirt defines and minivirt cannot run here is
+// defined, kept as given, and refused by CheckStart with one line that
+// names it.
+func TestRefusedAtStart(t *testing.T) {
+	tests := []struct{ name, xml, want string }{
+		{"nothing to boot", strings.Replace(minimal(""), "<kernel>/k</kernel>", "", 1), `nothing to boot`},
+		{"bridge", minimal(`<interface type='bridge'><source bridge='br0'/></interface>`), `interface type bridge: minivirt has no such network`},
+		{"address on a bridge", minimal(`<disk type='file'><source file='/i'/><target dev='vda'/><address type='pci' domain='0x0000' bus='0x01' slot='0x05' function='0x0'/></disk>`), `disk vda address: minivirt places devices on the root PCI bus only`},
+		{"drive address that disagrees", minimal(`<disk type='file'><source file='/i'/><target dev='sda' bus='sata'/><address type='drive' controller='0' bus='0' target='0' unit='3'/></disk>`), `minivirt puts sda at controller 0 bus 0 unit 0`},
+		{"usb address", minimal(`<disk type='file'><source file='/i'/><target dev='vda'/><address type='usb' bus='0' port='1'/></disk>`), `disk vda address type usb: minivirt places`},
+		{"hostdev", minimal(`<hostdev mode='subsystem' type='pci'><source><address domain='0' bus='0' slot='3' function='0'/></source></hostdev>`), `devices: <hostdev> not supported by minivirt`},
+		{"xen channel", minimal(`<channel type='unix'><source path='/s'/><target type='xen' name='x'/></channel>`), `channel target type xen: minivirt has guestfwd and virtio channels`},
+		{"two user nics", minimal(`<interface type='user'/><interface type='user'/>`), `one user-mode NIC`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			d, err := Parse(strings.NewReader(tt.xml))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := d.Validate(); err != nil {
+				t.Fatalf("refused at define: %v", err)
+			}
+			err = d.CheckStart()
+			if err == nil {
+				t.Fatalf("start accepted; want an error containing %q", tt.want)
+			}
+			if !strings.Contains(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("start error %q; want one line containing %q", err, tt.want)
+			}
+			if len(d.RefusedAtStart()) == 0 {
+				t.Fatal("RefusedAtStart is empty")
+			}
+			a, err := d.XML()
+			if err != nil {
+				t.Fatal(err)
+			}
+			back, err := Parse(bytes.NewReader(a))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b, _ := back.XML(); !bytes.Equal(a, b) {
+				t.Fatalf("not kept as given:\n%s\n---\n%s", a, b)
+			}
+		})
 	}
 }

@@ -147,7 +147,8 @@ func (d *Domain) RemoveForward(port uint16, host string) (Forward, error) {
 }
 
 // validateForwards checks minivirt's forwards and libvirt's port forwards.
-func (d *Domain) validateForwards() error {
+func (ck *checker) validateForwards() error {
+	d := ck.d
 	hosts := map[string]bool{}
 	for _, e := range d.Ext.Forwards {
 		where := fmt.Sprintf("forward to guest port %d", e.Port)
@@ -176,7 +177,7 @@ func (d *Domain) validateForwards() error {
 	if nic, ok := d.userInterface(); ok {
 		for _, pf := range nic.PortForward {
 			where := "interface portForward"
-			if err := notSupported(where, unhandled(&pf, "Proto", "Address", "Ranges")); err != nil {
+			if err := ck.unsupported(where, unhandled(&pf, "Proto", "Address", "Ranges")); err != nil {
 				return err
 			}
 			if err := oneOf(where+" proto", pf.Proto, []string{"tcp"}); err != nil {
@@ -190,7 +191,7 @@ func (d *Domain) validateForwards() error {
 			}
 			for _, r := range pf.Ranges {
 				if r.Exclude != "" {
-					return notSupported(where+" range", []string{"attribute exclude"})
+					ck.unsupported(where+" range", []string{"attribute exclude"})
 				}
 				end := max(r.End, r.Start)
 				to := r.To

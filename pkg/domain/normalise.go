@@ -53,6 +53,9 @@ func (d *Domain) normalise() error {
 	setDefault(&d.OS.Type.Type, "hvm")
 	setDefault(&d.OS.Type.Arch, "x86_64")
 	d.OS.Kernel = strings.TrimSpace(d.OS.Kernel)
+	if n := d.OS.NVRam; n != nil {
+		n.NVRam = strings.TrimSpace(n.NVRam) // the space around a <source> child
+	}
 	d.OS.Initrd = strings.TrimSpace(d.OS.Initrd)
 	setDefault(&d.OnPoweroff, "destroy")
 	setDefault(&d.OnReboot, "restart")
@@ -63,7 +66,7 @@ func (d *Domain) normalise() error {
 	d.Devices.Emulator = strings.TrimSpace(d.Devices.Emulator)
 	for i := range d.Devices.Interfaces {
 		nic := &d.Devices.Interfaces[i]
-		if nic.Source != nil && nic.Source.User != nil && nic.Model == nil {
+		if isUserNIC(*nic) && nic.Model == nil {
 			nic.Model = &libvirtxml.DomainInterfaceModel{Type: "virtio"}
 		}
 	}
@@ -83,6 +86,12 @@ func (d *Domain) normalise() error {
 		}
 	}
 	d.normaliseVMChannels()
+	if err := d.normaliseMemory(); err != nil {
+		return err
+	}
+	if c := d.CurrentMemory; c != nil && c.Value > d.Memory.Value {
+		c.Value = d.Memory.Value // as libvirt: the balloon's target is at most the memory
+	}
 	return nil
 }
 

@@ -16,10 +16,11 @@ var (
 	yesNo           = []string{"yes", "no"}
 )
 
-func (d *Domain) validateOS() error {
+func (ck *checker) validateOS() error {
+	d := ck.d
 	os := d.OS
-	if err := notSupported("os", unhandled(os, "Type", "Firmware", "FirmwareInfo", "Loader", "NVRam", "Kernel",
-		"Initrd", "Cmdline", "BootDevices", "BootMenu")); err != nil {
+	if err := ck.unsupported("os", unhandled(os, "Type", "Firmware", "FirmwareInfo", "Loader", "NVRam", "Kernel",
+		"Initrd", "Cmdline", "BootDevices", "BootMenu", "SMBios")); err != nil {
 		return err
 	}
 	if os.Type.Type != "hvm" {
@@ -45,7 +46,7 @@ func (d *Domain) validateOS() error {
 		return fmt.Errorf("os cmdline %q: needs a <kernel>", os.Cmdline)
 	}
 	for _, b := range os.BootDevices {
-		if err := oneOf("os boot dev", b.Dev, []string{"hd", "cdrom", "network"}); err != nil {
+		if err := oneOf("os boot dev", b.Dev, []string{"hd", "cdrom", "network", "fd"}); err != nil {
 			return err
 		}
 	}
@@ -53,7 +54,7 @@ func (d *Domain) validateOS() error {
 		return fmt.Errorf("os boot dev: cannot be combined with <boot order> on devices (libvirt refuses it too); use one of them")
 	}
 	if m := os.BootMenu; m != nil {
-		if err := notSupported("os bootmenu", unhandled(m, "Enable")); err != nil {
+		if err := ck.unsupported("os bootmenu", unhandled(m, "Enable")); err != nil {
 			return err
 		}
 		if err := oneOf("os bootmenu enable", m.Enable, yesNo); err != nil {
@@ -71,7 +72,7 @@ func (d *Domain) validateOS() error {
 		}
 	}
 	if l := os.Loader; l != nil {
-		if err := notSupported("os loader", unhandled(l, "Path", "Readonly", "Type", "Secure", "Format")); err != nil {
+		if err := ck.unsupported("os loader", unhandled(l, "Path", "Readonly", "Type", "Secure", "Format")); err != nil {
 			return err
 		}
 		if l.Secure == "yes" {
@@ -90,7 +91,7 @@ func (d *Domain) validateOS() error {
 		}
 	}
 	if n := os.NVRam; n != nil {
-		if err := notSupported("os nvram", unhandled(n, "NVRam", "Template", "Format")); err != nil {
+		if err := ck.unsupported("os nvram", unhandled(n, "NVRam", "Template", "Format")); err != nil {
 			return err
 		}
 		if err := oneOf("os nvram format", n.Format, []string{"raw"}); err != nil {
@@ -109,10 +110,18 @@ func (d *Domain) validateOS() error {
 			return fmt.Errorf("os nvram: a loader of type rom takes no NVRAM; use type='pflash'")
 		}
 	}
-	_, netboot := d.userInterface()
+	return nil
+}
+
+// validateBoot: a domain with nothing to boot is valid (libvirt defines
+// it), but start refuses it.
+func (ck *checker) validateBoot() error {
+	d := ck.d
+	os := d.OS
+	_, netboot := d.UserNIC()
 	netboot = netboot && (len(os.BootDevices) > 0 && os.BootDevices[0].Dev == "network" || d.bootOrders())
 	if os.Kernel == "" && len(d.Devices.Disks) == 0 && os.Firmware != "efi" && os.Loader == nil && !netboot {
-		return fmt.Errorf("os: nothing to boot; give <kernel> or a <disk>")
+		ck.refuseAtStart("os: nothing to boot; give <kernel> or a <disk>")
 	}
 	return nil
 }
@@ -132,19 +141,20 @@ func (d *Domain) bootOrders() bool {
 	return false
 }
 
-func (d *Domain) validateFeatures() error {
+func (ck *checker) validateFeatures() error {
+	d := ck.d
 	f := d.Features
 	if f == nil {
 		return nil
 	}
-	if err := notSupported("features", unhandled(f, "ACPI", "APIC", "PAE", "VMPort", "SMM")); err != nil {
+	if err := ck.unsupported("features", unhandled(f, "ACPI", "APIC", "PAE", "VMPort", "SMM")); err != nil {
 		return err
 	}
 	if f.ACPI == nil {
-		return fmt.Errorf("features: no <acpi/>; minivirt always gives the guest ACPI (its power button is how shutdown works): add <acpi/>")
+		ck.refuseAtStart("features: no <acpi/>; minivirt always gives the guest ACPI (its power button is how shutdown works): add <acpi/> to start the domain")
 	}
 	if f.APIC != nil && f.APIC.EOI != "" {
-		return notSupported("features apic", []string{"attribute eoi"})
+		ck.unsupported("features apic", []string{"attribute eoi"})
 	}
 	if f.VMPort != nil {
 		if err := oneOf("features vmport state", f.VMPort.State, onOff); err != nil {
@@ -152,7 +162,7 @@ func (d *Domain) validateFeatures() error {
 		}
 	}
 	if f.SMM != nil {
-		if err := notSupported("features smm", unhandled(f.SMM, "State")); err != nil {
+		if err := ck.unsupported("features smm", unhandled(f.SMM, "State")); err != nil {
 			return err
 		}
 		if err := oneOf("features smm state", f.SMM.State, onOff); err != nil {
@@ -162,12 +172,13 @@ func (d *Domain) validateFeatures() error {
 	return nil
 }
 
-func (d *Domain) validateCPU() error {
+func (ck *checker) validateCPU() error {
+	d := ck.d
 	c := d.CPU
 	if c == nil {
 		return nil
 	}
-	if err := notSupported("cpu", unhandled(c, "Match", "Mode", "Check", "Migratable", "Model", "Topology", "Features")); err != nil {
+	if err := ck.unsupported("cpu", unhandled(c, "Match", "Mode", "Check", "Migratable", "Model", "Topology", "Features", "Numa")); err != nil {
 		return err
 	}
 	if err := oneOf("cpu mode", c.Mode, []string{"host-passthrough", "host-model", "maximum", "custom"}); err != nil {
@@ -179,7 +190,7 @@ func (d *Domain) validateCPU() error {
 		}
 	}
 	if c.Model != nil {
-		if err := notSupported("cpu model", unhandled(c.Model, "Value", "Fallback")); err != nil {
+		if err := ck.unsupported("cpu model", unhandled(c.Model, "Value", "Fallback")); err != nil {
 			return err
 		}
 	}
@@ -192,7 +203,7 @@ func (d *Domain) validateCPU() error {
 		}
 	}
 	if t := c.Topology; t != nil {
-		if err := notSupported("cpu topology", unhandled(t, "Sockets", "Dies", "Cores", "Threads")); err != nil {
+		if err := ck.unsupported("cpu topology", unhandled(t, "Sockets", "Dies", "Cores", "Threads")); err != nil {
 			return err
 		}
 		n := max(t.Sockets, 1) * max(t.Dies, 1) * max(t.Cores, 1) * max(t.Threads, 1)
@@ -204,20 +215,29 @@ func (d *Domain) validateCPU() error {
 	return nil
 }
 
-func (d *Domain) validateClock() error {
+func (ck *checker) validateClock() error {
+	d := ck.d
 	c := d.Clock
 	if c == nil {
 		return nil
 	}
-	if err := notSupported("clock", unhandled(c, "Offset", "Timer")); err != nil {
+	if err := ck.unsupported("clock", unhandled(c, "Offset", "Timer", "Start", "Adjustment", "TimeZone", "Basis")); err != nil {
 		return err
 	}
-	if err := oneOf("clock offset", c.Offset, []string{"utc", "localtime"}); err != nil {
-		return err
+	switch c.Offset {
+	case "", "utc", "localtime":
+		if c.Start != 0 || c.Adjustment != "" || c.TimeZone != "" || c.Basis != "" {
+			return fmt.Errorf("clock offset %q: takes no start, adjustment, basis or timezone", c.Offset)
+		}
+	case "absolute":
+	case "variable", "timezone":
+		ck.refuseAtStart("clock offset %s: minivirt starts the guest's clock at utc, localtime or an absolute time; change it to start the domain", c.Offset)
+	default:
+		return fmt.Errorf("clock offset %q: must be utc, localtime, absolute, variable or timezone", c.Offset)
 	}
 	for _, t := range c.Timer {
 		where := "clock timer " + t.Name
-		if err := notSupported(where, unhandled(&t, "Name", "TickPolicy", "Present")); err != nil {
+		if err := ck.unsupported(where, unhandled(&t, "Name", "TickPolicy", "Present")); err != nil {
 			return err
 		}
 		if err := oneOf(where+" present", t.Present, yesNo); err != nil {
@@ -237,10 +257,10 @@ func (d *Domain) validateClock() error {
 			}
 		case "hpet", "kvmclock":
 			if t.TickPolicy != "" {
-				return notSupported(where, []string{"attribute tickpolicy"})
+				ck.unsupported(where, []string{"attribute tickpolicy"})
 			}
 		default:
-			return fmt.Errorf("%s: not supported by minivirt; use rtc, pit, hpet or kvmclock, or remove it", where)
+			ck.refuseAtStart("%s: minivirt sets rtc, pit, hpet and kvmclock; remove it to start the domain", where)
 		}
 	}
 	if pm := d.PM; pm != nil {

@@ -34,28 +34,73 @@ func ValidName(name string) error {
 	return nil
 }
 
-// Validate checks every rule of the model and refuses, naming it, every
-// element minivirt would otherwise drop or misread. When several rules fail,
-// the first is reported.
+// Validate checks every rule of the model and refuses, naming it, what is
+// invalid or what minivirt could only get wrong (RefusedAtDefine), and every
+// element minivirt would otherwise drop or misread. What a valid domain
+// needs that minivirt cannot give it here is not refused: it is kept, and
+// CheckStart refuses it (RefusedAtStart). When several rules fail, the first
+// is reported.
 func (d *Domain) Validate() error {
-	for _, check := range []func() error{
-		d.validateKept, d.validateTop, d.validateOS, d.validateFeatures, d.validateCPU, d.validateClock,
-		d.validateDevices, d.validateDisks, d.validateInterfaces, d.validateChardevs, d.validateChannels,
-		d.validateControllers, d.validateOtherDevices, d.validateNetwork, d.validateForwards, d.validateCommandline,
-	} {
-		if err := check(); err != nil {
-			return err
-		}
+	_, err := d.check()
+	return err
+}
+
+// CheckStart reports, for a valid domain, the first thing that keeps it from
+// starting that the definition alone tells (RefusedAtStart): what it needs
+// from this host that minivirt cannot give it, or nothing to boot. Files and
+// devices the host lacks are checked by the supervisor at start.
+func (d *Domain) CheckStart() error {
+	atStart, err := d.check()
+	if err != nil {
+		return err
+	}
+	if len(atStart) > 0 {
+		return errors.New(atStart[0])
 	}
 	return nil
 }
 
-// notSupported words the refusal of what minivirt does not act on.
-func notSupported(where string, what []string) error {
-	if len(what) == 0 {
-		return nil
+// RefusedAtStart lists everything CheckStart would refuse, one line each:
+// define says each out loud, and status shows them.
+func (d *Domain) RefusedAtStart() []string {
+	atStart, _ := d.check()
+	return atStart
+}
+
+// checker runs the rules over one domain, collecting what start refuses.
+type checker struct {
+	d       *Domain
+	atStart []string
+}
+
+func (d *Domain) check() ([]string, error) {
+	ck := &checker{d: d}
+	for _, check := range []func() error{
+		ck.validateKept, ck.validateTop, ck.validateMemory, ck.validateOS, ck.validateFeatures, ck.validateCPU, ck.validateClock,
+		ck.validateDevices, ck.validateDisks, ck.validateInterfaces, ck.validateChardevs, ck.validateChannels,
+		ck.validateControllers, ck.validateOtherDevices, ck.validateFilesystems, ck.validateNetwork, ck.validateForwards,
+		ck.validateCommandline, ck.validatePlatform, ck.validateBoot,
+	} {
+		if err := check(); err != nil {
+			return nil, err
+		}
 	}
-	return fmt.Errorf("%s: %s not supported by minivirt (it would be ignored); remove it", where, strings.Join(what, ", "))
+	return ck.atStart, nil
+}
+
+// unsupported records what minivirt cannot run: libvirt defines it, so
+// minivirt keeps it, and start refuses it (RefusedAtStart). It returns nil:
+// the rules go on.
+func (ck *checker) unsupported(where string, what []string) error {
+	if len(what) > 0 {
+		ck.refuseAtStart("%s: %s not supported by minivirt; remove it to start the domain", where, strings.Join(what, ", "))
+	}
+	return nil
+}
+
+// refuseAtStart records one line start refuses the domain with.
+func (ck *checker) refuseAtStart(format string, args ...any) {
+	ck.atStart = append(ck.atStart, fmt.Sprintf(format, args...))
 }
 
 func oneOf(elem, value string, allowed []string) error {
@@ -68,7 +113,8 @@ func oneOf(elem, value string, allowed []string) error {
 // validateKept refuses what the model could not keep: elements and
 // attributes libvirtxml does not know, or that appear more often than the
 // model holds them.
-func (d *Domain) validateKept() error {
+func (ck *checker) validateKept() error {
+	d := ck.d
 	if len(d.dropped) == 0 {
 		return nil
 	}
@@ -78,7 +124,8 @@ func (d *Domain) validateKept() error {
 	return errors.New(d.dropped[0])
 }
 
-func (d *Domain) validateTop() error {
+func (ck *checker) validateTop() error {
+	d := ck.d
 	if d.Type != "kvm" && d.Type != "qemu" {
 		return fmt.Errorf("domain type %q: must be 'kvm' (KVM when usable, else TCG) or 'qemu' (TCG)", d.Type)
 	}
@@ -88,9 +135,10 @@ func (d *Domain) validateTop() error {
 	if _, err := canonicalUUID(d.UUID); err != nil {
 		return err
 	}
-	if err := notSupported("domain", unhandled(&d.Domain, "Type", "Name", "UUID", "Title", "Description", "Metadata",
+	if err := ck.unsupported("domain", unhandled(&d.Domain, "Type", "Name", "UUID", "Title", "Description", "Metadata",
 		"Memory", "CurrentMemory", "VCPU", "OS", "Features", "CPU", "Clock", "OnPoweroff", "OnReboot", "OnCrash",
-		"PM", "Devices", "SecLabel", "QEMUCommandline", "ID")); err != nil {
+		"PM", "Devices", "SecLabel", "QEMUCommandline", "ID", "MaximumMemory", "MemoryBacking", "IOThreads", "IOThreadIDs",
+		"SysInfo", "GenID", "CPUTune", "NUMATune", "MemoryTune", "BlockIOTune", "Resource")); err != nil {
 		return err
 	}
 	if d.Memory.Value == 0 {
@@ -100,9 +148,6 @@ func (d *Domain) validateTop() error {
 		if err := oneOf("memory dumpCore", d.Memory.DumpCore, onOff); err != nil {
 			return err
 		}
-	}
-	if c := d.CurrentMemory; c != nil && c.Value != d.Memory.Value {
-		return fmt.Errorf("currentMemory %d KiB: differs from memory %d KiB; minivirt does not balloon a guest down: make them equal", c.Value, d.Memory.Value)
 	}
 	v := d.VCPU
 	if v.Value < 1 || v.Value > 255 {
@@ -115,8 +160,12 @@ func (d *Domain) validateTop() error {
 		return fmt.Errorf("vcpu placement %q: not supported by minivirt (no numad); use static or remove it", v.Placement)
 	}
 	for _, a := range [...]struct{ elem, value string }{{"on_poweroff", d.OnPoweroff}, {"on_reboot", d.OnReboot}, {"on_crash", d.OnCrash}} {
-		if err := oneOf(a.elem, a.value, lifecycleActions); err != nil {
-			return err
+		switch {
+		case contains(lifecycleActions, a.value):
+		case contains([]string{"rename-restart", "coredump-destroy", "coredump-restart", "preserve-running"}, a.value):
+			ck.refuseAtStart("%s %s: minivirt does destroy, restart or preserve; change it to start the domain", a.elem, a.value)
+		default:
+			return fmt.Errorf("%s %q: must be destroy, restart or preserve", a.elem, a.value)
 		}
 	}
 	for _, s := range d.SecLabel {

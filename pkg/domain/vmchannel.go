@@ -18,20 +18,34 @@ var (
 	dhcpEnd           = 30
 )
 
-func (d *Domain) validateChannels() error {
+func (ck *checker) validateChannels() error {
+	d := ck.d
 	names := map[string]bool{}
 	for _, ch := range d.Devices.Channels {
 		if ch.Target == nil || ch.Target.GuestFWD == nil && ch.Target.VirtIO == nil {
-			return fmt.Errorf("channel target %s: not supported; use guestfwd or virtio", strings.Join(unhandled(ch.Target), ""))
+			ck.refuseAtStart("channel target %s: minivirt has guestfwd and virtio channels; remove it to start the domain", strings.Join(unhandled(ch.Target), ""))
+			continue
 		}
 		if ch.Source == nil || ch.Source.UNIX == nil {
-			return fmt.Errorf("channel source %s: not supported; use type='unix'", strings.Join(unhandled(ch.Source), ""))
+			if ch.Target.GuestFWD != nil {
+				ck.refuseAtStart("channel guestfwd source %s: a vmchannel's service is a Unix socket; use type='unix' to start the domain", strings.Join(unhandled(ch.Source), ""))
+				continue
+			}
+			n := ch.Target.VirtIO.Name
+			ck.unsupported("channel virtio "+n, unhandled(&ch, "Source", "Target", "Alias", "Address", "Log"))
+			if err := ck.checkVirtioPortName(names, n); err != nil {
+				return err
+			}
+			if err := ck.checkChardevSource("channel virtio "+n, ch.Source, ch.Log); err != nil {
+				return err
+			}
+			continue
 		}
 		src := ch.Source.UNIX
 		switch {
 		case ch.Target.GuestFWD != nil:
 			t := ch.Target.GuestFWD
-			if err := notSupported("channel guestfwd", unhandled(&ch, "Source", "Target", "Alias")); err != nil {
+			if err := ck.unsupported("channel guestfwd", unhandled(&ch, "Source", "Target", "Alias")); err != nil {
 				return err
 			}
 			if src.Mode != "connect" {
@@ -49,21 +63,17 @@ func (d *Domain) validateChannels() error {
 			}
 		default:
 			n := ch.Target.VirtIO.Name
-			if err := notSupported("channel virtio "+n, unhandled(&ch, "Source", "Target", "Alias")); err != nil {
+			if err := ck.unsupported("channel virtio "+n, unhandled(&ch, "Source", "Target", "Alias", "Address")); err != nil {
 				return err
 			}
 			if ch.Target.VirtIO.State != "" {
-				return notSupported("channel virtio "+n+" target", []string{"attribute state"})
+				ck.unsupported("channel virtio "+n+" target", []string{"attribute state"})
 			}
-			if !virtioPortPattern().MatchString(n) {
-				return fmt.Errorf("channel virtio target name %q: must be a port name such as org.qemu.guest_agent.0", n)
+			if err := ck.checkVirtioPortName(names, n); err != nil {
+				return err
 			}
-			if names[n] {
-				return fmt.Errorf("channel virtio target name %q: used twice", n)
-			}
-			names[n] = true
-			if src.Mode != "bind" {
-				return fmt.Errorf("channel virtio %s source mode %q: must be bind (minivirt creates the socket)", n, src.Mode)
+			if src.Mode == "connect" && src.Path == "" {
+				return fmt.Errorf("channel virtio %s source mode connect: needs path=''", n)
 			}
 			if src.Path != "" {
 				if err := socketPath("channel virtio "+n+" source path", src.Path); err != nil {
@@ -71,7 +81,7 @@ func (d *Domain) validateChannels() error {
 				}
 			}
 		}
-		if err := notSupported("channel source", unhandled(src, "Mode", "Path")); err != nil {
+		if err := ck.unsupported("channel source", unhandled(src, "Mode", "Path")); err != nil {
 			return err
 		}
 	}
@@ -122,7 +132,8 @@ func (d *Domain) validateChannels() error {
 	return nil
 }
 
-func (d *Domain) validateNetwork() error {
+func (ck *checker) validateNetwork() error {
+	d := ck.d
 	if m := d.Ext.MTU; m != 0 {
 		if m < 576 || m > 65520 {
 			return fmt.Errorf("vmchannels mtu %d: must be 576-65520", m)
@@ -197,5 +208,16 @@ func CheckAddress(addr, port string) error {
 	case last >= dhcpFirst && last <= dhcpEnd:
 		return fmt.Errorf("vmchannel port %s address %s: is in the guest's DHCP range 10.0.2.%d-%d; use e.g. 10.0.2.4", port, a, dhcpFirst, dhcpEnd)
 	}
+	return nil
+}
+
+func (ck *checker) checkVirtioPortName(names map[string]bool, n string) error {
+	if !virtioPortPattern().MatchString(n) {
+		return fmt.Errorf("channel virtio target name %q: must be a port name such as org.qemu.guest_agent.0", n)
+	}
+	if names[n] {
+		return fmt.Errorf("channel virtio target name %q: used twice", n)
+	}
+	names[n] = true
 	return nil
 }

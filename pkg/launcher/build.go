@@ -86,7 +86,16 @@ type Plan struct {
 	// connection (vmchannels on QEMU's user network): the helper must be
 	// able to reach the relay socket as the user QEMU runs as.
 	SpawnsHelper bool
-	Warnings     []string
+	// VirtioFS are the virtiofs shares, each served by a virtiofsd the
+	// supervisor runs beside QEMU.
+	VirtioFS []VirtioFS
+	// BalloonKiB, when not 0, is the balloon's target the supervisor sets
+	// before the guest runs (<currentMemory> below <memory>).
+	BalloonKiB uint
+	// OpenTrays are the removable drives (by device id) whose tray the
+	// supervisor opens before the guest runs (<target tray='open'>).
+	OpenTrays []string
+	Warnings  []string
 }
 
 // HasSocket says whether QEMU inherits a listening socket at path.
@@ -144,7 +153,8 @@ func Build(d *domain.Domain, env Env) (Plan, error) {
 		}
 	}
 	b := &builder{d: d, env: env, p: &p, fd: FirstFD}
-	for _, step := range []func() error{b.machine, b.cpu, b.firmware, b.boot, b.consoles, b.disks, b.network, b.channels, b.controllers, b.devices, b.commandline} {
+	for _, step := range []func() error{b.machine, b.memory, b.cpu, b.platform, b.firmware, b.boot, b.consoles, b.controllers,
+		b.storageControllers, b.disks, b.network, b.channels, b.filesystems, b.devices, b.commandline} {
 		if err := step(); err != nil {
 			return Plan{}, err
 		}
@@ -164,6 +174,7 @@ type builder struct {
 	// virtioSerial is set once the virtio-serial bus exists.
 	virtioSerial bool
 	ahci         string // the AHCI controller's id on a pc machine, once added
+	usb          bool   // a USB bus minivirt added exists
 }
 
 func (b *builder) add(args ...string) { b.a = append(b.a, args...) }
@@ -221,6 +232,7 @@ func (b *builder) machine() error {
 	if c := d.Memory.DumpCore; c != "" {
 		machine += ",dump-guest-core=" + c
 	}
+	machine += memoryMachineOptions(d)
 	if c := d.Clock; c != nil {
 		for _, t := range c.Timer {
 			if t.Name == "hpet" && t.Present != "" {
@@ -233,7 +245,6 @@ func (b *builder) machine() error {
 		"-uuid", d.UUID,
 		"-machine", machine,
 		"-accel", p.Accel,
-		"-m", strconv.FormatUint(d.MemoryMiB(), 10),
 		"-nodefaults", "-no-user-config", "-display", "none",
 		"-pidfile", p.Paths.PIDFile,
 		"-S",
@@ -274,10 +285,7 @@ func (b *builder) machine() error {
 	b.add("-chardev", fmt.Sprintf("socket,id=monitor,fd=%d,server=on,wait=off", b.inherit(p.Paths.QMP)),
 		"-mon", "chardev=monitor,mode=control")
 	if c := d.Clock; c != nil {
-		rtc := "base=" + c.Offset
-		if c.Offset == "" {
-			rtc = "base=utc"
-		}
+		rtc := "base=" + rtcBase(c.Offset, c.Start)
 		for _, t := range c.Timer {
 			switch {
 			case t.Name == "rtc" && t.TickPolicy == "catchup":
@@ -401,7 +409,7 @@ func (b *builder) boot() error {
 	if len(os.BootDevices) > 0 {
 		order := ""
 		for _, dev := range os.BootDevices {
-			order += map[string]string{"hd": "c", "cdrom": "d", "network": "n"}[dev.Dev]
+			order += map[string]string{"hd": "c", "cdrom": "d", "network": "n", "fd": "a"}[dev.Dev]
 		}
 		opts = append(opts, "order="+order)
 	}
@@ -416,7 +424,7 @@ func (b *builder) boot() error {
 
 // chardev writes a character device: the primary console is minivirt's
 // console socket with the console log; others follow their <source>.
-func (b *builder) chardev(id string, src *libvirtxml.DomainChardevSource, log *libvirtxml.DomainChardevLog, primary bool) (string, error) {
+func (b *builder) chardev(id string, src *libvirtxml.DomainChardevSource, log *libvirtxml.DomainChardevLog, primary, telnet bool) (string, error) {
 	var s string
 	switch {
 	case primary && (src == nil || src.Pty != nil):
@@ -441,7 +449,39 @@ func (b *builder) chardev(id string, src *libvirtxml.DomainChardevSource, log *l
 		s = "socket,id=" + id + ",path=" + escapeOpt(src.UNIX.Path)
 		if src.UNIX.Mode == "bind" {
 			s += ",server=on,wait=off"
+		} else {
+			s += reconnect(src.UNIX.Reconnect)
 		}
+	case src.TCP != nil:
+		t := src.TCP
+		host := t.Host
+		if host == "" {
+			host = "localhost"
+		}
+		s = "socket,id=" + id + ",host=" + host + ",port=" + t.Service
+		if t.Mode == "bind" {
+			s += ",server=on,wait=off"
+		} else {
+			s += reconnect(t.Reconnect)
+		}
+		if telnet {
+			s += ",telnet=on"
+		}
+	case src.UDP != nil:
+		u := src.UDP
+		host := u.ConnectHost
+		if host == "" {
+			host = "localhost"
+		}
+		s = "udp,id=" + id + ",host=" + host + ",port=" + u.ConnectService
+		if u.BindHost != "" {
+			s += ",localaddr=" + u.BindHost
+		}
+		if u.BindService != "" {
+			s += ",localport=" + u.BindService
+		}
+	case src.Dev != nil:
+		s = "tty,id=" + id + ",path=" + escapeOpt(src.Dev.Path)
 	}
 	if log != nil {
 		s += ",logfile=" + escapeOpt(log.File)
@@ -458,19 +498,25 @@ func (b *builder) chardev(id string, src *libvirtxml.DomainChardevSource, log *l
 func (b *builder) consoles() error {
 	d := b.d
 	type port struct {
-		src *libvirtxml.DomainChardevSource
-		log *libvirtxml.DomainChardevLog
+		src    *libvirtxml.DomainChardevSource
+		log    *libvirtxml.DomainChardevLog
+		kind   string // the serial port's target type
+		telnet bool
 	}
 	var serials, virtio []port
 	for _, s := range d.Devices.Serials {
-		serials = append(serials, port{s.Source, s.Log})
+		p := port{src: s.Source, log: s.Log, telnet: s.Protocol != nil && s.Protocol.Type == "telnet"}
+		if s.Target != nil {
+			p.kind = s.Target.Type
+		}
+		serials = append(serials, p)
 	}
 	for i, c := range d.Devices.Consoles {
 		switch {
 		case c.Target != nil && c.Target.Type == "virtio":
-			virtio = append(virtio, port{c.Source, c.Log})
+			virtio = append(virtio, port{src: c.Source, log: c.Log})
 		case i == 0 && len(serials) == 0:
-			serials = append(serials, port{c.Source, c.Log})
+			serials = append(serials, port{src: c.Source, log: c.Log})
 		}
 	}
 	if len(serials) == 0 && len(d.Devices.Consoles) == 0 {
@@ -479,17 +525,26 @@ func (b *builder) consoles() error {
 	// The primary console: the first <console> when it is virtio, else
 	// the first serial port.
 	virtioFirst := len(d.Devices.Consoles) > 0 && d.Devices.Consoles[0].Target != nil && d.Devices.Consoles[0].Target.Type == "virtio"
+	isa := 0
 	for i, s := range serials {
 		id := fmt.Sprintf("serial%d", i)
-		dev, err := b.chardev(id, s.src, s.log, i == 0 && !virtioFirst)
+		dev, err := b.chardev(id, s.src, s.log, i == 0 && !virtioFirst, s.telnet)
 		if err != nil {
 			return err
 		}
-		b.add("-chardev", dev, "-device", fmt.Sprintf("isa-serial,chardev=%s,index=%d", id, i))
+		switch s.kind {
+		case "pci-serial":
+			b.add("-chardev", dev, "-device", fmt.Sprintf("pci-serial,chardev=%s,id=%s", id, id))
+		case "isa-debug":
+			b.add("-chardev", dev, "-device", fmt.Sprintf("isa-debugcon,iobase=0x402,chardev=%s,id=%s", id, id))
+		default:
+			b.add("-chardev", dev, "-device", fmt.Sprintf("isa-serial,chardev=%s,index=%d", id, isa))
+			isa++
+		}
 	}
 	for i, c := range virtio {
 		id := fmt.Sprintf("console%d", i)
-		dev, err := b.chardev(id, c.src, c.log, i == 0 && virtioFirst)
+		dev, err := b.chardev(id, c.src, c.log, i == 0 && virtioFirst, false)
 		if err != nil {
 			return err
 		}
@@ -499,6 +554,18 @@ func (b *builder) consoles() error {
 	return nil
 }
 
+// reconnect is a client socket's reconnect= option.
+func reconnect(r *libvirtxml.DomainChardevSourceReconnect) string {
+	if r == nil || r.Enabled != "yes" {
+		return ""
+	}
+	t := uint(1)
+	if r.Timeout != nil {
+		t = *r.Timeout
+	}
+	return fmt.Sprintf(",reconnect=%d", t)
+}
+
 func (b *builder) virtioSerialBus() {
 	if !b.virtioSerial {
 		b.virtioSerial = true
@@ -506,105 +573,13 @@ func (b *builder) virtioSerialBus() {
 	}
 }
 
-// diskFormatDefault is libvirt's format for a disk whose driver names none.
-const diskFormatDefault = "raw"
-
-func (b *builder) disks() error {
-	d := b.d
-	for i, disk := range d.Devices.Disks {
-		dev := disk.Target.Dev
-		id := DriveID(dev)
-		format := diskFormatDefault
-		var opts []string
-		path := ""
-		if disk.Source.File != nil {
-			path = disk.Source.File.File
-		} else {
-			path = disk.Source.Block.Dev
-		}
-		if dr := disk.Driver; dr != nil {
-			if dr.Type != "" {
-				format = dr.Type
-			}
-			if dr.Cache != "" && dr.Cache != "default" {
-				opts = append(opts, "cache="+dr.Cache)
-			}
-			if dr.IO != "" {
-				opts = append(opts, "aio="+dr.IO)
-			}
-			if dr.Discard != "" {
-				opts = append(opts, "discard="+dr.Discard)
-			}
-			if dr.DetectZeros != "" {
-				opts = append(opts, "detect-zeroes="+dr.DetectZeros)
-			}
-			if dr.ErrorPolicy != "" {
-				opts = append(opts, "werror="+strings.Replace(dr.ErrorPolicy, "enospace", "enospc", 1))
-			}
-			if dr.RErrorPolicy != "" {
-				opts = append(opts, "rerror="+dr.RErrorPolicy)
-			}
-		}
-		if disk.ReadOnly != nil || disk.Device == "cdrom" {
-			opts = append(opts, "readonly=on")
-		}
-		if disk.Device == "cdrom" {
-			opts = append(opts, "media=cdrom")
-		}
-		if disk.Transient != nil {
-			// QEMU writes to a throwaway overlay, removed when it exits.
-			opts = append(opts, "snapshot=on")
-		}
-		// auto-read-only=off: -drive turns it on, and then QEMU reopens
-		// the file by its path to drop or regain write access (as a save
-		// does when it inactivates the disk), which fails once QEMU is
-		// chrooted and no longer root. The descriptor it opened serves.
-		drive := fmt.Sprintf("file=%s,format=%s,if=none,id=%s,auto-read-only=off", escapeOpt(path), format, id)
-		if len(opts) > 0 {
-			drive += "," + strings.Join(opts, ",")
-		}
-		bus := disk.Target.Bus
-		if bus == "" {
-			bus = map[string]string{"vd": "virtio", "sd": "sata", "hd": "ide"}[dev[:2]]
-		}
-		var device string
-		switch bus {
-		case "virtio":
-			device = "virtio-blk-pci,drive=" + id + ",id=" + dev + domain.PCIAddr(disk.Address)
-		default:
-			kind := "ide-hd"
-			if disk.Device == "cdrom" {
-				kind = "ide-cd"
-			}
-			ideBus, unit := domain.DriveUnit(dev, bus == "ide" && !b.q35())
-			switch {
-			case bus == "sata" && !b.q35():
-				if b.ahci == "" {
-					b.ahci = "sata0"
-					b.add("-device", "ich9-ahci,id=sata0")
-				}
-				device = fmt.Sprintf("%s,drive=%s,id=%s,bus=sata0.%d", kind, id, dev, unit)
-			case bus == "ide" && !b.q35():
-				device = fmt.Sprintf("%s,drive=%s,id=%s,bus=ide.%d,unit=%d", kind, id, dev, ideBus, unit)
-			default: // q35's AHCI ports are its ide.N buses
-				device = fmt.Sprintf("%s,drive=%s,id=%s,bus=ide.%d", kind, id, dev, unit)
-			}
-		}
-		if disk.Serial != "" {
-			device += ",serial=" + disk.Serial
-		}
-		if disk.Shareable != nil {
-			device += ",share-rw=on"
-		}
-		switch {
-		case disk.Boot != nil:
-			device += fmt.Sprintf(",bootindex=%d", disk.Boot.Order)
-		case i == 0 && d.OS.Kernel == "" && len(d.OS.BootDevices) == 0 && !b.hasBootOrder():
-			device += ",bootindex=1"
-		}
-		b.add("-drive", drive, "-device", device)
+// usbBus makes sure the guest has a USB bus: its own controller, or one
+// minivirt adds, as libvirt does, for a USB device.
+func (b *builder) usbBus() {
+	if !b.usb && !b.hasUSB() {
+		b.add("-device", "qemu-xhci,id=usb-input")
 	}
-	return nil
+	b.usb = true
 }
 
 // hasUSB reports whether the domain has a USB controller of its own.
@@ -693,19 +668,42 @@ func (b *builder) network() error {
 	return nil
 }
 
+// channels gives the guest its virtio-serial ports, numbered as their
+// addresses say or in order: those whose sockets minivirt binds (inherited
+// by descriptor), and those on any other character device.
 func (b *builder) channels() error {
-	for i, port := range b.d.VirtioPorts() {
-		if port.Path == "" { // as libvirt does: a path of minivirt's choosing
-			port.Path = filepath.Join(b.env.RunDir, "channel."+port.Name+".sock")
-			if len(port.Path) > domain.MaxSocketPath {
-				return fmt.Errorf("channel virtio %s: the socket minivirt would bind, %s, is %d bytes, over the %d a Unix socket allows; give <source path=''/>", port.Name, port.Path, len(port.Path), domain.MaxSocketPath)
+	bound := b.d.VirtioPorts()
+	nr := uint(0)
+	for i, ch := range b.d.Devices.Channels {
+		if ch.Target == nil || ch.Target.VirtIO == nil {
+			continue
+		}
+		nr++
+		if a := ch.Address; a != nil && a.VirtioSerial != nil && a.VirtioSerial.Port != nil {
+			nr = *a.VirtioSerial.Port
+		}
+		id := fmt.Sprintf("channel%d", i)
+		name := ch.Target.VirtIO.Name
+		var dev string
+		if ch.Source.UNIX != nil && ch.Source.UNIX.Mode == "bind" {
+			port := bound[0]
+			bound = bound[1:]
+			if port.Path == "" { // as libvirt does: a path of minivirt's choosing
+				port.Path = filepath.Join(b.env.RunDir, "channel."+port.Name+".sock")
+				if len(port.Path) > domain.MaxSocketPath {
+					return fmt.Errorf("channel virtio %s: the socket minivirt would bind, %s, is %d bytes, over the %d a Unix socket allows; give <source path=''/>", port.Name, port.Path, len(port.Path), domain.MaxSocketPath)
+				}
+			}
+			b.p.VirtioPorts = append(b.p.VirtioPorts, port)
+			dev = fmt.Sprintf("socket,id=%s,fd=%d,server=on,wait=off", id, b.inherit(port.Path))
+		} else {
+			var err error
+			if dev, err = b.chardev(id, ch.Source, ch.Log, false, false); err != nil {
+				return err
 			}
 		}
-		b.p.VirtioPorts = append(b.p.VirtioPorts, port)
 		b.virtioSerialBus()
-		id := fmt.Sprintf("channel%d", i)
-		b.add("-chardev", fmt.Sprintf("socket,id=%s,fd=%d,server=on,wait=off", id, b.inherit(port.Path)),
-			"-device", fmt.Sprintf("virtserialport,bus=virtio-serial0.0,nr=%d,chardev=%s,name=%s", i+1, id, port.Name))
+		b.add("-chardev", dev, "-device", fmt.Sprintf("virtserialport,bus=virtio-serial0.0,nr=%d,chardev=%s,name=%s", nr, id, name))
 	}
 	return nil
 }
@@ -767,8 +765,17 @@ func (b *builder) controllers() error {
 
 func (b *builder) devices() error {
 	d := b.d
-	if m := d.Devices.MemBalloon; m != nil && m.Model == "virtio" {
+	switch m := d.Devices.MemBalloon; {
+	case m != nil && m.Model == "virtio":
 		b.add("-device", "virtio-balloon-pci,id=balloon0"+domain.PCIAddr(m.Address))
+	case m == nil && d.BalloonTarget() != 0:
+		b.add("-device", "virtio-balloon-pci,id=balloon0") // as libvirt's default memballoon
+	}
+	b.p.BalloonKiB = d.BalloonTarget()
+	for _, disk := range d.Devices.Disks {
+		if disk.Target.Tray == "open" {
+			b.p.OpenTrays = append(b.p.OpenTrays, disk.Target.Dev)
+		}
 	}
 	for i, r := range d.Devices.RNGs {
 		obj := fmt.Sprintf("rng-builtin,id=objrng%d", i)
@@ -800,14 +807,10 @@ func (b *builder) devices() error {
 		}
 		b.add("-device", opts)
 	}
-	usb := false
 	for _, in := range d.Devices.Inputs {
 		switch in.Bus {
 		case "usb":
-			if !usb && !b.hasUSB() {
-				b.add("-device", "qemu-xhci,id=usb-input") // a bus for it, as libvirt adds one
-			}
-			usb = true
+			b.usbBus()
 			b.add("-device", map[string]string{"mouse": "usb-mouse", "keyboard": "usb-kbd", "tablet": "usb-tablet"}[in.Type])
 		case "virtio":
 			b.add("-device", map[string]string{"mouse": "virtio-mouse-pci", "keyboard": "virtio-keyboard-pci", "tablet": "virtio-tablet-pci"}[in.Type])

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"path/filepath"
 
 	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/supervisor"
@@ -93,5 +94,27 @@ func (m *Manager) AddForward(ctx context.Context, name string, f domain.Forward,
 func (m *Manager) RemoveForward(ctx context.Context, name string, port uint16, host string, sc Scope) error {
 	_, err := m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpRemoveForward, Port: port, Host: host},
 		func(d *domain.Domain) error { _, err := d.RemoveForward(port, host); return err })
+	return err
+}
+
+// ChangeMedia ejects the medium of the removable drive dev (a cdrom or
+// floppy, by target dev), or puts source in, as virsh change-media does;
+// source must be an absolute path.
+func (m *Manager) ChangeMedia(ctx context.Context, name, dev, source string, force bool, sc Scope) error {
+	if source != "" && !filepath.IsAbs(source) {
+		return fmt.Errorf("change-media source %q: must be an absolute path", source)
+	}
+	change := func(d *domain.Domain) error { return d.SetMedium(dev, source) }
+	if sc.Config { // before a live change: both are made, or neither
+		d, err := m.Get(name)
+		if err != nil {
+			return err
+		}
+		if err := change(d.Clone()); err != nil {
+			return err
+		}
+	}
+	_, err := m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpChangeMedia,
+		Media: &supervisor.MediaRequest{Disk: dev, Source: source, Force: force}}, change)
 	return err
 }

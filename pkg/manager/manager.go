@@ -393,6 +393,9 @@ func (m *Manager) Start(ctx context.Context, name string, opt StartOptions) ([]s
 	if m.Spawn == nil {
 		return nil, errors.New("manager: no Spawner set")
 	}
+	if err := d.CheckStart(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
 	managed := ""
 	if opt.Restore == "" {
 		// As libvirt: a domain with a managed save goes on from it.

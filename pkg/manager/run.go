@@ -59,6 +59,9 @@ func (m *Manager) Run(ctx context.Context, d *domain.Domain, opt RunOptions) (re
 		}
 	}
 	res.Name = d.Name
+	if err := d.CheckStart(); err != nil { // nothing is stored for a domain that cannot start
+		return RunResult{Name: d.Name, Outcome: Failed}, err
+	}
 	err = m.write(func(s *store.Store) error {
 		if rt, err := s.GetRuntime(d.Name); err == nil && observe(rt, m.DomainRunDir(d.Name), nil).Active() {
 			return fmt.Errorf("domain %s is already %s", d.Name, rt.State)

@@ -229,30 +229,62 @@ type FDSender interface {
 	// copy, and commands name it as "fd:NAME" (migrate, migrate-incoming).
 	// The caller still owns f.
 	SendFD(ctx context.Context, name string, f *os.File) error
+	// AddFD hands f to QEMU in a new descriptor set (QMP add-fd) and
+	// returns the set's id: the block layer opens "/dev/fdset/ID" as if
+	// it were a path, so a chrooted QEMU can take a new medium. The
+	// caller still owns f, and removes the set (remove-fd) once QEMU has
+	// opened it.
+	AddFD(ctx context.Context, f *os.File) (fdset int, err error)
 }
 
 // SendFD implements FDSender: getfd, with f in the command's ancillary
 // data (SCM_RIGHTS), as libvirt passes QEMU its migration descriptors.
 func (m *Conn) SendFD(ctx context.Context, name string, f *os.File) error {
-	if _, ok := m.c.(*net.UnixConn); !ok {
-		return errors.New("QMP getfd: the monitor is not on a Unix socket")
-	}
-	cmd, err := json.Marshal(map[string]any{"execute": "getfd", "arguments": map[string]string{"fdname": name}})
+	_, err := m.runWithFD(ctx, "getfd", map[string]string{"fdname": name}, f)
+	return err
+}
+
+// AddFD implements FDSender.
+func (m *Conn) AddFD(ctx context.Context, f *os.File) (int, error) {
+	out, err := m.runWithFD(ctx, "add-fd", nil, f)
 	if err != nil {
-		return err
+		return 0, err
+	}
+	var info struct {
+		FDSetID int `json:"fdset-id"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil {
+		return 0, fmt.Errorf("QMP add-fd: reading the reply: %w", err)
+	}
+	return info.FDSetID, nil
+}
+
+// runWithFD runs command with f in its ancillary data and returns its
+// result.
+func (m *Conn) runWithFD(ctx context.Context, command string, args any, f *os.File) (json.RawMessage, error) {
+	if _, ok := m.c.(*net.UnixConn); !ok {
+		return nil, fmt.Errorf("QMP %s: the monitor is not on a Unix socket", command)
+	}
+	c := map[string]any{"execute": command}
+	if args != nil {
+		c["arguments"] = args
+	}
+	cmd, err := json.Marshal(c)
+	if err != nil {
+		return nil, err
 	}
 	out, err := m.runRaw(ctx, cmd, f)
 	if err != nil {
-		return fmt.Errorf("QMP getfd: %w", err)
+		return nil, fmt.Errorf("QMP %s: %w", command, err)
 	}
 	var reply Reply
 	if err := json.Unmarshal(out, &reply); err != nil {
-		return fmt.Errorf("QMP getfd: reading the reply: %w", err)
+		return nil, fmt.Errorf("QMP %s: reading the reply: %w", command, err)
 	}
 	if reply.Error != nil {
-		return fmt.Errorf("QMP getfd: %s: %s", reply.Error.Class, reply.Error.Desc)
+		return nil, fmt.Errorf("QMP %s: %s: %s", command, reply.Error.Class, reply.Error.Desc)
 	}
-	return nil
+	return reply.Return, nil
 }
 
 // runRaw is RunRaw, with f (when not nil) sent along with the command.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync/atomic"
@@ -82,4 +84,26 @@ func BenchmarkRigStart(b *testing.B) {
 	b.ReportMetric(float64(med(booted).Milliseconds()), "booted-ms")
 	b.ReportMetric(float64(med(restored).Milliseconds()), "restored-ms")
 	b.ReportMetric(float64(med(restored))/float64(med(booted)), "restored/booted")
+}
+
+// TestShare: a directory of the test's is the guest's too (rig.Share): the
+// guest reads the file the test wrote and writes one the test reads back.
+func TestShare(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the tiny guest mounts virtiofs only, which needs root here (make test runs as root)")
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "in.txt"), []byte("FROM-THE-TEST\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	vm := rig.Run(t, "mount -t virtiofs work /mnt && cat /mnt/in.txt && echo FROM-THE-GUEST > /mnt/out.txt && umount /mnt", rig.Share("work", dir))
+	vm.ExpectConsole(t, "FROM-THE-TEST")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if end, err := vm.Wait(ctx); err != nil || end.Reason != "shutdown" {
+		t.Fatalf("the guest ended %+v, %v", end, err)
+	}
+	if data, err := os.ReadFile(filepath.Join(dir, "out.txt")); err != nil || string(data) != "FROM-THE-GUEST\n" {
+		t.Errorf("the guest's file: %q, %v", data, err)
+	}
 }

@@ -60,6 +60,7 @@ type Builder struct {
 	dir       string // private directory: state, run, sockets
 	channels  []domain.VMChannel
 	listeners []net.Listener
+	shares    []domain.Share
 	err       error
 }
 
@@ -91,6 +92,35 @@ func (b *Builder) Listen(port uint16) (net.Listener, error) {
 	b.channels = append(b.channels, domain.VMChannel{Address: domain.DefaultVMChannelAddress, Port: port, Path: path})
 	b.listeners = append(b.listeners, l)
 	return l, nil
+}
+
+// Share shares the host directory dir with the guest, which mounts it by
+// tag: by virtiofs when the test runs as root (QEMU's virtiofsd sandboxes
+// itself in namespaces), else by 9p, which QEMU serves itself:
+//
+//	mount -t virtiofs TAG /mnt    # as root
+//	mount -t 9p -o trans=virtio TAG /mnt
+//
+// The tiny guest's kernel (Debian's cloud kernel) has virtiofs and no 9p.
+// A guest with a share cannot be saved (QEMU does not migrate either), so
+// Share and Restore do not go together.
+func (b *Builder) Share(tag, dir string) error {
+	if b.err != nil {
+		return b.err
+	}
+	if b.restore != "" {
+		return errors.New("rig: a guest restored from a save cannot get a shared directory (QEMU does not save one)")
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	driver := "path"
+	if os.Geteuid() == 0 {
+		driver = "virtiofs"
+	}
+	b.shares = append(b.shares, domain.Share{Driver: driver, Source: abs, Tag: tag, AccessMode: "passthrough"})
+	return nil
 }
 
 func (b *Builder) domain() (*domain.Domain, error) {
@@ -130,6 +160,9 @@ func (b *Builder) domain() (*domain.Domain, error) {
 		if _, err := d.AddVMChannel(vc); err != nil {
 			return nil, err
 		}
+	}
+	for _, s := range b.shares {
+		d.AddShare(s)
 	}
 	if _, user := d.UserNIC(); d.Ext.Network == "" && !user {
 		// minivirt's own network, even without vmchannels yet: the test

@@ -22,6 +22,7 @@ type Option func(*runConfig)
 
 type runConfig struct {
 	serves  []serve
+	shares  [][2]string // tag, dir
 	guest   Guest
 	restore bool
 }
@@ -35,6 +36,13 @@ type serve struct {
 // own goroutine, for every guest connection to it, and owns the connection.
 func Serve(port uint16, handler func(net.Conn)) Option {
 	return func(c *runConfig) { c.serves = append(c.serves, serve{port, handler}) }
+}
+
+// Share shares the host directory dir with the guest under tag (see
+// Builder.Share): the script mounts it, as root with
+// `mount -t virtiofs TAG /mnt`.
+func Share(tag, dir string) Option {
+	return func(c *runConfig) { c.shares = append(c.shares, [2]string{tag, dir}) }
 }
 
 // WithGuest sets fields of the guest (memory, vCPUs, more kernel command line).
@@ -65,6 +73,11 @@ func Run(t testing.TB, script string, opts ...Option) *VM {
 	} else {
 		g.Cmdline = "console=ttyS0 " + g.Cmdline + " " + Script(script)
 		b = New(g)
+	}
+	for _, s := range cfg.shares {
+		if err := b.Share(s[0], s[1]); err != nil {
+			t.Fatalf("rig: share %s: %v", s[0], err)
+		}
 	}
 	for _, s := range cfg.serves {
 		l, err := b.Listen(s.port)

@@ -48,6 +48,9 @@ const (
 	// OpSnapshot creates, reverts to or deletes an internal snapshot of
 	// the running domain's disks (Snapshot).
 	OpSnapshot = "snapshot"
+	// OpChangeMedia ejects or inserts the medium of a removable drive
+	// (Media).
+	OpChangeMedia = "change-media"
 )
 
 // Request is one control request; one request per connection.
@@ -81,6 +84,8 @@ type Request struct {
 	Paused bool `json:"paused,omitempty"`
 	// Snapshot is OpSnapshot's request.
 	Snapshot *SnapshotRequest `json:"snapshot,omitempty"`
+	// Media is OpChangeMedia's request.
+	Media *MediaRequest `json:"media,omitempty"`
 }
 
 // Response answers a Request.
@@ -475,6 +480,14 @@ func (s *supervisor) answer(ctx context.Context, req Request) Response {
 			return fail(errors.New("snapshot: no request"))
 		}
 		if err := s.diskSnapshot(*req.Snapshot); err != nil {
+			return fail(err)
+		}
+		return Response{}
+	case OpChangeMedia:
+		if req.Media == nil {
+			return fail(errors.New("change-media: no request"))
+		}
+		if err := s.changeMedia(callCtx, *req.Media); err != nil {
 			return fail(err)
 		}
 		return Response{}

@@ -50,6 +50,7 @@ const (
 	ReqPowerdownFailed             // the power-button press of ReqShutdown/ReqReboot failed
 	EvShutdownTimedOut             // the guest did not power off in the time ReqShutdown gave; Input.Detail says so
 	EvSaved                        // the guest's state is saved to a file: QEMU is done with
+	EvWatchdog                     // QMP WATCHDOG: the guest's watchdog fired; Input.Reason is QEMU's action
 )
 
 // Input is one thing that happened.
@@ -132,6 +133,8 @@ func Step(m Machine, in Input, p Policy) (Machine, []Action) {
 			return Step(m, Input{Kind: EvPanic}, p)
 		case "paused":
 			return Step(m, Input{Kind: EvStop}, p)
+		case "watchdog":
+			return Step(m, Input{Kind: EvWatchdog, Reason: "pause"}, p)
 		case "running":
 			return Step(m, Input{Kind: EvResume}, p)
 		}
@@ -180,6 +183,25 @@ func Step(m Machine, in Input, p Policy) (Machine, []Action) {
 			m.Asked = AskNone
 		}
 		return m, release
+
+	case EvWatchdog:
+		// QEMU carries the action out (-action watchdog=); the machine
+		// says what it was. A pause is the watchdog's, as libvirt says;
+		// a poweroff ends QEMU without a SHUTDOWN event.
+		if m.Final != nil {
+			return m, nil
+		}
+		m.Detail = "the guest's watchdog fired: " + in.Reason
+		switch in.Reason {
+		case "pause":
+			if m.State == store.StateRunning || m.State == store.StateInShutdown {
+				m.State, m.Reason = store.StatePaused, "watchdog"
+			}
+		case "poweroff":
+			m.State, m.Reason = store.StateInShutdown, "watchdog"
+			m.Final = &store.Runtime{State: store.StateShutoff, Reason: "watchdog", Detail: m.Detail}
+		}
+		return m, nil
 
 	case EvStop:
 		// Only a running guest becomes paused; a STOP that follows a

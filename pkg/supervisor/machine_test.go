@@ -45,6 +45,15 @@ func TestStep(t *testing.T) {
 		{"power button failed: back to running", shuttingDown, Input{Kind: ReqPowerdownFailed}, defaults, Machine{State: store.StateRunning, Reason: "booted", before: shuttingDown.before}, nil},
 		{"power button failed on reboot", asked(running, AskReboot), Input{Kind: ReqPowerdownFailed}, defaults, running, nil},
 
+		// The guest's watchdog, by QEMU's action.
+		{"watchdog pause", running, Input{Kind: EvWatchdog, Reason: "pause"}, defaults, Machine{State: store.StatePaused, Reason: "watchdog", Detail: "the guest's watchdog fired: pause"}, nil},
+		{"STOP after a watchdog pause", Machine{State: store.StatePaused, Reason: "watchdog"}, Input{Kind: EvStop}, defaults, Machine{State: store.StatePaused, Reason: "watchdog"}, nil},
+		{"watchdog poweroff", running, Input{Kind: EvWatchdog, Reason: "poweroff"}, defaults, Machine{State: store.StateInShutdown, Reason: "watchdog", Detail: "the guest's watchdog fired: poweroff", Final: final("watchdog", "the guest's watchdog fired: poweroff")}, nil},
+		{"watchdog poweroff, then QEMU exits", Machine{State: store.StateInShutdown, Reason: "watchdog", Final: final("watchdog", "fired")}, Input{Kind: EvExited, Clean: true}, defaults, off("watchdog", "fired"), nil},
+		{"watchdog reset: the guest goes on", running, Input{Kind: EvWatchdog, Reason: "reset"}, defaults, Machine{State: store.StateRunning, Reason: "booted", Detail: "the guest's watchdog fired: reset"}, nil},
+		{"watchdog after a decided end", decided, Input{Kind: EvWatchdog, Reason: "pause"}, defaults, decided, nil},
+		{"monitor back to a watchdog pause", Machine{State: store.StateRunning, Reason: "booted", MonitorLost: true}, Input{Kind: EvMonitorBack, Reason: "watchdog"}, defaults, Machine{State: store.StatePaused, Reason: "watchdog", Detail: "the guest's watchdog fired: pause"}, nil},
+
 		// Pause and resume.
 		{"suspend", running, Input{Kind: EvStop}, defaults, paused, nil},
 		{"STOP while in shutdown", shuttingDown, Input{Kind: EvStop}, defaults, Machine{State: store.StatePaused, Reason: "user", Asked: AskShutdown, before: shuttingDown.before}, nil},

@@ -123,6 +123,9 @@ func (s *supervisor) followMonitor(mon qmp.Monitor) {
 				s.step(Input{Kind: EvResume})
 			case "GUEST_PANICKED":
 				s.step(Input{Kind: EvPanic})
+			case "WATCHDOG":
+				action, _ := ev.Data["action"].(string)
+				s.step(Input{Kind: EvWatchdog, Reason: action})
 			}
 		}
 		select {

@@ -61,6 +61,7 @@ type starting struct {
 	ourEnd  *os.File   // the network's end of QEMU's network socket
 	log     *os.File   // QEMU's log
 	logFrom int64      // where this start's lines begin in it
+	shares  []*os.File // the virtiofs shares' listening sockets, for their virtiofsd
 }
 
 // steps are the steps of a start, in order.
@@ -74,7 +75,9 @@ func (s *supervisor) steps() []step {
 		{"serve the control socket", s.serveControl, s.closeControl},
 		{"serve the guest's network", s.serveNetwork, s.stopServing},
 		{"serve the console", s.serveConsole, nil}, // stopServing ends it
+		{"bind the shares' sockets", s.makeShareSockets, s.closeShareSockets},
 		{"start QEMU", s.startQEMU, s.killQEMU},
+		{"start the shares' virtiofsd", s.startVirtiofsd, s.killVirtiofsd},
 		{"connect QMP", s.connectQMP, s.closeMonitor},
 		{"record the running state", s.recordRunning, nil},
 	}
@@ -114,7 +117,7 @@ func (s *supervisor) start(ctx context.Context) error {
 
 // makePlan decides how QEMU runs and builds its command line, and checks
 // what the domain needs of the host.
-func (s *supervisor) makePlan(context.Context) error {
+func (s *supervisor) makePlan(ctx context.Context) error {
 	var err error
 	if s.self, err = proc.Self(); err != nil {
 		return err
@@ -125,15 +128,18 @@ func (s *supervisor) makePlan(context.Context) error {
 		return err
 	}
 	s.cfg.Env = env
+	if err := s.d.CheckStart(); err != nil {
+		return err
+	}
 	if s.plan, err = launcher.Build(s.d, env); err != nil {
 		return err
 	}
 	s.policy.ExitsOnPoweroff = s.plan.ExitsOnPoweroff
-	warnings, err := CheckHost(s.d)
+	warnings, err := CheckHost(ctx, s.d, qemuImgBeside(s.plan.Argv[0]))
 	if err != nil {
 		return err
 	}
-	s.plan.Warnings = append(s.plan.Warnings, warnings...)
+	s.plan.Warnings = append(append(s.plan.Warnings, s.d.StartWarnings()...), warnings...)
 	return prepareNVRAM(s.plan.NVRAM.Path, s.plan.NVRAM.Template)
 }
 
@@ -411,6 +417,12 @@ func (s *supervisor) connectQMP(ctx context.Context) error {
 	}
 	callCtx, cancel2 := context.WithTimeout(ctx, qmpCallTimeout)
 	defer cancel2()
+	if s.cfg.Restore == "" {
+		if err := s.prepareDevices(callCtx, mon); err != nil {
+			mon.Close()
+			return s.qemuFailed(err)
+		}
+	}
 	if run {
 		if err := qmp.Cont(callCtx, mon); err != nil {
 			mon.Close()

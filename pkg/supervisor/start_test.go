@@ -61,7 +61,8 @@ func TestStartSteps(t *testing.T) {
 		got = append(got, st.name)
 	}
 	want := []string{"plan", "look for an unrecorded QEMU", "claim the runtime directory", "claim the record",
-		"make QEMU's sockets", "serve the control socket", "serve the guest's network", "serve the console", "start QEMU", "connect QMP",
+		"make QEMU's sockets", "serve the control socket", "serve the guest's network", "serve the console", "bind the shares' sockets", "start QEMU",
+		"start the shares' virtiofsd", "connect QMP",
 		"record the running state"}
 	if !slices.Equal(got, want) {
 		t.Errorf("steps %q; want %q", got, want)

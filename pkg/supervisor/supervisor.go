@@ -86,8 +86,10 @@ type supervisor struct {
 
 	qemu   *exec.Cmd
 	qemuID proc.ID
-	done   chan struct{} // closed when QEMU has exited
-	waited error         // cmd.Wait's result; read only after done is closed
+	// virtiofsd serve the guest's virtiofs shares; each ends with QEMU.
+	virtiofsd []helperProcess
+	done      chan struct{} // closed when QEMU has exited
+	waited    error         // cmd.Wait's result; read only after done is closed
 
 	// net serves the guest's network: the vmchannel relay, and on
 	// minivirt's own network its stack and forwards. QEMU 7.2's -netdev
@@ -166,6 +168,7 @@ func (s *supervisor) snapshotLocked() store.Runtime {
 // the record is retried until it lands.
 func (s *supervisor) follow() error {
 	<-s.done
+	s.stopVirtiofsd()
 	text, clean := exitText(s.waited)
 	s.step(Input{Kind: EvExited, Clean: clean, Detail: text})
 	s.monitor().Close()

@@ -1,0 +1,141 @@
+package domain
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"libvirt.org/go/libvirtxml"
+)
+
+// The rules of <filesystem>: a host directory shared with the guest, by 9p
+// (QEMU's own -fsdev local) or virtiofs (QEMU's virtiofsd, which the
+// supervisor starts and stops).
+
+// Share is one host directory shared with the guest, normalised from a
+// <filesystem type='mount'>.
+type Share struct {
+	// Driver is "path" (9p) or "virtiofs".
+	Driver string
+	// Source is the host directory, Tag what the guest mounts it by.
+	Source, Tag string
+	ReadOnly    bool
+	// AccessMode is 9p's security model: passthrough, mapped or squash.
+	AccessMode string
+}
+
+var mountTagPattern = lazyRegexp(`^[A-Za-z0-9_./-]{1,31}$`)
+
+func (ck *checker) validateFilesystems() error {
+	d := ck.d
+	tags := map[string]bool{}
+	for i, fs := range d.Devices.Filesystems {
+		where := fmt.Sprintf("filesystem %d", i)
+		ck.unsupported(where, unhandled(&fs, "AccessMode", "Driver", "Source", "Target", "ReadOnly", "Alias", "Address", "Binary"))
+		if fs.Source == nil || fs.Source.Mount == nil {
+			kind := "without a source"
+			if fs.Source != nil {
+				kind = strings.Join(unhandled(fs.Source), "")
+			}
+			ck.refuseAtStart("%s %s: minivirt shares host directories (type='mount') only", where, kind)
+			continue
+		}
+		if fs.Source.Mount.Socket != "" {
+			ck.unsupported(where+" source", []string{"attribute socket (an external virtiofsd)"})
+			continue
+		}
+		if err := absPath(where+" source dir", fs.Source.Mount.Dir); err != nil {
+			return err
+		}
+		if fs.Target == nil || !mountTagPattern().MatchString(fs.Target.Dir) {
+			tag := ""
+			if fs.Target != nil {
+				tag = fs.Target.Dir
+			}
+			return fmt.Errorf("%s target dir %q: the mount tag the guest uses, 1-31 characters of A-Z a-z 0-9 _ . / -", where, tag)
+		}
+		if tags[fs.Target.Dir] {
+			return fmt.Errorf("%s target dir %q: used twice", where, fs.Target.Dir)
+		}
+		tags[fs.Target.Dir] = true
+		driver := "path"
+		if dr := fs.Driver; dr != nil {
+			ck.unsupported(where+" driver", unhandled(dr, "Type", "WRPolicy", "Queue"))
+			if dr.Type != "" {
+				driver = dr.Type
+			}
+			if dr.WRPolicy != "" && dr.WRPolicy != "immediate" {
+				return fmt.Errorf("%s driver wrpolicy %q: must be immediate", where, dr.WRPolicy)
+			}
+		}
+		switch driver {
+		case "path":
+			if err := oneOf(where+" accessmode", fs.AccessMode, []string{"passthrough", "mapped", "squash"}); err != nil {
+				return err
+			}
+			if fs.Binary != nil {
+				return fmt.Errorf("%s binary: only for driver type='virtiofs'", where)
+			}
+		case "virtiofs":
+			if fs.AccessMode != "" && fs.AccessMode != "passthrough" {
+				return fmt.Errorf("%s accessmode %q: virtiofs has passthrough only", where, fs.AccessMode)
+			}
+			if fs.ReadOnly != nil {
+				ck.refuseAtStart("%s readonly: QEMU 7.2's virtiofsd cannot share a directory read-only; use driver type='path' (9p) or remove <readonly/> to start the domain", where)
+			}
+			if b := fs.Binary; b != nil {
+				ck.unsupported(where+" binary", unhandled(b, "Path", "XAttr", "Cache", "Sandbox"))
+				if b.Path != "" {
+					if err := absPath(where+" binary path", b.Path); err != nil {
+						return err
+					}
+				}
+				if b.Cache != nil {
+					if err := oneOf(where+" binary cache mode", b.Cache.Mode, []string{"none", "always", "auto"}); err != nil {
+						return err
+					}
+				}
+			}
+		case "handle", "loop", "nbd", "ploop", "mtp":
+			ck.refuseAtStart("%s driver type %q: QEMU shares directories by 9p (type='path') or virtiofs; use one of them", where, driver)
+		default:
+			return fmt.Errorf("%s driver type %q: must be path or virtiofs", where, driver)
+		}
+	}
+	return nil
+}
+
+// AddShare adds a <filesystem> that shares s with the guest.
+func (d *Domain) AddShare(s Share) {
+	fs := libvirtxml.DomainFilesystem{AccessMode: s.AccessMode,
+		Source: &libvirtxml.DomainFilesystemSource{Mount: &libvirtxml.DomainFilesystemSourceMount{Dir: s.Source}},
+		Target: &libvirtxml.DomainFilesystemTarget{Dir: s.Tag}}
+	if s.Driver != "" && s.Driver != "path" {
+		fs.Driver = &libvirtxml.DomainFilesystemDriver{Type: s.Driver}
+	}
+	if s.ReadOnly {
+		fs.ReadOnly = &libvirtxml.DomainFilesystemReadOnly{}
+	}
+	devices := *d.Devices
+	devices.Filesystems = append(append([]libvirtxml.DomainFilesystem(nil), d.Devices.Filesystems...), fs)
+	d.Devices = &devices
+}
+
+// Shares returns the host directories shared with the guest.
+func (d *Domain) Shares() []Share {
+	var out []Share
+	for _, fs := range d.Devices.Filesystems {
+		if fs.Source == nil || fs.Source.Mount == nil || fs.Target == nil {
+			continue
+		}
+		s := Share{Driver: "path", Source: filepath.Clean(fs.Source.Mount.Dir), Tag: fs.Target.Dir, ReadOnly: fs.ReadOnly != nil, AccessMode: fs.AccessMode}
+		if fs.Driver != nil && fs.Driver.Type != "" {
+			s.Driver = fs.Driver.Type
+		}
+		if s.AccessMode == "" {
+			s.AccessMode = "passthrough"
+		}
+		out = append(out, s)
+	}
+	return out
+}

@@ -1,0 +1,344 @@
+package domain
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	"libvirt.org/go/libvirtxml"
+)
+
+// The rules of the guest's memory: <currentMemory> (the balloon's target),
+// <maxMemory> with its DIMM slots and the <memory model='dimm'> devices that
+// fill them, <memoryBacking> (memfd, file or anonymous; shared or private;
+// huge pages, locked, preallocated) and the NUMA cells of <cpu>.
+
+// MemoryBackings are the kinds of memory a guest's RAM can be backed by.
+var memorySources = []string{"anonymous", "memfd", "file"}
+
+func (ck *checker) validateMemory() error {
+	d := ck.d
+	if c := d.CurrentMemory; c != nil {
+		if c.Value > d.Memory.Value {
+			return fmt.Errorf("currentMemory %d KiB: more than memory %d KiB; it is the balloon's target, at most memory", c.Value, d.Memory.Value)
+		}
+		if c.Value == 0 {
+			return fmt.Errorf("currentMemory 0 KiB: must be greater than 0")
+		}
+		if c.Value < d.Memory.Value && d.Devices.MemBalloon != nil && d.Devices.MemBalloon.Model == "none" {
+			return fmt.Errorf("currentMemory %d KiB: below memory %d KiB needs the balloon; remove <memballoon model='none'> or make them equal", c.Value, d.Memory.Value)
+		}
+	}
+	if m := d.MaximumMemory; m != nil {
+		if m.Value < d.Memory.Value && m.Value != 0 {
+			return fmt.Errorf("maxMemory %d KiB: less than memory %d KiB; it is the most the guest can grow to", m.Value, d.Memory.Value)
+		}
+		if m.Slots > 256 {
+			return fmt.Errorf("maxMemory slots %d: must be at most 256 (the DIMM slots)", m.Slots)
+		}
+	}
+	dimms := 0
+	var plugged uint
+	for i, m := range d.Devices.Memorydevs {
+		where := fmt.Sprintf("memory device %d model %s", i, m.Model)
+		if m.Model != "dimm" {
+			ck.unsupported("devices", []string{"<memory model='" + m.Model + "'>"})
+			continue
+		}
+		dimms++
+		ck.unsupported(where, unhandled(&m, "Model", "Target", "Source", "Alias", "Address", "Access", "Discard"))
+		if d.MaximumMemory == nil {
+			return fmt.Errorf("%s: needs <maxMemory slots=''> (the DIMM slots it plugs into)", where)
+		}
+		if m.Target == nil || m.Target.Size == nil || m.Target.Size.Value == 0 {
+			return fmt.Errorf("%s: needs <target><size unit='MiB'>N</size></target>", where)
+		}
+		ck.unsupported(where+" target", unhandled(m.Target, "Size", "Node"))
+		if m.Target.Size.Value%1024 != 0 {
+			return fmt.Errorf("%s target size %d KiB: must be a whole number of MiB", where, m.Target.Size.Value)
+		}
+		plugged += m.Target.Size.Value
+		if s := m.Source; s != nil {
+			ck.unsupported(where+" source", unhandled(s, "PageSize", "NodeMask"))
+		}
+		if a := m.Address; a != nil && a.DIMM == nil {
+			return fmt.Errorf("%s address: must be type='dimm'", where)
+		}
+		if err := oneOf(where+" access", m.Access, []string{"shared", "private"}); err != nil {
+			return err
+		}
+		if err := oneOf(where+" discard", m.Discard, yesNo); err != nil {
+			return err
+		}
+	}
+	if mm := d.MaximumMemory; mm != nil {
+		if uint(dimms) > mm.Slots {
+			return fmt.Errorf("maxMemory slots %d: the domain has %d DIMMs", mm.Slots, dimms)
+		}
+		if d.Memory.Value <= plugged && plugged > 0 {
+			return fmt.Errorf("memory %d KiB: counts the DIMMs' %d KiB, as in libvirt, so must be more", d.Memory.Value, plugged)
+		}
+	}
+	if b := d.MemoryBacking; b != nil {
+		ck.unsupported("memoryBacking", unhandled(b, "MemoryHugePages", "MemoryNosharepages", "MemoryLocked",
+			"MemorySource", "MemoryAccess", "MemoryAllocation", "MemoryDiscard"))
+		if s := b.MemorySource; s != nil {
+			if err := oneOf("memoryBacking source type", s.Type, memorySources); err != nil {
+				return err
+			}
+		}
+		if a := b.MemoryAccess; a != nil {
+			if err := oneOf("memoryBacking access mode", a.Mode, []string{"shared", "private"}); err != nil {
+				return err
+			}
+		}
+		if a := b.MemoryAllocation; a != nil {
+			if err := oneOf("memoryBacking allocation mode", a.Mode, []string{"immediate", "ondemand"}); err != nil {
+				return err
+			}
+		}
+		if h := b.MemoryHugePages; h != nil {
+			for _, p := range h.Hugepages {
+				if p.Nodeset != "" {
+					ck.unsupported("memoryBacking hugepages page", []string{"attribute nodeset"})
+				}
+				if _, err := toKiB("memoryBacking hugepages page size", p.Size, p.Unit); err != nil {
+					return err
+				}
+			}
+			if len(h.Hugepages) > 1 {
+				ck.unsupported("memoryBacking hugepages", []string{"more than one <page>"})
+			}
+		}
+	}
+	return ck.validateNUMA()
+}
+
+func (ck *checker) validateNUMA() error {
+	d := ck.d
+	if d.CPU == nil || d.CPU.Numa == nil {
+		return nil
+	}
+	n := d.CPU.Numa
+	ck.unsupported("cpu numa", unhandled(n, "Cell"))
+	var total uint
+	for i, cell := range n.Cell {
+		where := fmt.Sprintf("cpu numa cell %d", i)
+		ck.unsupported(where, unhandled(&cell, "ID", "CPUs", "Memory", "Unit", "MemAccess", "Discard"))
+		if cell.ID != nil && *cell.ID != uint(i) {
+			return fmt.Errorf("%s id %d: cells are numbered in order from 0", where, *cell.ID)
+		}
+		if cell.CPUs != "" {
+			if _, err := CPUList(cell.CPUs, d.VCPU.Value); err != nil {
+				return fmt.Errorf("%s cpus %q: %w", where, cell.CPUs, err)
+			}
+		}
+		if cell.Memory == 0 {
+			return fmt.Errorf("%s memory 0 KiB: must be more than 0", where)
+		}
+		if err := oneOf(where+" memAccess", cell.MemAccess, []string{"shared", "private"}); err != nil {
+			return err
+		}
+		if err := oneOf(where+" discard", cell.Discard, yesNo); err != nil {
+			return err
+		}
+		total += cell.Memory
+	}
+	return nil
+}
+
+// CPUList parses a libvirt CPU list ("0-3,5", "^2" excludes) of CPUs below
+// n, in order.
+func CPUList(s string, n uint) ([]uint, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, fmt.Errorf("empty")
+	}
+	set := map[uint]bool{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		exclude := strings.HasPrefix(part, "^")
+		part = strings.TrimPrefix(part, "^")
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.ParseUint(lo, 10, 16)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a CPU number", lo)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.ParseUint(hi, 10, 16); err != nil || b < a {
+				return nil, fmt.Errorf("%q is not a CPU range", part)
+			}
+		}
+		if b >= uint64(n) {
+			return nil, fmt.Errorf("CPU %d: the domain has %d vcpus", b, n)
+		}
+		for c := a; c <= b; c++ {
+			set[uint(c)] = !exclude
+		}
+	}
+	var out []uint
+	for c := uint(0); c < n; c++ {
+		if set[c] {
+			out = append(out, c)
+		}
+	}
+	return out, nil
+}
+
+// MemoryBacking is how the guest's RAM is backed, normalised from
+// <memoryBacking>, the NUMA cells' memAccess and what devices need.
+type MemoryBacking struct {
+	// Source is "anonymous", "memfd" or "file".
+	Source string
+	// Shared maps the RAM shared: vhost-user backends (virtiofsd) need it.
+	Shared bool
+	// HugePageKiB, when not 0, backs RAM by huge pages of this size.
+	HugePageKiB uint
+	Locked      bool // mlock the guest's RAM (-overcommit mem-lock=on)
+	NoShare     bool // no KSM (mem-merge=off)
+	Prealloc    bool // allocation mode immediate
+	Discard     bool
+	// Explicit is set when the RAM needs a memory backend object at all.
+	Explicit bool
+}
+
+// Backing returns how the domain's RAM is backed. Shared memory by memfd
+// is chosen when a device needs it (virtiofs) and the domain names no source.
+func (d *Domain) Backing() MemoryBacking {
+	var mb MemoryBacking
+	mb.Source = "anonymous"
+	if b := d.MemoryBacking; b != nil {
+		if b.MemorySource != nil && b.MemorySource.Type != "" {
+			mb.Source = b.MemorySource.Type
+		}
+		mb.Shared = b.MemoryAccess != nil && b.MemoryAccess.Mode == "shared"
+		if h := b.MemoryHugePages; h != nil {
+			mb.HugePageKiB = 2048 // the host's default huge page size on x86
+			if len(h.Hugepages) > 0 {
+				mb.HugePageKiB, _ = toKiB("", h.Hugepages[0].Size, h.Hugepages[0].Unit)
+			}
+		}
+		mb.Locked = b.MemoryLocked != nil
+		mb.NoShare = b.MemoryNosharepages != nil
+		mb.Prealloc = b.MemoryAllocation != nil && b.MemoryAllocation.Mode == "immediate"
+		mb.Discard = b.MemoryDiscard != nil
+	}
+	if d.needsSharedMemory() {
+		mb.Shared = true
+		if mb.Source == "anonymous" && mb.HugePageKiB == 0 {
+			mb.Source = "memfd"
+		}
+	}
+	mb.Explicit = mb.Source != "anonymous" || mb.Shared || mb.HugePageKiB != 0 || mb.Prealloc || mb.Discard
+	return mb
+}
+
+// needsSharedMemory reports whether a device of the domain reads the
+// guest's RAM from another process (a virtiofs share).
+func (d *Domain) needsSharedMemory() bool {
+	for _, fs := range d.Devices.Filesystems {
+		if fs.Driver != nil && fs.Driver.Type == "virtiofs" {
+			return true
+		}
+	}
+	return false
+}
+
+// BalloonTarget returns the balloon's target in KiB when the domain starts
+// below its memory (<currentMemory>), or 0.
+func (d *Domain) BalloonTarget() uint {
+	if c := d.CurrentMemory; c != nil && c.Value < d.Memory.Value {
+		return c.Value
+	}
+	return 0
+}
+
+// DIMM is one <memory model='dimm'> device, normalised.
+type DIMM struct {
+	SizeMiB uint64
+	Node    uint
+	Slot    *uint
+	Addr    *uint64
+}
+
+// DIMMs returns the domain's DIMMs.
+func (d *Domain) DIMMs() []DIMM {
+	var out []DIMM
+	for _, m := range d.Devices.Memorydevs {
+		if m.Model != "dimm" || m.Target == nil || m.Target.Size == nil {
+			continue
+		}
+		dm := DIMM{SizeMiB: uint64(m.Target.Size.Value) / 1024}
+		if m.Target.Node != nil {
+			dm.Node = m.Target.Node.Value
+		}
+		if a := m.Address; a != nil && a.DIMM != nil {
+			dm.Slot, dm.Addr = a.DIMM.Slot, a.DIMM.Base
+		}
+		out = append(out, dm)
+	}
+	return out
+}
+
+// NUMACells returns the NUMA cells of <cpu><numa>.
+func (d *Domain) NUMACells() []libvirtxml.DomainCell {
+	if d.CPU == nil || d.CPU.Numa == nil {
+		return nil
+	}
+	return d.CPU.Numa.Cell
+}
+
+// normaliseMemory writes every size in KiB, as libvirt does.
+func (d *Domain) normaliseMemory() error {
+	var err error
+	if m := d.MaximumMemory; m != nil {
+		if m.Value, err = toKiB("maxMemory", m.Value, m.Unit); err != nil {
+			return err
+		}
+		m.Unit = "KiB"
+	}
+	for i := range d.Devices.Memorydevs {
+		m := &d.Devices.Memorydevs[i]
+		if m.Target != nil && m.Target.Size != nil {
+			if m.Target.Size.Value, err = toKiB("memory device target size", m.Target.Size.Value, m.Target.Size.Unit); err != nil {
+				return err
+			}
+			m.Target.Size.Unit = "KiB"
+		}
+	}
+	if d.CPU != nil && d.CPU.Numa != nil && len(d.CPU.Numa.Cell) > 0 {
+		var total uint
+		for i := range d.CPU.Numa.Cell {
+			c := &d.CPU.Numa.Cell[i]
+			if c.Memory, err = toKiB("cpu numa cell memory", c.Memory, c.Unit); err != nil {
+				return err
+			}
+			c.Unit = "KiB"
+			total += c.Memory
+		}
+		// As libvirt: the NUMA cells are the initial memory, and <memory>
+		// is that and the DIMMs.
+		d.Memory.Value = total + d.dimmKiB()
+	}
+	return nil
+}
+
+// dimmKiB is the memory the domain's DIMMs add.
+func (d *Domain) dimmKiB() uint {
+	var n uint
+	for _, m := range d.Devices.Memorydevs {
+		if m.Target != nil && m.Target.Size != nil {
+			n += m.Target.Size.Value
+		}
+	}
+	return n
+}
+
+// InitialMemoryKiB is the guest's memory at boot, without its DIMMs: QEMU's
+// -m size. As in libvirt, <memory> counts the DIMMs.
+func (d *Domain) InitialMemoryKiB() uint {
+	if d.dimmKiB() >= d.Memory.Value {
+		return d.Memory.Value
+	}
+	return d.Memory.Value - d.dimmKiB()
+}

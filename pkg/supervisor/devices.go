@@ -1,0 +1,120 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"syscall"
+
+	"libvirt.org/go/libvirtxml"
+
+	"github.com/minivirt/minivirt/pkg/qmp"
+)
+
+// prepareDevices sets, before the guest runs its first instruction, what
+// QEMU's command line cannot say: the balloon's target (<currentMemory>
+// below <memory>) and the removable drives whose tray starts open.
+func (s *supervisor) prepareDevices(ctx context.Context, mon qmp.Monitor) error {
+	if kib := s.plan.BalloonKiB; kib != 0 {
+		if _, err := mon.Run(ctx, "balloon", map[string]any{"value": uint64(kib) * 1024}); err != nil {
+			return fmt.Errorf("currentMemory %d KiB: setting the balloon's target: %w", kib, err)
+		}
+	}
+	for _, dev := range s.plan.OpenTrays {
+		if _, err := mon.Run(ctx, "blockdev-open-tray", map[string]any{"id": dev, "force": true}); err != nil {
+			return fmt.Errorf("disk %s target tray open: %w", dev, err)
+		}
+	}
+	return nil
+}
+
+// MediaRequest is OpChangeMedia's request: a new medium for the removable
+// drive Disk (a cdrom or floppy, by target dev), or none (eject).
+type MediaRequest struct {
+	Disk string `json:"disk"`
+	// Source is the image to insert, an absolute path; empty ejects.
+	Source string `json:"source,omitempty"`
+	// Force opens a tray the guest has locked.
+	Force bool `json:"force,omitempty"`
+}
+
+// changeMedia ejects a removable drive's medium or puts a new one in, the
+// way a person at the machine would: open the tray, take the medium out,
+// put the new one in, close the tray. The supervisor opens the image and
+// hands QEMU the descriptor (add-fd), so QEMU keeps its sandbox and chroot.
+func (s *supervisor) changeMedia(ctx context.Context, req MediaRequest) error {
+	s.mu.Lock()
+	live := s.live
+	s.mu.Unlock()
+	var disk *libvirtxml.DomainDisk
+	for i := range live.Devices.Disks {
+		if live.Devices.Disks[i].Target.Dev == req.Disk {
+			disk = &live.Devices.Disks[i]
+		}
+	}
+	if disk == nil {
+		return fmt.Errorf("disk %s: the domain has no such disk", req.Disk)
+	}
+	if disk.Device != "cdrom" && disk.Device != "floppy" {
+		return fmt.Errorf("disk %s: a %s has no removable medium; only a cdrom or floppy does", req.Disk, disk.Device)
+	}
+	mon := s.monitor()
+	sender, ok := mon.(qmp.FDSender)
+	if !ok {
+		return errors.New("change-media: the monitor cannot pass descriptors")
+	}
+	if _, err := mon.Run(ctx, "blockdev-open-tray", map[string]any{"id": req.Disk, "force": req.Force}); err != nil {
+		return fmt.Errorf("disk %s: opening the tray: %w (the guest may hold it locked: --force)", req.Disk, err)
+	}
+	if _, err := mon.Run(ctx, "blockdev-remove-medium", map[string]any{"id": req.Disk}); err != nil {
+		return fmt.Errorf("disk %s: taking the medium out: %w", req.Disk, err)
+	}
+	if req.Source == "" {
+		s.setMedium(req.Disk, "")
+		return nil
+	}
+	readOnly := disk.Device == "cdrom" || disk.ReadOnly != nil
+	flags := os.O_RDWR
+	if readOnly {
+		flags = os.O_RDONLY
+	}
+	f, err := os.OpenFile(req.Source, flags|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("disk %s source %s: %w", req.Disk, req.Source, unwrap(err))
+	}
+	defer f.Close()
+	set, err := sender.AddFD(ctx, f)
+	if err != nil {
+		return err
+	}
+	// QEMU holds its own copy once the medium is in: the set goes.
+	defer mon.Run(context.WithoutCancel(ctx), "remove-fd", map[string]any{"fdset-id": set})
+	format := "raw"
+	if disk.Driver != nil && disk.Driver.Type != "" {
+		format = disk.Driver.Type
+	}
+	mode := "read-write"
+	if readOnly {
+		mode = "read-only"
+	}
+	args := map[string]any{"id": req.Disk, "filename": fmt.Sprintf("/dev/fdset/%d", set), "format": format, "read-only-mode": mode}
+	if _, err := mon.Run(ctx, "blockdev-change-medium", args); err != nil {
+		return fmt.Errorf("disk %s: putting %s in: %w", req.Disk, req.Source, err)
+	}
+	s.setMedium(req.Disk, req.Source)
+	return nil
+}
+
+// setMedium records a drive's medium in the live domain (what a save
+// keeps).
+func (s *supervisor) setMedium(dev, path string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next := s.live.Clone()
+	if err := next.SetMedium(dev, path); err != nil {
+		s.logf("disk %s: recording the medium: %v", dev, err)
+		return
+	}
+	s.live = next
+}

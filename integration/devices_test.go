@@ -121,6 +121,10 @@ func TestLibvirtDevices(t *testing.T) {
 	expect("empty cdrom", wait("[ -b /dev/sr0 ]")+`head -c 4 /dev/sr0 >/dev/null 2>&1 && echo HAS-MEDIUM || echo NO-MEDIUM`, "NO-MEDIUM")
 	h.OK("", "change-media", "dev", "sdb", medium)
 	expect("cdrom after change-media", wait(`head -c 17 /dev/sr0 2>/dev/null | grep -q CDROM-MEDIUM-MARK`)+`head -c 17 /dev/sr0`, "CDROM-MEDIUM-MARK")
+	// A medium that cannot be opened changes nothing: the guest still
+	// reads the one it has.
+	h.fails("disk sdb source "+filepath.Join(h.top, "missing.iso"), "change-media", "dev", "sdb", filepath.Join(h.top, "missing.iso"))
+	expect("cdrom after a failed change-media", `head -c 17 /dev/sr0`, "CDROM-MEDIUM-MARK")
 	h.OK("", "change-media", "dev", "sdb", "--eject")
 	expect("cdrom after eject", wait(`! head -c 4 /dev/sr0 >/dev/null 2>&1`)+`head -c 4 /dev/sr0 >/dev/null 2>&1 && echo HAS-MEDIUM || echo NO-MEDIUM`, "NO-MEDIUM")
 

@@ -75,10 +75,7 @@ func (ck *checker) checkDriveAddress(where string, disk libvirtxml.DomainDisk, b
 		ck.refuseAtStart("%s address type %s: minivirt places a disk on bus %s by drive address; use type='drive' or remove the address to start the domain", where, addressType(a), bus)
 		return nil
 	}
-	if bus == "scsi" {
-		if _, ok := d.SCSIController(zero(a.Drive.Controller)); !ok && zero(a.Drive.Controller) != 0 {
-			return fmt.Errorf("%s address controller %d: the domain has no such SCSI controller", where, zero(a.Drive.Controller))
-		}
+	if bus == "scsi" { // a controller it names and the domain lacks is added, as libvirt does
 		return nil
 	}
 	if bus == "usb" || bus == "fdc" {
@@ -95,16 +92,14 @@ func (ck *checker) checkDriveAddress(where string, disk libvirtxml.DomainDisk, b
 }
 
 // SCSIAddress is where a disk on a SCSI bus sits: its drive address, or
-// libvirt's default from its target name (sda is unit 0 of controller 0;
-// an lsilogic controller has 7 units).
+// libvirt's default from its target name, whatever the controller's model:
+// seven units per controller (sda is unit 0 of controller 0, sdh unit 0 of
+// controller 1).
 func (d *Domain) SCSIAddress(disk libvirtxml.DomainDisk) (controller, bus, target, unit uint) {
 	if a := disk.Address; a != nil && a.Drive != nil {
 		return zero(a.Drive.Controller), zero(a.Drive.Bus), zero(a.Drive.Target), zero(a.Drive.Unit)
 	}
 	n := DiskIndex(disk.Target.Dev)
-	if model, _ := d.SCSIController(0); model == "virtio-scsi-pci" {
-		return 0, 0, 0, n
-	}
 	return n / 7, 0, 0, n % 7
 }
 

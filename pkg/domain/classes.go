@@ -156,6 +156,14 @@ func (d *Domain) StartWarnings() []string {
 	if k := d.KeptElements(); len(k) > 0 {
 		out = append(out, "kept, not applied: "+strings.Join(k, ", ")+" (pinning and host limits change nothing the guest sees)")
 	}
+	if len(d.SMBIOSTables().Tables) == 0 {
+		for _, si := range d.SysInfo {
+			if si.SMBIOS != nil {
+				out = append(out, "<sysinfo type='smbios'> is kept and not given to the guest: as in libvirt, add <smbios mode='sysinfo'/> to <os> for that")
+				break
+			}
+		}
+	}
 	for _, nic := range d.Devices.Interfaces {
 		if nic.Source != nil && nic.Source.Network != nil {
 			out = append(out, fmt.Sprintf("interface type='network' (%s): minivirt gives it its user network with NAT (10.0.2.0/24, the host's loopback at 10.0.2.2), as libvirt's default network is NAT too", nic.Source.Network.Network))

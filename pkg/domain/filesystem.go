@@ -37,7 +37,7 @@ func (ck *checker) validateFilesystems() error {
 			if fs.Source != nil {
 				kind = strings.Join(unhandled(fs.Source), "")
 			}
-			ck.refuseAtStart("%s %s: minivirt shares host directories (type='mount') only", where, kind)
+			ck.refuseAtStart("%s %s: minivirt shares host directories (type='mount') only; remove it to start the domain", where, kind)
 			continue
 		}
 		if fs.Source.Mount.Socket != "" {
@@ -80,6 +80,9 @@ func (ck *checker) validateFilesystems() error {
 			if fs.AccessMode != "" && fs.AccessMode != "passthrough" {
 				return fmt.Errorf("%s accessmode %q: virtiofs has passthrough only", where, fs.AccessMode)
 			}
+			if strings.Contains(fs.Source.Mount.Dir, ",") {
+				ck.refuseAtStart("%s source dir %q: QEMU's virtiofsd splits its options at commas and cannot take this path; share a directory without one to start the domain", where, fs.Source.Mount.Dir)
+			}
 			if fs.ReadOnly != nil {
 				ck.refuseAtStart("%s readonly: QEMU 7.2's virtiofsd cannot share a directory read-only; use driver type='path' (9p) or remove <readonly/> to start the domain", where)
 			}
@@ -92,6 +95,14 @@ func (ck *checker) validateFilesystems() error {
 				}
 				if b.Cache != nil {
 					if err := oneOf(where+" binary cache mode", b.Cache.Mode, []string{"none", "always", "auto"}); err != nil {
+						return err
+					}
+				}
+				if err := oneOf(where+" binary xattr", b.XAttr, onOff); err != nil {
+					return err
+				}
+				if b.Sandbox != nil {
+					if err := oneOf(where+" binary sandbox mode", b.Sandbox.Mode, []string{"namespace", "chroot"}); err != nil {
 						return err
 					}
 				}
@@ -125,17 +136,25 @@ func (d *Domain) AddShare(s Share) {
 func (d *Domain) Shares() []Share {
 	var out []Share
 	for _, fs := range d.Devices.Filesystems {
-		if fs.Source == nil || fs.Source.Mount == nil || fs.Target == nil {
-			continue
+		if s, ok := ShareOf(fs); ok {
+			out = append(out, s)
 		}
-		s := Share{Driver: "path", Source: filepath.Clean(fs.Source.Mount.Dir), Tag: fs.Target.Dir, ReadOnly: fs.ReadOnly != nil, AccessMode: fs.AccessMode}
-		if fs.Driver != nil && fs.Driver.Type != "" {
-			s.Driver = fs.Driver.Type
-		}
-		if s.AccessMode == "" {
-			s.AccessMode = "passthrough"
-		}
-		out = append(out, s)
 	}
 	return out
+}
+
+// ShareOf returns the host directory a <filesystem> shares, or false when
+// it shares none (start refuses such a filesystem).
+func ShareOf(fs libvirtxml.DomainFilesystem) (Share, bool) {
+	if fs.Source == nil || fs.Source.Mount == nil || fs.Target == nil {
+		return Share{}, false
+	}
+	s := Share{Driver: "path", Source: filepath.Clean(fs.Source.Mount.Dir), Tag: fs.Target.Dir, ReadOnly: fs.ReadOnly != nil, AccessMode: fs.AccessMode}
+	if fs.Driver != nil && fs.Driver.Type != "" {
+		s.Driver = fs.Driver.Type
+	}
+	if s.AccessMode == "" {
+		s.AccessMode = "passthrough"
+	}
+	return s, true
 }

@@ -69,7 +69,7 @@ func (ck *checker) validateInterfaces() error {
 			ck.unsupported("interface type 'user' source", []string{"attribute dev"})
 		}
 		if !contains(nicModels, nic.Model.Type) {
-			ck.refuseAtStart("interface model type %q: minivirt gives the guest %s", nic.Model.Type, strings.Join(nicModels, ", "))
+			ck.refuseAtStart("interface model type %q: minivirt gives the guest %s; change it to start the domain", nic.Model.Type, strings.Join(nicModels, ", "))
 		}
 		if dr := nic.Driver; dr != nil {
 			ck.unsupported(where+" driver", unhandled(dr, "Name"))
@@ -115,6 +115,8 @@ func (ck *checker) validateControllers() error {
 		if c.Driver != nil {
 			if c.Type != "scsi" {
 				ck.unsupported(where, []string{"<driver>"})
+			} else if c.Model != "virtio-scsi" {
+				ck.refuseAtStart("%s driver: only a virtio-scsi controller takes queues, iothread, cmd_per_lun and max_sectors; remove it to start the domain", where)
 			} else {
 				ck.unsupported(where+" driver", unhandled(c.Driver, "Queues", "IOThread", "CmdPerLUN", "MaxSectors"))
 				if c.Driver.IOThread != 0 && !d.hasIOThread(c.Driver.IOThread) {
@@ -149,8 +151,10 @@ func (ck *checker) validateControllers() error {
 			if !contains(append([]string{""}, scsiModels...), c.Model) {
 				ck.refuseAtStart("%s: minivirt gives the guest virtio-scsi or lsilogic; change the model to start the domain", where)
 			}
-		default:
+		case "ccid", "xenbus", "isa", "nvme":
 			ck.refuseAtStart("%s: minivirt has usb, pci, virtio-serial, scsi, sata, ide and fdc controllers; remove it to start the domain", where)
+		default:
+			return fmt.Errorf("controller type %q: not a libvirt controller type; use usb, pci, virtio-serial, scsi, sata, ide or fdc", c.Type)
 		}
 	}
 	return nil
@@ -298,7 +302,7 @@ func (ck *checker) validateOtherDevices() error {
 		}
 	}
 	if len(d.Devices.Panics) > 1 {
-		ck.refuseAtStart("panic: given %d times; minivirt gives the guest one", len(d.Devices.Panics))
+		ck.refuseAtStart("panic: given %d times; minivirt gives the guest one: keep one to start the domain", len(d.Devices.Panics))
 	}
 	return ck.validateWatchdogs()
 }

@@ -22,11 +22,8 @@ func (ck *checker) validateMemory() error {
 		if c.Value > d.Memory.Value {
 			return fmt.Errorf("currentMemory %d KiB: more than memory %d KiB; it is the balloon's target, at most memory", c.Value, d.Memory.Value)
 		}
-		if c.Value == 0 {
-			return fmt.Errorf("currentMemory 0 KiB: must be greater than 0")
-		}
 		if c.Value < d.Memory.Value && d.Devices.MemBalloon != nil && d.Devices.MemBalloon.Model == "none" {
-			return fmt.Errorf("currentMemory %d KiB: below memory %d KiB needs the balloon; remove <memballoon model='none'> or make them equal", c.Value, d.Memory.Value)
+			ck.refuseAtStart("currentMemory %d KiB: below memory %d KiB needs the balloon; remove <memballoon model='none'> or make them equal to start the domain", c.Value, d.Memory.Value)
 		}
 	}
 	if m := d.MaximumMemory; m != nil {
@@ -46,7 +43,7 @@ func (ck *checker) validateMemory() error {
 			continue
 		}
 		dimms++
-		ck.unsupported(where, unhandled(&m, "Model", "Target", "Source", "Alias", "Address", "Access", "Discard"))
+		ck.unsupported(where, unhandled(&m, "Model", "Target", "Source", "Alias", "Address", "Access"))
 		if d.MaximumMemory == nil {
 			return fmt.Errorf("%s: needs <maxMemory slots=''> (the DIMM slots it plugs into)", where)
 		}
@@ -59,7 +56,15 @@ func (ck *checker) validateMemory() error {
 		}
 		plugged += m.Target.Size.Value
 		if s := m.Source; s != nil {
-			ck.unsupported(where+" source", unhandled(s, "PageSize", "NodeMask"))
+			ck.unsupported(where+" source", unhandled(s, "PageSize"))
+			if p := s.PageSize; p != nil {
+				if _, err := toKiB(where+" source pagesize", uint(p.Value), p.Unit); err != nil {
+					return err
+				}
+			}
+		}
+		if n := m.Target.Node; n != nil && n.Value >= uint(max(len(d.NUMACells()), 1)) {
+			return fmt.Errorf("%s target node %d: the domain has %d NUMA cells; give a node below that", where, n.Value, max(len(d.NUMACells()), 1))
 		}
 		if a := m.Address; a != nil && a.DIMM == nil {
 			return fmt.Errorf("%s address: must be type='dimm'", where)
@@ -67,13 +72,10 @@ func (ck *checker) validateMemory() error {
 		if err := oneOf(where+" access", m.Access, []string{"shared", "private"}); err != nil {
 			return err
 		}
-		if err := oneOf(where+" discard", m.Discard, yesNo); err != nil {
-			return err
-		}
 	}
 	if mm := d.MaximumMemory; mm != nil {
 		if uint(dimms) > mm.Slots {
-			return fmt.Errorf("maxMemory slots %d: the domain has %d DIMMs", mm.Slots, dimms)
+			return fmt.Errorf("maxMemory slots %d: the domain has %d DIMMs; give at least %d slots", mm.Slots, dimms, dimms)
 		}
 		if d.Memory.Value <= plugged && plugged > 0 {
 			return fmt.Errorf("memory %d KiB: counts the DIMMs' %d KiB, as in libvirt, so must be more", d.Memory.Value, plugged)
@@ -96,6 +98,19 @@ func (ck *checker) validateMemory() error {
 			if err := oneOf("memoryBacking allocation mode", a.Mode, []string{"immediate", "ondemand"}); err != nil {
 				return err
 			}
+			if a.Threads != 0 && a.Mode != "immediate" {
+				return fmt.Errorf("memoryBacking allocation threads %d: only with mode='immediate'", a.Threads)
+			}
+		}
+		source := "anonymous"
+		if b.MemorySource != nil && b.MemorySource.Type != "" {
+			source = b.MemorySource.Type
+		}
+		if b.MemoryHugePages != nil && source == "file" {
+			ck.refuseAtStart("memoryBacking hugepages with source type file: minivirt backs huge pages by memfd; use source type memfd or none to start the domain")
+		}
+		if b.MemoryDiscard != nil && source != "file" {
+			ck.refuseAtStart("memoryBacking discard: QEMU discards only a file's memory; use source type file or remove <discard/> to start the domain")
 		}
 		if h := b.MemoryHugePages; h != nil {
 			for _, p := range h.Hugepages {
@@ -124,7 +139,7 @@ func (ck *checker) validateNUMA() error {
 	var total uint
 	for i, cell := range n.Cell {
 		where := fmt.Sprintf("cpu numa cell %d", i)
-		ck.unsupported(where, unhandled(&cell, "ID", "CPUs", "Memory", "Unit", "MemAccess", "Discard"))
+		ck.unsupported(where, unhandled(&cell, "ID", "CPUs", "Memory", "Unit", "MemAccess"))
 		if cell.ID != nil && *cell.ID != uint(i) {
 			return fmt.Errorf("%s id %d: cells are numbered in order from 0", where, *cell.ID)
 		}
@@ -137,9 +152,6 @@ func (ck *checker) validateNUMA() error {
 			return fmt.Errorf("%s memory 0 KiB: must be more than 0", where)
 		}
 		if err := oneOf(where+" memAccess", cell.MemAccess, []string{"shared", "private"}); err != nil {
-			return err
-		}
-		if err := oneOf(where+" discard", cell.Discard, yesNo); err != nil {
 			return err
 		}
 		total += cell.Memory
@@ -197,7 +209,9 @@ type MemoryBacking struct {
 	Locked      bool // mlock the guest's RAM (-overcommit mem-lock=on)
 	NoShare     bool // no KSM (mem-merge=off)
 	Prealloc    bool // allocation mode immediate
-	Discard     bool
+	// PreallocThreads, when not 0, is how many threads preallocate.
+	PreallocThreads uint
+	Discard         bool
 	// Explicit is set when the RAM needs a memory backend object at all.
 	Explicit bool
 }
@@ -220,7 +234,9 @@ func (d *Domain) Backing() MemoryBacking {
 		}
 		mb.Locked = b.MemoryLocked != nil
 		mb.NoShare = b.MemoryNosharepages != nil
-		mb.Prealloc = b.MemoryAllocation != nil && b.MemoryAllocation.Mode == "immediate"
+		if a := b.MemoryAllocation; a != nil && a.Mode == "immediate" {
+			mb.Prealloc, mb.PreallocThreads = true, a.Threads
+		}
 		mb.Discard = b.MemoryDiscard != nil
 	}
 	if d.needsSharedMemory() {
@@ -259,6 +275,10 @@ type DIMM struct {
 	Node    uint
 	Slot    *uint
 	Addr    *uint64
+	// Shared and HugePageKiB are its <access mode> and <source><pagesize>,
+	// as the guest's RAM has them when not set.
+	Shared      *bool
+	HugePageKiB uint
 }
 
 // DIMMs returns the domain's DIMMs.
@@ -274,6 +294,13 @@ func (d *Domain) DIMMs() []DIMM {
 		}
 		if a := m.Address; a != nil && a.DIMM != nil {
 			dm.Slot, dm.Addr = a.DIMM.Slot, a.DIMM.Base
+		}
+		if m.Access != "" {
+			shared := m.Access == "shared"
+			dm.Shared = &shared
+		}
+		if s := m.Source; s != nil && s.PageSize != nil {
+			dm.HugePageKiB, _ = toKiB("", uint(s.PageSize.Value), s.PageSize.Unit)
 		}
 		out = append(out, dm)
 	}

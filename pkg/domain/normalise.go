@@ -89,8 +89,13 @@ func (d *Domain) normalise() error {
 	if err := d.normaliseMemory(); err != nil {
 		return err
 	}
-	if c := d.CurrentMemory; c != nil && c.Value > d.Memory.Value {
-		c.Value = d.Memory.Value // as libvirt: the balloon's target is at most the memory
+	if c := d.CurrentMemory; c != nil && (c.Value > d.Memory.Value || c.Value == 0) {
+		c.Value = d.Memory.Value // as libvirt: the balloon's target is at most the memory, 0 is all of it
+	}
+	for i := range d.Devices.Videos {
+		if v := &d.Devices.Videos[i]; v.Model.Type == "" {
+			v.Model.Type = "vga" // libvirt's default for an x86 guest
+		}
 	}
 	return nil
 }

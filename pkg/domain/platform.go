@@ -33,7 +33,7 @@ func (ck *checker) validatePlatform() error {
 			s := si.SMBIOS
 			ck.unsupported(where+" type smbios", unhandled(s, "BIOS", "System", "BaseBoard", "Chassis", "OEMStrings"))
 			if len(s.BaseBoard) > 1 {
-				ck.refuseAtStart("%s baseBoard: given %d times; minivirt gives the guest one", where, len(s.BaseBoard))
+				ck.refuseAtStart("%s baseBoard: given %d times; minivirt gives the guest one: keep one to start the domain", where, len(s.BaseBoard))
 			}
 			for table, entries := range d.smbiosEntries(s) {
 				for _, e := range entries {

@@ -76,12 +76,6 @@ func (ck *checker) validateDisks() error {
 		if (bus == "fdc") != (disk.Device == "floppy") {
 			return fmt.Errorf("%s: a floppy is on bus fdc, and only a floppy; use device='floppy' with target dev 'fda' or 'fdb', or another bus", where)
 		}
-		if bus == "scsi" {
-			c, _, _, _ := d.SCSIAddress(disk)
-			if _, ok := d.SCSIController(c); !ok && c != 0 {
-				return fmt.Errorf("%s: on SCSI controller %d, which the domain does not have; add <controller type='scsi' index='%d' model='virtio-scsi'/>", where, c, c)
-			}
-		}
 		if bus == "usb" && disk.Device == "cdrom" {
 			ck.refuseAtStart("%s: a cdrom on bus usb is not supported by minivirt; use sata or scsi to start the domain", where)
 		}
@@ -108,6 +102,9 @@ func (ck *checker) validateDisks() error {
 		}
 		if Empty(disk) && disk.BackingStore != nil {
 			return fmt.Errorf("%s backingStore: an empty drive has no image to back", where)
+		}
+		if disk.BackingStore != nil && disk.Source != nil && disk.Source.Network != nil {
+			ck.refuseAtStart("%s backingStore: minivirt checks the chain of a file or block device only; remove <backingStore> to start the domain", where)
 		}
 		if err := ck.validateDiskDriver(where, disk, bus); err != nil {
 			return err
@@ -166,7 +163,7 @@ func (ck *checker) validateDiskDriver(where string, disk libvirtxml.DomainDisk, 
 		{"name", dr.Name, []string{"qemu"}}, {"type", dr.Type, diskFormats}, {"cache", dr.Cache, diskCaches},
 		{"io", dr.IO, diskIO}, {"discard", dr.Discard, []string{"unmap", "ignore"}},
 		{"detect_zeroes", dr.DetectZeros, []string{"off", "on", "unmap"}},
-		{"error_policy", dr.ErrorPolicy, diskErrorPolicies}, {"rerror_policy", dr.RErrorPolicy, diskErrorPolicies},
+		{"error_policy", dr.ErrorPolicy, diskErrorPolicies}, {"rerror_policy", dr.RErrorPolicy, []string{"stop", "report", "ignore"}},
 		{"event_idx", dr.EventIDX, onOff}, {"ioeventfd", dr.IOEventFD, onOff}, {"copy_on_read", dr.CopyOnRead, onOff},
 	} {
 		if err := oneOf(where+" driver "+c.elem, c.value, c.allowed); err != nil {
@@ -217,6 +214,10 @@ func (ck *checker) validateDiskSource(where string, disk libvirtxml.DomainDisk) 
 		ck.unsupported(where+" source", unhandled(s.Block, "Dev"))
 		return absPath(where+" source dev", s.Block.Dev)
 	case s.Network != nil:
+		p := s.Network.Protocol
+		if (p == "http" || p == "https" || p == "ftp" || p == "ftps") && disk.ReadOnly == nil && disk.Device != "cdrom" {
+			ck.refuseAtStart("%s source protocol %s: QEMU reads %s disks only; add <readonly/> to start the domain", where, p, p)
+		}
 		return ck.validateNetworkSource(where, s.Network)
 	}
 	ck.refuseAtStart("%s source %s: minivirt opens images (file), block devices (block) and nbd, http(s), ftp(s) and iscsi disks (network); change it to start the domain",

@@ -98,9 +98,12 @@ func (ck *checker) unsupported(where string, what []string) error {
 	return nil
 }
 
-// refuseAtStart records one line start refuses the domain with.
+// refuseAtStart records one line start refuses the domain with. A value
+// of the document that holds a line break keeps it escaped: one line.
 func (ck *checker) refuseAtStart(format string, args ...any) {
-	ck.atStart = append(ck.atStart, fmt.Sprintf(format, args...))
+	line := fmt.Sprintf(format, args...)
+	line = strings.NewReplacer("\n", `\n`, "\r", `\r`).Replace(line)
+	ck.atStart = append(ck.atStart, line)
 }
 
 func oneOf(elem, value string, allowed []string) error {

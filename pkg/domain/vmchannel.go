@@ -2,6 +2,7 @@ package domain
 
 import (
 	"fmt"
+	"libvirt.org/go/libvirtxml"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -20,7 +21,7 @@ var (
 
 func (ck *checker) validateChannels() error {
 	d := ck.d
-	names := map[string]bool{}
+	names, serialPorts := map[string]bool{}, map[uint]bool{}
 	for _, ch := range d.Devices.Channels {
 		if ch.Target == nil || ch.Target.GuestFWD == nil && ch.Target.VirtIO == nil {
 			ck.refuseAtStart("channel target %s: minivirt has guestfwd and virtio channels; remove it to start the domain", strings.Join(unhandled(ch.Target), ""))
@@ -34,6 +35,9 @@ func (ck *checker) validateChannels() error {
 			n := ch.Target.VirtIO.Name
 			ck.unsupported("channel virtio "+n, unhandled(&ch, "Source", "Target", "Alias", "Address", "Log"))
 			if err := ck.checkVirtioPortName(names, n); err != nil {
+				return err
+			}
+			if err := ck.checkVirtioPortAddress(serialPorts, n, ch.Address); err != nil {
 				return err
 			}
 			if err := ck.checkChardevSource("channel virtio "+n, ch.Source, ch.Log); err != nil {
@@ -70,6 +74,9 @@ func (ck *checker) validateChannels() error {
 				ck.unsupported("channel virtio "+n+" target", []string{"attribute state"})
 			}
 			if err := ck.checkVirtioPortName(names, n); err != nil {
+				return err
+			}
+			if err := ck.checkVirtioPortAddress(serialPorts, n, ch.Address); err != nil {
 				return err
 			}
 			if src.Mode == "connect" && src.Path == "" {
@@ -207,6 +214,34 @@ func CheckAddress(addr, port string) error {
 		return fmt.Errorf("vmchannel port %s address %s: is the user network's DNS server; use e.g. 10.0.2.4", port, a)
 	case last >= dhcpFirst && last <= dhcpEnd:
 		return fmt.Errorf("vmchannel port %s address %s: is in the guest's DHCP range 10.0.2.%d-%d; use e.g. 10.0.2.4", port, a, dhcpFirst, dhcpEnd)
+	}
+	return nil
+}
+
+// checkVirtioPortAddress accepts a virtio channel's address on the one
+// virtio-serial bus minivirt gives the guest, at a port no other channel
+// has; port 0 is a console's.
+func (ck *checker) checkVirtioPortAddress(ports map[uint]bool, n string, a *libvirtxml.DomainAddress) error {
+	if a == nil {
+		return nil
+	}
+	where := "channel virtio " + n + " address"
+	if a.VirtioSerial == nil {
+		ck.refuseAtStart("%s type %s: a virtio channel sits on the virtio-serial bus; use type='virtio-serial' or remove the address to start the domain", where, addressType(a))
+		return nil
+	}
+	v := a.VirtioSerial
+	if zero(v.Controller) != 0 || zero(v.Bus) != 0 {
+		ck.refuseAtStart("%s: minivirt gives the guest one virtio-serial bus (controller 0, bus 0); remove the address to start the domain", where)
+	}
+	if v.Port != nil {
+		if *v.Port == 0 || *v.Port > 30 {
+			return fmt.Errorf("%s port %d: must be 1-30 (port 0 is a console's)", where, *v.Port)
+		}
+		if ports[*v.Port] {
+			return fmt.Errorf("%s port %d: used twice", where, *v.Port)
+		}
+		ports[*v.Port] = true
 	}
 	return nil
 }

@@ -554,6 +554,14 @@ func (b *builder) consoles() error {
 	return nil
 }
 
+// virtioPort is the virtio-serial port a channel's address names, or 0.
+func virtioPort(ch libvirtxml.DomainChannel) uint {
+	if a := ch.Address; a != nil && a.VirtioSerial != nil && a.VirtioSerial.Port != nil {
+		return *a.VirtioSerial.Port
+	}
+	return 0
+}
+
 // reconnect is a client socket's reconnect= option.
 func reconnect(r *libvirtxml.DomainChardevSourceReconnect) string {
 	if r == nil || r.Enabled != "yes" {
@@ -673,19 +681,40 @@ func (b *builder) network() error {
 // by descriptor), and those on any other character device.
 func (b *builder) channels() error {
 	bound := b.d.VirtioPorts()
-	nr := uint(0)
+	// The virtio consoles have the first ports (0 up); a channel has the
+	// port its address names, else the next one free.
+	consoles := uint(0)
+	for _, c := range b.d.Devices.Consoles {
+		if c.Target != nil && c.Target.Type == "virtio" {
+			consoles++
+		}
+	}
+	used := map[uint]bool{}
+	for _, ch := range b.d.Devices.Channels {
+		if p := virtioPort(ch); p != 0 {
+			if p < consoles {
+				return fmt.Errorf("channel virtio %s address port %d: a virtio console has it; give a port from %d", ch.Target.VirtIO.Name, p, consoles)
+			}
+			used[p] = true
+		}
+	}
+	next := max(consoles, 1)
 	for i, ch := range b.d.Devices.Channels {
 		if ch.Target == nil || ch.Target.VirtIO == nil {
 			continue
 		}
-		nr++
-		if a := ch.Address; a != nil && a.VirtioSerial != nil && a.VirtioSerial.Port != nil {
-			nr = *a.VirtioSerial.Port
+		nr := virtioPort(ch)
+		if nr == 0 {
+			for used[next] {
+				next++
+			}
+			nr = next
+			used[nr] = true
 		}
 		id := fmt.Sprintf("channel%d", i)
 		name := ch.Target.VirtIO.Name
 		var dev string
-		if ch.Source.UNIX != nil && ch.Source.UNIX.Mode == "bind" {
+		if ch.Source != nil && ch.Source.UNIX != nil && ch.Source.UNIX.Mode == "bind" {
 			port := bound[0]
 			bound = bound[1:]
 			if port.Path == "" { // as libvirt does: a path of minivirt's choosing

@@ -61,7 +61,14 @@ func (b *builder) memory() error {
 	}
 	for i, dimm := range d.DIMMs() {
 		id := fmt.Sprintf("memdimm%d", i)
-		b.add("-object", b.backend(id, dimm.SizeMiB, mb, mb.Shared))
+		dmb, shared := mb, mb.Shared
+		if dimm.Shared != nil {
+			shared = *dimm.Shared
+		}
+		if dimm.HugePageKiB != 0 {
+			dmb.HugePageKiB = dimm.HugePageKiB
+		}
+		b.add("-object", b.backend(id, dimm.SizeMiB, dmb, shared))
 		dev := fmt.Sprintf("pc-dimm,node=%d,memdev=%s,id=dimm%d", dimm.Node, id, i)
 		if dimm.Slot != nil {
 			dev += fmt.Sprintf(",slot=%d", *dimm.Slot)
@@ -116,6 +123,9 @@ func (b *builder) backend(id string, size uint64, mb domain.MemoryBacking, share
 	}
 	if mb.Prealloc {
 		s += ",prealloc=on"
+		if mb.PreallocThreads != 0 {
+			s += fmt.Sprintf(",prealloc-threads=%d", mb.PreallocThreads)
+		}
 	}
 	if mb.Discard && mb.Source == "file" {
 		s += ",discard-data=on"

@@ -17,6 +17,10 @@ type VirtioFS struct {
 	Binary string
 	// Cache is virtiofsd's cache mode: none, always or auto (default).
 	Cache string
+	// XAttr passes extended attributes through (<binary xattr='on'>).
+	XAttr bool
+	// Sandbox is virtiofsd's: namespace (default) or chroot.
+	Sandbox string
 }
 
 // DefaultVirtiofsd is QEMU's virtiofsd as Debian 12 installs it.
@@ -27,9 +31,13 @@ const DefaultVirtiofsd = "/usr/lib/qemu/virtiofsd"
 // from the guest's shared memory.
 func (b *builder) filesystems() error {
 	d := b.d
-	for i, s := range d.Shares() {
+	for i, fs := range d.Devices.Filesystems {
+		s, ok := domain.ShareOf(fs)
+		if !ok {
+			return fmt.Errorf("filesystem %d: shares no host directory", i)
+		}
 		id := fmt.Sprintf("fs%d", i)
-		addr := domain.PCIAddr(d.Devices.Filesystems[i].Address)
+		addr := domain.PCIAddr(fs.Address)
 		switch s.Driver {
 		case "path":
 			model := map[string]string{"passthrough": "passthrough", "mapped": "mapped-xattr", "squash": "none"}[s.AccessMode]
@@ -37,20 +45,26 @@ func (b *builder) filesystems() error {
 			if s.ReadOnly {
 				fsdev += ",readonly=on"
 			}
+			if fs.Driver != nil && fs.Driver.WRPolicy == "immediate" {
+				fsdev += ",writeout=immediate"
+			}
 			b.add("-fsdev", fsdev, "-device", fmt.Sprintf("virtio-9p-pci,id=%s,fsdev=fsdev-%s,mount_tag=%s", id, id, escapeOpt(s.Tag))+addr)
 		case "virtiofs":
 			sock := filepath.Join(b.env.RunDir, id+".virtiofs.sock")
 			if len(sock) > domain.MaxSocketPath {
 				return fmt.Errorf("filesystem %d: the socket minivirt would bind, %s, is %d bytes, over the %d a Unix socket allows; use a shorter --run-dir", i, sock, len(sock), domain.MaxSocketPath)
 			}
-			fs := d.Devices.Filesystems[i]
-			v := VirtioFS{Share: s, Socket: sock, Binary: DefaultVirtiofsd, Cache: "auto"}
+			v := VirtioFS{Share: s, Socket: sock, Binary: DefaultVirtiofsd, Cache: "auto", Sandbox: "namespace"}
 			if bin := fs.Binary; bin != nil {
 				if bin.Path != "" {
 					v.Binary = bin.Path
 				}
 				if bin.Cache != nil && bin.Cache.Mode != "" {
 					v.Cache = bin.Cache.Mode
+				}
+				v.XAttr = bin.XAttr == "on"
+				if bin.Sandbox != nil && bin.Sandbox.Mode == "chroot" {
+					v.Sandbox = "chroot"
 				}
 			}
 			b.p.VirtioFS = append(b.p.VirtioFS, v)

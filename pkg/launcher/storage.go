@@ -2,6 +2,7 @@ package launcher
 
 import (
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
 
@@ -17,8 +18,9 @@ import (
 // diskFormatDefault is libvirt's format for a disk whose driver names none.
 const diskFormatDefault = "raw"
 
-// storageControllers adds the SCSI controllers (the domain's, and libvirt's
-// default one when a disk is on a SCSI bus the domain does not name) and, on
+// storageControllers adds the SCSI controllers (the domain's, and one of
+// libvirt's default model for each a disk is on that the domain does not
+// name, as libvirt adds them) and, on
 // q35, a floppy controller for a floppy drive.
 func (b *builder) storageControllers() error {
 	d := b.d
@@ -86,7 +88,10 @@ func (b *builder) disks() error {
 			drive += ",auto-read-only=off"
 		}
 		var opts []string
-		if dr := disk.Driver; dr != nil {
+		empty := domain.Empty(disk)
+		if dr := disk.Driver; dr != nil && !empty {
+			// The medium's options: on an empty drive QEMU would try to
+			// open a medium for them (a new one gets the defaults).
 			if dr.Cache != "" && dr.Cache != "default" {
 				opts = append(opts, "cache="+dr.Cache)
 			}
@@ -96,17 +101,19 @@ func (b *builder) disks() error {
 			if dr.Discard != "" {
 				opts = append(opts, "discard="+dr.Discard)
 			}
+		}
+		if dr := disk.Driver; dr != nil { // the BlockBackend's own options
 			if dr.DetectZeros != "" {
 				opts = append(opts, "detect-zeroes="+dr.DetectZeros)
+			}
+			if dr.CopyOnRead == "on" {
+				opts = append(opts, "copy-on-read=on")
 			}
 			if dr.ErrorPolicy != "" {
 				opts = append(opts, "werror="+strings.Replace(dr.ErrorPolicy, "enospace", "enospc", 1))
 			}
 			if dr.RErrorPolicy != "" {
 				opts = append(opts, "rerror="+dr.RErrorPolicy)
-			}
-			if dr.CopyOnRead == "on" {
-				opts = append(opts, "copy-on-read=on")
 			}
 		}
 		removable := disk.Device == "cdrom" || disk.Device == "floppy"
@@ -256,7 +263,7 @@ func networkDrive(n *libvirtxml.DomainDiskSourceNetwork) (string, error) {
 			if port == "" {
 				port = "10809"
 			}
-			s += ",file.server.type=inet,file.server.host=" + escapeOpt(h.Name) + ",file.server.port=" + port
+			s += ",file.server.type=inet,file.server.host=" + escapeOpt(h.Name) + ",file.server.port=" + port // QEMU takes an IPv6 host bare here
 		}
 		if n.Name != "" {
 			s += ",file.export=" + escapeOpt(n.Name)
@@ -264,8 +271,11 @@ func networkDrive(n *libvirtxml.DomainDiskSourceNetwork) (string, error) {
 		return s, nil
 	case "http", "https", "ftp", "ftps":
 		host := h.Name
-		if h.Port != "" {
-			host += ":" + h.Port
+		switch {
+		case h.Port != "":
+			host = net.JoinHostPort(h.Name, h.Port)
+		case strings.Contains(host, ":"):
+			host = "[" + host + "]" // an IPv6 address
 		}
 		u := url.URL{Scheme: n.Protocol, Host: host, Path: "/" + strings.TrimPrefix(n.Name, "/"), RawQuery: n.Query}
 		return "file.driver=" + n.Protocol + ",file.url=" + escapeOpt(u.String()), nil
@@ -278,8 +288,8 @@ func networkDrive(n *libvirtxml.DomainDiskSourceNetwork) (string, error) {
 		if lun == "" {
 			lun = "0"
 		}
-		return fmt.Sprintf("file.driver=iscsi,file.transport=tcp,file.portal=%s:%s,file.target=%s,file.lun=%s",
-			escapeOpt(h.Name), port, escapeOpt(target), escapeOpt(lun)), nil
+		return fmt.Sprintf("file.driver=iscsi,file.transport=tcp,file.portal=%s,file.target=%s,file.lun=%s",
+			escapeOpt(net.JoinHostPort(h.Name, port)), escapeOpt(target), escapeOpt(lun)), nil
 	}
 	return "", fmt.Errorf("network protocol %q: not one minivirt opens", n.Protocol)
 }

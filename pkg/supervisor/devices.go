@@ -39,10 +39,13 @@ type MediaRequest struct {
 	Force bool `json:"force,omitempty"`
 }
 
-// changeMedia ejects a removable drive's medium or puts a new one in, the
-// way a person at the machine would: open the tray, take the medium out,
-// put the new one in, close the tray. The supervisor opens the image and
-// hands QEMU the descriptor (add-fd), so QEMU keeps its sandbox and chroot.
+// changeMedia ejects a removable drive's medium or puts a new one in. The
+// supervisor opens the new image first and hands QEMU the descriptor
+// (add-fd), so QEMU keeps its sandbox and chroot, and a file that cannot be
+// opened changes nothing; then QEMU swaps the medium (blockdev-change-medium
+// opens the new one before it takes the old one out). An eject opens the
+// tray and takes the medium out. With Force, a tray the guest holds locked
+// is opened anyway.
 func (s *supervisor) changeMedia(ctx context.Context, req MediaRequest) error {
 	s.mu.Lock()
 	live := s.live
@@ -60,19 +63,22 @@ func (s *supervisor) changeMedia(ctx context.Context, req MediaRequest) error {
 		return fmt.Errorf("disk %s: a %s has no removable medium; only a cdrom or floppy does", req.Disk, disk.Device)
 	}
 	mon := s.monitor()
+	locked := func(err error) error {
+		return fmt.Errorf("disk %s: %w (the guest may hold the tray locked: give --force)", req.Disk, err)
+	}
+	if req.Source == "" {
+		if _, err := mon.Run(ctx, "blockdev-open-tray", map[string]any{"id": req.Disk, "force": req.Force}); err != nil {
+			return locked(err)
+		}
+		if _, err := mon.Run(ctx, "blockdev-remove-medium", map[string]any{"id": req.Disk}); err != nil {
+			return locked(err) // QEMU reports a locked tray here: the open only asked the guest
+		}
+		s.setMedium(req.Disk, "")
+		return nil
+	}
 	sender, ok := mon.(qmp.FDSender)
 	if !ok {
 		return errors.New("change-media: the monitor cannot pass descriptors")
-	}
-	if _, err := mon.Run(ctx, "blockdev-open-tray", map[string]any{"id": req.Disk, "force": req.Force}); err != nil {
-		return fmt.Errorf("disk %s: opening the tray: %w (the guest may hold it locked: --force)", req.Disk, err)
-	}
-	if _, err := mon.Run(ctx, "blockdev-remove-medium", map[string]any{"id": req.Disk}); err != nil {
-		return fmt.Errorf("disk %s: taking the medium out: %w", req.Disk, err)
-	}
-	if req.Source == "" {
-		s.setMedium(req.Disk, "")
-		return nil
 	}
 	readOnly := disk.Device == "cdrom" || disk.ReadOnly != nil
 	flags := os.O_RDWR
@@ -90,6 +96,11 @@ func (s *supervisor) changeMedia(ctx context.Context, req MediaRequest) error {
 	}
 	// QEMU holds its own copy once the medium is in: the set goes.
 	defer mon.Run(context.WithoutCancel(ctx), "remove-fd", map[string]any{"fdset-id": set})
+	if req.Force {
+		if _, err := mon.Run(ctx, "blockdev-open-tray", map[string]any{"id": req.Disk, "force": true}); err != nil {
+			return locked(err)
+		}
+	}
 	format := "raw"
 	if disk.Driver != nil && disk.Driver.Type != "" {
 		format = disk.Driver.Type
@@ -100,7 +111,7 @@ func (s *supervisor) changeMedia(ctx context.Context, req MediaRequest) error {
 	}
 	args := map[string]any{"id": req.Disk, "filename": fmt.Sprintf("/dev/fdset/%d", set), "format": format, "read-only-mode": mode}
 	if _, err := mon.Run(ctx, "blockdev-change-medium", args); err != nil {
-		return fmt.Errorf("disk %s: putting %s in: %w", req.Disk, req.Source, err)
+		return locked(fmt.Errorf("putting %s in: %w", req.Source, err))
 	}
 	s.setMedium(req.Disk, req.Source)
 	return nil

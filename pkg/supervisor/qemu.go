@@ -196,7 +196,8 @@ func checkBackingChain(ctx context.Context, qemuImg string, disk libvirtxml.Doma
 	if err != nil {
 		var ee *exec.ExitError
 		if errors.As(err, &ee) {
-			return fmt.Errorf("%s: qemu-img cannot read the chain of %s: %s", where, file, strings.TrimSpace(string(ee.Stderr)))
+			msg, _, _ := strings.Cut(strings.TrimSpace(string(ee.Stderr)), "\n")
+			return fmt.Errorf("%s: qemu-img cannot read the chain of %s: %s", where, file, msg)
 		}
 		return fmt.Errorf("%s: running qemu-img: %w", where, err)
 	}

@@ -78,7 +78,10 @@ func (s *supervisor) startVirtiofsd(ctx context.Context) error {
 	}
 	defer logf.Close()
 	for i, v := range s.plan.VirtioFS {
-		args := []string{"--fd=3", "-o", "source=" + v.Source, "-o", "cache=" + v.Cache, "-o", "sandbox=namespace"}
+		args := []string{"--fd=3", "-o", "source=" + v.Source, "-o", "cache=" + v.Cache, "-o", "sandbox=" + v.Sandbox}
+		if v.XAttr {
+			args = append(args, "-o", "xattr")
+		}
 		cmd := exec.Command(v.Binary, args...)
 		cmd.Stdout, cmd.Stderr = logf, logf
 		cmd.ExtraFiles = []*os.File{s.starting.shares[i]}
@@ -89,6 +92,7 @@ func (s *supervisor) startVirtiofsd(ctx context.Context) error {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		fmt.Fprintf(logf, "minivirt: %s: starting %s %v for %s\n", time.Now().UTC().Format(time.RFC3339), v.Binary, args, v.Tag)
 		if err := cmd.Start(); err != nil {
+			s.killVirtiofsd() // the shares started before this one: the step's undo does not run
 			return fmt.Errorf("filesystem %s: starting virtiofsd: %w", v.Tag, err)
 		}
 		done := make(chan struct{})

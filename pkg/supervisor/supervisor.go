@@ -168,7 +168,6 @@ func (s *supervisor) snapshotLocked() store.Runtime {
 // the record is retried until it lands.
 func (s *supervisor) follow() error {
 	<-s.done
-	s.stopVirtiofsd()
 	text, clean := exitText(s.waited)
 	s.step(Input{Kind: EvExited, Clean: clean, Detail: text})
 	s.monitor().Close()
@@ -188,6 +187,7 @@ func (s *supervisor) follow() error {
 	defer cancel()
 	err := s.rec.flush(ctx, rt)
 	s.rec.stop()
+	s.stopVirtiofsd() // after the record: they end with QEMU's connection by themselves
 	if err != nil && !errors.Is(err, store.ErrSuperseded) {
 		s.logf("%v; the runtime directory keeps it for the next command", err)
 		s.closeControl()

@@ -2,6 +2,7 @@ package domain
 
 import (
 	"fmt"
+	"reflect"
 	"strings"
 
 	"libvirt.org/go/libvirtxml"
@@ -103,7 +104,8 @@ func (ck *checker) validateDisks() error {
 		if Empty(disk) && disk.BackingStore != nil {
 			return fmt.Errorf("%s backingStore: an empty drive has no image to back", where)
 		}
-		if disk.BackingStore != nil && disk.Source != nil && disk.Source.Network != nil {
+		if bs := disk.BackingStore; bs != nil && disk.Source != nil && disk.Source.Network != nil &&
+			!(bs.BackingStore == nil && (bs.Source == nil || reflect.ValueOf(*bs.Source).IsZero())) {
 			ck.refuseAtStart("%s backingStore: minivirt checks the chain of a file or block device only; remove <backingStore> to start the domain", where)
 		}
 		if err := ck.validateDiskDriver(where, disk, bus); err != nil {

@@ -446,34 +446,16 @@ func (b *builder) chardev(id string, src *libvirtxml.DomainChardevSource, log *l
 			s += ",append=" + src.File.Append
 		}
 	case src.UNIX != nil:
-		s = "socket,id=" + id + ",path=" + escapeOpt(src.UNIX.Path)
-		if src.UNIX.Mode == "bind" {
-			s += ",server=on,wait=off"
-		} else {
-			s += reconnect(src.UNIX.Reconnect)
-		}
+		s = "socket,id=" + id + ",path=" + escapeOpt(src.UNIX.Path) + serverOrClient(src.UNIX.Mode, src.UNIX.Reconnect)
 	case src.TCP != nil:
 		t := src.TCP
-		host := t.Host
-		if host == "" {
-			host = "localhost"
-		}
-		s = "socket,id=" + id + ",host=" + host + ",port=" + t.Service
-		if t.Mode == "bind" {
-			s += ",server=on,wait=off"
-		} else {
-			s += reconnect(t.Reconnect)
-		}
+		s = "socket,id=" + id + ",host=" + orLocalhost(t.Host) + ",port=" + t.Service + serverOrClient(t.Mode, t.Reconnect)
 		if telnet {
 			s += ",telnet=on"
 		}
 	case src.UDP != nil:
 		u := src.UDP
-		host := u.ConnectHost
-		if host == "" {
-			host = "localhost"
-		}
-		s = "udp,id=" + id + ",host=" + host + ",port=" + u.ConnectService
+		s = "udp,id=" + id + ",host=" + orLocalhost(u.ConnectHost) + ",port=" + u.ConnectService
 		if u.BindHost != "" {
 			s += ",localaddr=" + u.BindHost
 		}
@@ -562,8 +544,13 @@ func virtioPort(ch libvirtxml.DomainChannel) uint {
 	return 0
 }
 
-// reconnect is a client socket's reconnect= option.
-func reconnect(r *libvirtxml.DomainChardevSourceReconnect) string {
+// serverOrClient is a socket chardev's options: a server that does not
+// wait for its client (mode bind), or a client, reconnecting as <reconnect>
+// says.
+func serverOrClient(mode string, r *libvirtxml.DomainChardevSourceReconnect) string {
+	if mode == "bind" {
+		return ",server=on,wait=off"
+	}
 	if r == nil || r.Enabled != "yes" {
 		return ""
 	}
@@ -572,6 +559,14 @@ func reconnect(r *libvirtxml.DomainChardevSourceReconnect) string {
 		t = *r.Timeout
 	}
 	return fmt.Sprintf(",reconnect=%d", t)
+}
+
+// orLocalhost is a chardev's host, localhost when the source names none.
+func orLocalhost(host string) string {
+	if host == "" {
+		return "localhost"
+	}
+	return host
 }
 
 func (b *builder) virtioSerialBus() {

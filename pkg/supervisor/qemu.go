@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -217,7 +218,7 @@ func checkBackingChain(ctx context.Context, qemuImg string, disk libvirtxml.Doma
 			return fmt.Errorf("%s: describes more levels than %s has (%d)", where, file, len(chain)-1)
 		}
 		img := chain[level]
-		if bs.Source == nil { // <backingStore/>: the chain ends here
+		if bs.Source == nil || reflect.ValueOf(*bs.Source).IsZero() { // <backingStore/>: the chain ends here
 			if img.BackingFile != "" {
 				return fmt.Errorf("%s: says %s has no backing image, but it has %s; describe it or remove <backingStore>", where, img.Filename, img.BackingFile)
 			}

@@ -536,3 +536,41 @@ func TestRefusedAtStart(t *testing.T) {
 		})
 	}
 }
+
+// TestSetMedium: change-media's change to a definition: a medium goes into
+// an empty cdrom and out again, the document round-trips each time, a disk
+// has no medium to change, and a relative path or an unknown drive is
+// refused with the domain unchanged.
+func TestSetMedium(t *testing.T) {
+	d := mustParse(t, minimal(`<disk type='file' device='cdrom'><target dev='sdb' bus='sata'/><readonly/></disk><disk type='file'><source file='/d'/><target dev='vda'/></disk>`))
+	before, _ := d.XML()
+	if err := d.SetMedium("sdb", "/srv/a.iso"); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := d.XML()
+	if !bytes.Contains(a, []byte(`<source file="/srv/a.iso"></source>`)) {
+		t.Fatalf("no medium in:\n%s", a)
+	}
+	if back := mustParse(t, string(a)); Empty(back.Devices.Disks[0]) {
+		t.Fatal("the medium does not read back")
+	}
+	if err := d.SetMedium("sdb", ""); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := d.XML(); !bytes.Equal(b, before) {
+		t.Fatalf("eject does not give the empty drive back:\n%s\n---\n%s", b, before)
+	}
+	for _, tt := range []struct{ dev, path, want string }{
+		{"vda", "/srv/a.iso", "disk vda: a disk has no removable medium"},
+		{"sdc", "/srv/a.iso", "disk sdc: the domain has no such disk"},
+		{"sdb", "a.iso", `must be an absolute path`},
+	} {
+		err := d.SetMedium(tt.dev, tt.path)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("SetMedium(%s, %s): %v; want %q", tt.dev, tt.path, err, tt.want)
+		}
+		if b, _ := d.XML(); !bytes.Equal(b, before) {
+			t.Errorf("SetMedium(%s, %s) changed the domain", tt.dev, tt.path)
+		}
+	}
+}

@@ -277,10 +277,14 @@ func (d *Domain) SetMedium(dev, path string) error {
 			continue
 		}
 		if disk.Device != "cdrom" && disk.Device != "floppy" {
-			return fmt.Errorf("disk %s: a %s has no removable medium; only a cdrom or floppy does", dev, disk.Device)
+			return fmt.Errorf("disk %s: a disk has no removable medium; only a cdrom or floppy does", dev)
 		}
-		if path == "" {
-			disk.Source = nil
+		if path == "" { // an empty drive keeps its type: <disk type='file'> with no <source>
+			if disk.Source != nil && disk.Source.Block != nil {
+				disk.Source = &libvirtxml.DomainDiskSource{Block: &libvirtxml.DomainDiskSourceBlock{}}
+			} else {
+				disk.Source = &libvirtxml.DomainDiskSource{File: &libvirtxml.DomainDiskSourceFile{}}
+			}
 		} else {
 			if err := absPath("disk "+dev+" source file", path); err != nil {
 				return err

@@ -60,7 +60,7 @@ func (s *supervisor) changeMedia(ctx context.Context, req MediaRequest) error {
 		return fmt.Errorf("disk %s: the domain has no such disk", req.Disk)
 	}
 	if disk.Device != "cdrom" && disk.Device != "floppy" {
-		return fmt.Errorf("disk %s: a %s has no removable medium; only a cdrom or floppy does", req.Disk, disk.Device)
+		return fmt.Errorf("disk %s: a disk has no removable medium; only a cdrom or floppy does", req.Disk)
 	}
 	mon := s.monitor()
 	locked := func(err error) error {

@@ -175,6 +175,9 @@ type guest struct {
 	network string // <vmchannels network=''/>, when set
 	os      string // attributes of <os>, e.g. firmware='efi'
 	osChild string // extra <os> content, e.g. <smbios mode='sysinfo'/>
+	// kernelDir holds the vmlinuz and initrd.gz to boot (default: the
+	// tiny guest's, guestDir).
+	kernelDir string
 }
 
 func (g guest) xml() string {
@@ -182,12 +185,16 @@ func (g guest) xml() string {
 	if g.script != "" {
 		cmdline += " minivirt.run=" + base64.StdEncoding.EncodeToString([]byte(g.script))
 	}
+	kernels := guestDir
+	if g.kernelDir != "" {
+		kernels = g.kernelDir
+	}
 	devices := g.devices
 	if g.network != "" {
 		devices += `<vmchannels network='` + g.network + `'/>`
 	}
 	return `<domain type='kvm'><name>` + g.name + `</name><memory unit='MiB'>192</memory><vcpu>1</vcpu>
-<os ` + g.os + `><kernel>` + filepath.Join(guestDir, "vmlinuz") + `</kernel><initrd>` + filepath.Join(guestDir, "initrd.gz") + `</initrd>
+<os ` + g.os + `><kernel>` + filepath.Join(kernels, "vmlinuz") + `</kernel><initrd>` + filepath.Join(kernels, "initrd.gz") + `</initrd>
 <cmdline>` + cmdline + `</cmdline>` + g.osChild + `</os>` + g.top + `<devices>` + devices + `</devices></domain>`
 }
 

@@ -2,13 +2,20 @@
 # Builds minivirt's tiny test guest into OUT (default build/guest): Debian's
 # cloud kernel (apt-get download + dpkg-deb -x, cached), and an initramfs of
 # busybox-static, the virtio modules, guest/init and minivirt-guest.
+# FLAVOUR generic (second argument) takes Debian's generic kernel instead,
+# which has what the cloud kernel lacks (9p), and adds those modules.
 set -euo pipefail
 out=${1:-build/guest}
+flavour=${2:-cloud}
 top=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 
-meta=linux-image-cloud-amd64
+case "$flavour" in
+  cloud) meta=linux-image-cloud-amd64; extra= ;;
+  generic) meta=linux-image-amd64; extra="netfs fscache 9pnet 9pnet_virtio 9p" ;;
+  *) echo "minivirt: build-guest.sh: flavour $flavour: give cloud or generic" >&2; exit 2 ;;
+esac
 pkg=$(apt-cache depends "$meta" 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
 if [ -z "$pkg" ]; then
   if [ "$(id -u)" -eq 0 ]; then apt-get update -qq; pkg=$(apt-cache depends "$meta" | awk '/Depends: linux-image-[0-9]/{print $2; exit}'); fi
@@ -33,7 +40,7 @@ install -m 0755 "$top/guest/init" "$stage/init"
 install -m 0755 "$top/guest/udhcpc-script" "$stage/bin/udhcpc-script"
 (cd "$top" && CGO_ENABLED=0 GOFLAGS=-buildvcs=false go build -trimpath -ldflags='-s -w' -o "$stage/bin/minivirt-guest" ./guest/minivirt-guest)
 mods="virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci failover net_failover virtio_net virtio_console virtio_blk button evdev pvpanic pvpanic-pci scsi_common scsi_mod sd_mod virtio_scsi cdrom sr_mod fuse virtiofs virtio_balloon"
-for m in $mods; do
+for m in $mods $extra; do
   f=$(find "$out/kernel/root/lib/modules/$kver" -name "$m.ko" | head -n1)
   [ -n "$f" ] || { echo "minivirt: module $m.ko not in $pkg" >&2; exit 1; }
   cp "$f" "$stage/lib/modules/"

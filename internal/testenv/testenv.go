@@ -43,16 +43,24 @@ func Minivirt(dir string) (string, error) {
 
 // Guest returns the directory of the tiny guest (vmlinuz, initrd.gz):
 // $MINIVIRT_GUEST_DIR, else build/guest, built there when missing.
-func Guest() (string, error) {
+func Guest() (string, error) { return guest("MINIVIRT_GUEST_DIR", "guest", "cloud") }
+
+// GenericGuest is Guest with Debian's generic kernel (build/guest-generic,
+// or $MINIVIRT_GUEST_GENERIC_DIR), for what the cloud kernel lacks: 9p.
+func GenericGuest() (string, error) {
+	return guest("MINIVIRT_GUEST_GENERIC_DIR", "guest-generic", "generic")
+}
+
+func guest(env, name, flavour string) (string, error) {
 	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
 		return "", fmt.Errorf("qemu-system-x86_64 not found: run `make deps` (or `make test`, which does)")
 	}
-	dir := os.Getenv("MINIVIRT_GUEST_DIR")
+	dir := os.Getenv(env)
 	if dir == "" {
-		dir = filepath.Join(Root(), "build", "guest")
+		dir = filepath.Join(Root(), "build", name)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "initrd.gz")); err != nil {
-		cmd := exec.Command(filepath.Join(Root(), "scripts", "build-guest.sh"), dir)
+		cmd := exec.Command(filepath.Join(Root(), "scripts", "build-guest.sh"), dir, flavour)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			return "", fmt.Errorf("building the tiny guest: %v", err)

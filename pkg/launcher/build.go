@@ -615,11 +615,20 @@ func (b *builder) Spawns() bool { return !b.netstack() && len(b.d.VMChannels()) 
 
 // NeedsFilesystem reports whether QEMU needs the host's filesystem after it
 // has started, so that it cannot be confined to an empty directory: it
-// spawns minivirt's helper (vmchannels on QEMU's user network), or runs
-// options minivirt did not write (<qemu:commandline>).
+// spawns minivirt's helper (vmchannels on QEMU's user network), runs
+// options minivirt did not write (<qemu:commandline>), or serves a 9p share
+// (QEMU's 9p sets a new file's mode through /proc/self/fd).
 func NeedsFilesystem(d *domain.Domain) bool {
 	b := &builder{d: d}
-	return b.Spawns() || d.QEMUCommandline != nil
+	if b.Spawns() || d.QEMUCommandline != nil {
+		return true
+	}
+	for _, s := range d.Shares() {
+		if s.Driver == "path" {
+			return true
+		}
+	}
+	return false
 }
 
 // netstack reports whether minivirt's own network carries the domain's

@@ -381,3 +381,22 @@ func TestCPUHasVirt(t *testing.T) {
 		t.Error("MINIVIRT_ACCEL=kvm did not force KVM")
 	}
 }
+
+// TestNeedsFilesystem: QEMU is confined to an empty directory unless it
+// spawns the vmchannel helper, runs <qemu:commandline> or serves 9p.
+func TestNeedsFilesystem(t *testing.T) {
+	for _, tt := range []struct {
+		name, devices string
+		want          bool
+	}{
+		{"no vmchannels", ``, false},
+		{"netstack vmchannel", `<interface type='vmchannel'><source port='600'/><target path='/run/s.sock'/></interface>`, false},
+		{"slirp vmchannel", `<interface type='user'/><interface type='vmchannel'><source port='600'/><target path='/run/s.sock'/></interface>`, true},
+		{"9p share", `<filesystem type='mount'><source dir='/srv'/><target dir='s'/></filesystem>`, true},
+		{"virtiofs share", `<filesystem type='mount'><driver type='virtiofs'/><source dir='/srv'/><target dir='s'/></filesystem>`, false},
+	} {
+		if got := NeedsFilesystem(parse(t, tt.devices)); got != tt.want {
+			t.Errorf("%s: NeedsFilesystem %v; want %v", tt.name, got, tt.want)
+		}
+	}
+}

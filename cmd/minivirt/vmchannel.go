@@ -110,8 +110,13 @@ func (a *app) vmchannelRemoveCommand() *cobra.Command {
 type scopeFlags struct{ live, config, current bool }
 
 func (sc *scopeFlags) add(cmd *cobra.Command) {
+	sc.addWith(cmd, "change the running domain (minivirt's own network only)")
+}
+
+// addWith adds the flags with liveHelp as --live's help.
+func (sc *scopeFlags) addWith(cmd *cobra.Command, liveHelp string) {
 	f := cmd.Flags()
-	f.BoolVar(&sc.live, "live", false, "change the running domain (minivirt's own network only)")
+	f.BoolVar(&sc.live, "live", false, liveHelp)
 	f.BoolVar(&sc.config, "config", false, "change the definition: takes effect at the next start")
 	f.BoolVar(&sc.current, "current", false, "the running domain if it runs, else the definition (the default)")
 }

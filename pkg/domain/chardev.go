@@ -37,8 +37,15 @@ func (ck *checker) validateChardevs() error {
 				return fmt.Errorf("%s target port %d: serial ports are numbered in order from 0", where, *t.Port)
 			}
 		}
-		if s.Protocol != nil && (s.Protocol.Type != "raw" && s.Protocol.Type != "telnet" || s.Source == nil || s.Source.TCP == nil) {
-			return fmt.Errorf("%s protocol type %q: must be raw or telnet, on a source of type tcp", where, s.Protocol.Type)
+		if p := s.Protocol; p != nil {
+			switch {
+			case s.Source == nil || s.Source.TCP == nil:
+				return fmt.Errorf("%s protocol type %q: only for a source of type tcp", where, p.Type)
+			case p.Type == "tls" || p.Type == "telnets":
+				ck.refuseAtStart("%s protocol type %s: minivirt sets up no TLS for a serial port; use raw or telnet to start the domain", where, p.Type)
+			case p.Type != "raw" && p.Type != "telnet":
+				return fmt.Errorf("%s protocol type %q: must be raw, telnet, telnets or tls", where, p.Type)
+			}
 		}
 		all = append(all, chardev{where, s.Source, s.Log, rest})
 	}
@@ -97,7 +104,9 @@ func (ck *checker) checkChardevSource(where string, src *libvirtxml.DomainCharde
 		if err := oneOf(where+" source mode", t.Mode, []string{"bind", "connect"}); err != nil {
 			return err
 		}
-		if err := checkHostPort(where+" source", t.Host, t.Service); err != nil {
+		if _, err := strconv.ParseUint(t.Service, 10, 16); err != nil && t.Service != "" {
+			ck.refuseAtStart("%s source service %q: minivirt takes a port number, not a service name; give the number to start the domain", where, t.Service)
+		} else if err := checkHostPort(where+" source", t.Host, t.Service); err != nil {
 			return err
 		}
 	case src.UDP != nil:

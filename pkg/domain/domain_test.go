@@ -574,3 +574,22 @@ func TestSetMedium(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckMediaChange: as virsh change-media, --insert refuses a drive
+// that has a medium, --eject an empty one; --update takes either.
+func TestCheckMediaChange(t *testing.T) {
+	d := mustParse(t, minimal(`<disk type='file' device='cdrom'><target dev='sdb' bus='sata'/></disk><disk type='file' device='cdrom'><source file='/srv/x.iso'/><target dev='sdc' bus='sata'/></disk>`))
+	for _, tt := range []struct {
+		dev  string
+		mode MediaMode
+		want string
+	}{
+		{"sdb", MediaInsert, ""}, {"sdb", MediaUpdate, ""}, {"sdb", MediaEject, "disk sdb: has no medium to eject"},
+		{"sdc", MediaInsert, "disk sdc: has a medium already (/srv/x.iso); use --update"}, {"sdc", MediaUpdate, ""}, {"sdc", MediaEject, ""},
+	} {
+		err := d.CheckMediaChange(tt.dev, tt.mode)
+		if tt.want == "" && err != nil || tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)) {
+			t.Errorf("%s %s: %v; want %q", tt.dev, tt.mode, err, tt.want)
+		}
+	}
+}

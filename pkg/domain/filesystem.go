@@ -24,7 +24,9 @@ type Share struct {
 	AccessMode string
 }
 
-var mountTagPattern = lazyRegexp(`^[A-Za-z0-9_./-]{1,31}$`)
+// maxMountTag is the longest mount tag each driver's device takes: 9p's
+// is a string in its config space, virtiofs's a fixed 36 bytes.
+var maxMountTag = map[string]int{"path": 255, "virtiofs": 36}
 
 func (ck *checker) validateFilesystems() error {
 	d := ck.d
@@ -47,12 +49,12 @@ func (ck *checker) validateFilesystems() error {
 		if err := absPath(where+" source dir", fs.Source.Mount.Dir); err != nil {
 			return err
 		}
-		if fs.Target == nil || !mountTagPattern().MatchString(fs.Target.Dir) {
+		if fs.Target == nil || fs.Target.Dir == "" || strings.ContainsAny(fs.Target.Dir, "\x00\n\r") {
 			tag := ""
 			if fs.Target != nil {
 				tag = fs.Target.Dir
 			}
-			return fmt.Errorf("%s target dir %q: the mount tag the guest uses, 1-31 characters of A-Z a-z 0-9 _ . / -", where, tag)
+			return fmt.Errorf("%s target dir %q: the mount tag the guest mounts the share by; give one without control characters", where, tag)
 		}
 		if tags[fs.Target.Dir] {
 			return fmt.Errorf("%s target dir %q: used twice", where, fs.Target.Dir)
@@ -68,8 +70,14 @@ func (ck *checker) validateFilesystems() error {
 				return fmt.Errorf("%s driver wrpolicy %q: must be immediate", where, dr.WRPolicy)
 			}
 		}
+		if max, ok := maxMountTag[driver]; ok && len(fs.Target.Dir) > max {
+			return fmt.Errorf("%s target dir %q: %d bytes; a %s share's tag has at most %d", where, fs.Target.Dir, len(fs.Target.Dir), driver, max)
+		}
 		switch driver {
 		case "path":
+			if fs.Driver != nil && fs.Driver.Queue != 0 {
+				return fmt.Errorf("%s driver queue %d: only for a virtiofs share", where, fs.Driver.Queue)
+			}
 			if err := oneOf(where+" accessmode", fs.AccessMode, []string{"passthrough", "mapped", "squash"}); err != nil {
 				return err
 			}
@@ -77,11 +85,25 @@ func (ck *checker) validateFilesystems() error {
 				return fmt.Errorf("%s binary: only for driver type='virtiofs'", where)
 			}
 		case "virtiofs":
+			if fs.Driver.WRPolicy != "" {
+				return fmt.Errorf("%s driver wrpolicy: only for a 9p share", where)
+			}
+			if q := fs.Driver.Queue; q != 0 && (q > 1024 || q&(q-1) != 0) {
+				return fmt.Errorf("%s driver queue %d: must be a power of two, at most 1024", where, q)
+			}
 			if fs.AccessMode != "" && fs.AccessMode != "passthrough" {
 				return fmt.Errorf("%s accessmode %q: virtiofs has passthrough only", where, fs.AccessMode)
 			}
 			if strings.Contains(fs.Source.Mount.Dir, ",") {
 				ck.refuseAtStart("%s source dir %q: QEMU's virtiofsd splits its options at commas and cannot take this path; share a directory without one to start the domain", where, fs.Source.Mount.Dir)
+			}
+			if b := d.MemoryBacking; b != nil && b.MemoryAccess != nil && b.MemoryAccess.Mode == "private" {
+				ck.refuseAtStart("%s driver virtiofs: virtiofsd reads the guest's memory, which <memoryBacking><access mode='private'/> keeps to QEMU; remove it to start the domain", where)
+			}
+			for i, cell := range d.NUMACells() {
+				if cell.MemAccess == "private" {
+					ck.refuseAtStart("%s driver virtiofs: virtiofsd reads the guest's memory, which cpu numa cell %d keeps to QEMU (memAccess='private'); remove it to start the domain", where, i)
+				}
 			}
 			if fs.ReadOnly != nil {
 				ck.refuseAtStart("%s readonly: QEMU 7.2's virtiofsd cannot share a directory read-only; use driver type='path' (9p) or remove <readonly/> to start the domain", where)

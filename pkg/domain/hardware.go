@@ -185,18 +185,21 @@ func (d *Domain) hasIOThread(id uint) bool {
 }
 
 // IOThreadIDList returns the ids of the domain's iothreads: those
-// <iothreadids> names, else 1 to <iothreads>.
+// <iothreadids> names, and as libvirt does, as many more of the lowest
+// free ids as <iothreads> counts beyond them.
 func (d *Domain) IOThreadIDList() []uint {
-	if d.IOThreadIDs != nil && len(d.IOThreadIDs.IOThreads) > 0 {
-		var out []uint
+	var out []uint
+	used := map[uint]bool{}
+	if d.IOThreadIDs != nil {
 		for _, t := range d.IOThreadIDs.IOThreads {
 			out = append(out, t.ID)
+			used[t.ID] = true
 		}
-		return out
 	}
-	var out []uint
-	for i := uint(1); i <= d.IOThreads; i++ {
-		out = append(out, i)
+	for id := uint(1); uint(len(out)) < d.IOThreads; id++ {
+		if !used[id] {
+			out = append(out, id)
+		}
 	}
 	return out
 }

@@ -33,6 +33,9 @@ func (ck *checker) validateMemory() error {
 		if m.Slots > 256 {
 			return fmt.Errorf("maxMemory slots %d: must be at most 256 (the DIMM slots)", m.Slots)
 		}
+		if m.Slots > 0 && m.Value <= d.Memory.Value {
+			return fmt.Errorf("maxMemory %d KiB: with slots it must be more than memory %d KiB, or there is nothing to plug", m.Value, d.Memory.Value)
+		}
 	}
 	dimms := 0
 	var plugged uint
@@ -51,9 +54,6 @@ func (ck *checker) validateMemory() error {
 			return fmt.Errorf("%s: needs <target><size unit='MiB'>N</size></target>", where)
 		}
 		ck.unsupported(where+" target", unhandled(m.Target, "Size", "Node"))
-		if m.Target.Size.Value%1024 != 0 {
-			return fmt.Errorf("%s target size %d KiB: must be a whole number of MiB", where, m.Target.Size.Value)
-		}
 		plugged += m.Target.Size.Value
 		if s := m.Source; s != nil {
 			ck.unsupported(where+" source", unhandled(s, "PageSize"))
@@ -137,6 +137,7 @@ func (ck *checker) validateNUMA() error {
 	n := d.CPU.Numa
 	ck.unsupported("cpu numa", unhandled(n, "Cell"))
 	var total uint
+	owner := map[uint]int{}
 	for i, cell := range n.Cell {
 		where := fmt.Sprintf("cpu numa cell %d", i)
 		ck.unsupported(where, unhandled(&cell, "ID", "CPUs", "Memory", "Unit", "MemAccess"))
@@ -144,8 +145,15 @@ func (ck *checker) validateNUMA() error {
 			return fmt.Errorf("%s id %d: cells are numbered in order from 0", where, *cell.ID)
 		}
 		if cell.CPUs != "" {
-			if _, err := CPUList(cell.CPUs, d.VCPU.Value); err != nil {
+			cpus, err := CPUList(cell.CPUs, d.VCPU.Value)
+			if err != nil {
 				return fmt.Errorf("%s cpus %q: %w", where, cell.CPUs, err)
+			}
+			for _, c := range cpus {
+				if j, ok := owner[c]; ok {
+					return fmt.Errorf("%s cpus %q: CPU %d is cell %d's already", where, cell.CPUs, c, j)
+				}
+				owner[c] = i
 			}
 		}
 		if cell.Memory == 0 {

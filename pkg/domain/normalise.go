@@ -16,6 +16,9 @@ import (
 // defines a domain, so that what is written reads back the same.
 func (d *Domain) normalise() error {
 	if d.UUID == "" {
+		d.UUID = d.sysinfoUUID() // as libvirt: the SMBIOS system uuid names the domain
+	}
+	if d.UUID == "" {
 		d.UUID, d.uuidGenerated = NewUUID(), true
 	} else {
 		u, err := canonicalUUID(d.UUID)

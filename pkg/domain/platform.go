@@ -55,6 +55,9 @@ func (ck *checker) validatePlatform() error {
 			}
 		case si.FWCfg != nil:
 			for _, e := range si.FWCfg.Entry {
+				if (e.Value == "") == (e.File == "") {
+					return fmt.Errorf("%s fwcfg entry %q: give a value or file='', one of them", where, e.Name)
+				}
 				if !strings.HasPrefix(e.Name, "opt/") || strings.ContainsAny(e.Name, ",\x00") || len(e.Name) > 55 {
 					return fmt.Errorf("%s fwcfg entry name %q: must start with opt/, at most 55 characters, no commas", where, e.Name)
 				}
@@ -96,7 +99,7 @@ func (ck *checker) validatePlatform() error {
 			seen[th.ID] = true
 			ck.unsupported(fmt.Sprintf("iothreadids iothread %d", th.ID), unhandled(&th, "ID"))
 		}
-		if d.IOThreads != 0 && uint(len(t.IOThreads)) != d.IOThreads {
+		if d.IOThreads != 0 && uint(len(t.IOThreads)) > d.IOThreads {
 			return fmt.Errorf("iothreads %d: but <iothreadids> names %d; make them agree", d.IOThreads, len(t.IOThreads))
 		}
 	}
@@ -104,6 +107,20 @@ func (ck *checker) validatePlatform() error {
 		return fmt.Errorf("iothreads %d: at most 64", d.IOThreads)
 	}
 	return nil
+}
+
+// sysinfoUUID is the uuid <sysinfo type='smbios'> gives the system, or "".
+func (d *Domain) sysinfoUUID() string {
+	for _, si := range d.SysInfo {
+		if si.SMBIOS != nil && si.SMBIOS.System != nil {
+			for _, e := range si.SMBIOS.System.Entry {
+				if e.Name == "uuid" {
+					return e.Value
+				}
+			}
+		}
+	}
+	return ""
 }
 
 func keys(m map[string]string) []string {

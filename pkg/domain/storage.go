@@ -101,11 +101,10 @@ func (ck *checker) validateDisks() error {
 		if err := ck.validateDiskSource(where, disk); err != nil {
 			return err
 		}
-		if Empty(disk) && disk.BackingStore != nil {
-			return fmt.Errorf("%s backingStore: an empty drive has no image to back", where)
+		if Empty(disk) && disk.BackingStore != nil && !backingEnd(disk.BackingStore) {
+			return fmt.Errorf("%s backingStore: an empty drive has no image to back; remove it", where)
 		}
-		if bs := disk.BackingStore; bs != nil && disk.Source != nil && disk.Source.Network != nil &&
-			!(bs.BackingStore == nil && (bs.Source == nil || reflect.ValueOf(*bs.Source).IsZero())) {
+		if bs := disk.BackingStore; bs != nil && disk.Source != nil && disk.Source.Network != nil && !backingEnd(bs) {
 			ck.refuseAtStart("%s backingStore: minivirt checks the chain of a file or block device only; remove <backingStore> to start the domain", where)
 		}
 		if err := ck.validateDiskDriver(where, disk, bus); err != nil {
@@ -267,6 +266,60 @@ func (ck *checker) validateNetworkSource(where string, n *libvirtxml.DomainDiskS
 	return nil
 }
 
+// backingEnd reports whether bs is an empty <backingStore/>: the chain
+// ends there.
+func backingEnd(bs *libvirtxml.DomainDiskBackingStore) bool {
+	return bs.BackingStore == nil && (bs.Source == nil || reflect.ValueOf(*bs.Source).IsZero())
+}
+
+// Medium returns the image in the removable drive dev ("" when empty).
+func (d *Domain) Medium(dev string) (string, error) {
+	for _, disk := range d.Devices.Disks {
+		if disk.Target.Dev != dev {
+			continue
+		}
+		if disk.Device != "cdrom" && disk.Device != "floppy" {
+			return "", fmt.Errorf("disk %s: a disk has no removable medium; only a cdrom or floppy does", dev)
+		}
+		switch s := disk.Source; {
+		case Empty(disk):
+			return "", nil
+		case s.File != nil:
+			return s.File.File, nil
+		case s.Block != nil:
+			return s.Block.Dev, nil
+		}
+		return "a network disk", nil
+	}
+	return "", fmt.Errorf("disk %s: the domain has no such disk", dev)
+}
+
+// CheckMediaChange refuses what virsh change-media refuses: to insert into
+// a drive that has a medium, or to eject an empty one.
+func (d *Domain) CheckMediaChange(dev string, mode MediaMode) error {
+	cur, err := d.Medium(dev)
+	if err != nil {
+		return err
+	}
+	switch {
+	case mode == MediaInsert && cur != "":
+		return fmt.Errorf("disk %s: has a medium already (%s); use --update to swap it", dev, cur)
+	case mode == MediaEject && cur == "":
+		return fmt.Errorf("disk %s: has no medium to eject", dev)
+	}
+	return nil
+}
+
+// MediaMode is what change-media does: virsh's --eject, --insert, --update.
+type MediaMode string
+
+// The change-media modes.
+const (
+	MediaEject  MediaMode = "eject"
+	MediaInsert MediaMode = "insert"
+	MediaUpdate MediaMode = "update"
+)
+
 // SetMedium puts the image at path in the removable drive dev (a cdrom or
 // floppy), or empties it when path is "".
 func (d *Domain) SetMedium(dev, path string) error {
@@ -279,7 +332,8 @@ func (d *Domain) SetMedium(dev, path string) error {
 		if disk.Device != "cdrom" && disk.Device != "floppy" {
 			return fmt.Errorf("disk %s: a disk has no removable medium; only a cdrom or floppy does", dev)
 		}
-		if path == "" { // an empty drive keeps its type: <disk type='file'> with no <source>
+		disk.BackingStore = nil // the old medium's chain is not the new one's
+		if path == "" {         // an empty drive keeps its type: <disk type='file'> with no <source>
 			if disk.Source != nil && disk.Source.Block != nil {
 				disk.Source = &libvirtxml.DomainDiskSource{Block: &libvirtxml.DomainDiskSourceBlock{}}
 			} else {

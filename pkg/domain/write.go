@@ -54,6 +54,21 @@ func (d *Domain) LibvirtXML(net LibvirtNetwork) ([]byte, error) {
 	c := *d
 	devices := *d.Devices
 	c.Devices = &devices
+	if d.needsSharedMemory() {
+		// minivirt shares a virtiofs guest's RAM by itself; libvirt wants
+		// it said (it refuses to start 'virtiofs' without shared memory).
+		mb := libvirtxml.DomainMemoryBacking{}
+		if d.MemoryBacking != nil {
+			mb = *d.MemoryBacking
+		}
+		if mb.MemorySource == nil && mb.MemoryHugePages == nil {
+			mb.MemorySource = &libvirtxml.DomainMemorySource{Type: "memfd"}
+		}
+		if mb.MemoryAccess == nil {
+			mb.MemoryAccess = &libvirtxml.DomainMemoryAccess{Mode: "shared"}
+		}
+		c.MemoryBacking = &mb
+	}
 	vcs := d.VMChannels()
 	if len(vcs) == 0 {
 		return c.XML()

@@ -100,11 +100,16 @@ func (m *Manager) RemoveForward(ctx context.Context, name string, port uint16, h
 // ChangeMedia ejects the medium of the removable drive dev (a cdrom or
 // floppy, by target dev), or puts source in, as virsh change-media does;
 // source must be an absolute path.
-func (m *Manager) ChangeMedia(ctx context.Context, name, dev, source string, force bool, sc Scope) error {
+func (m *Manager) ChangeMedia(ctx context.Context, name, dev, source string, mode domain.MediaMode, force bool, sc Scope) error {
 	if source != "" && !filepath.IsAbs(source) {
 		return fmt.Errorf("change-media source %q: must be an absolute path", source)
 	}
-	change := func(d *domain.Domain) error { return d.SetMedium(dev, source) }
+	change := func(d *domain.Domain) error {
+		if err := d.CheckMediaChange(dev, mode); err != nil {
+			return err
+		}
+		return d.SetMedium(dev, source)
+	}
 	if sc.Config { // before a live change: both are made, or neither
 		d, err := m.Get(name)
 		if err != nil {
@@ -115,6 +120,6 @@ func (m *Manager) ChangeMedia(ctx context.Context, name, dev, source string, for
 		}
 	}
 	_, err := m.apply(ctx, name, sc, supervisor.Request{Op: supervisor.OpChangeMedia,
-		Media: &supervisor.MediaRequest{Disk: dev, Source: source, Force: force}}, change)
+		Media: &supervisor.MediaRequest{Disk: dev, Source: source, Force: force, Mode: mode}}, change)
 	return err
 }

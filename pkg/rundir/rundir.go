@@ -201,9 +201,11 @@ func Remove(dir string) error {
 			return fmt.Errorf("cleaning %s: %w", dir, unwrap(err))
 		}
 	}
-	// Sockets minivirt bound for virtio channels without a path of their own.
+	// Sockets minivirt bound for virtio channels without a path of their
+	// own, and for virtiofs shares.
 	picked, _ := filepath.Glob(filepath.Join(dir, "channel.*.sock"))
-	for _, f := range picked {
+	shares, _ := filepath.Glob(filepath.Join(dir, "fs*.virtiofs.sock"))
+	for _, f := range append(picked, shares...) {
 		if fi, err := os.Lstat(f); err == nil && fi.Mode()&fs.ModeSocket != 0 {
 			os.Remove(f)
 		}

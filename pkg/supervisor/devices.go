@@ -9,6 +9,8 @@ import (
 
 	"libvirt.org/go/libvirtxml"
 
+	"github.com/minivirt/minivirt/pkg/domain"
+
 	"github.com/minivirt/minivirt/pkg/qmp"
 )
 
@@ -37,6 +39,9 @@ type MediaRequest struct {
 	Source string `json:"source,omitempty"`
 	// Force opens a tray the guest has locked.
 	Force bool `json:"force,omitempty"`
+	// Mode is eject, insert or update: insert refuses a drive with a
+	// medium, eject an empty one.
+	Mode domain.MediaMode `json:"mode,omitempty"`
 }
 
 // changeMedia ejects a removable drive's medium or puts a new one in. The
@@ -50,17 +55,14 @@ func (s *supervisor) changeMedia(ctx context.Context, req MediaRequest) error {
 	s.mu.Lock()
 	live := s.live
 	s.mu.Unlock()
+	if err := live.CheckMediaChange(req.Disk, req.Mode); err != nil {
+		return err
+	}
 	var disk *libvirtxml.DomainDisk
 	for i := range live.Devices.Disks {
 		if live.Devices.Disks[i].Target.Dev == req.Disk {
 			disk = &live.Devices.Disks[i]
 		}
-	}
-	if disk == nil {
-		return fmt.Errorf("disk %s: the domain has no such disk", req.Disk)
-	}
-	if disk.Device != "cdrom" && disk.Device != "floppy" {
-		return fmt.Errorf("disk %s: a disk has no removable medium; only a cdrom or floppy does", req.Disk)
 	}
 	mon := s.monitor()
 	locked := func(err error) error {
@@ -90,6 +92,9 @@ func (s *supervisor) changeMedia(ctx context.Context, req MediaRequest) error {
 		return fmt.Errorf("disk %s source %s: %w", req.Disk, req.Source, unwrap(err))
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() {
+		return fmt.Errorf("disk %s source %s: not a regular file; a block device goes in with --config (at the next start)", req.Disk, req.Source)
+	}
 	set, err := sender.AddFD(ctx, f)
 	if err != nil {
 		return err

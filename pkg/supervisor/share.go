@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -34,10 +35,12 @@ func (s *supervisor) makeShareSockets(context.Context) error {
 		v := s.plan.VirtioFS[0]
 		return fmt.Errorf("filesystem %s driver virtiofs: QEMU's virtiofsd sandboxes itself in namespaces, which needs root; run minivirt as root, or use driver type='path' (9p)", v.Tag)
 	}
-	for _, v := range s.plan.VirtioFS {
+	for _, v := range s.plan.VirtioFS { // before any socket: a failing step's undo does not run
 		if _, err := os.Stat(v.Binary); err != nil {
 			return fmt.Errorf("filesystem %s driver virtiofs: %s: %w (Debian's qemu-system-common has it)", v.Tag, v.Binary, unwrap(err))
 		}
+	}
+	for _, v := range s.plan.VirtioFS {
 		f, err := s.listenFile(v.Socket)
 		if err != nil {
 			s.closeShareSockets()
@@ -104,6 +107,24 @@ func (s *supervisor) startVirtiofsd(ctx context.Context) error {
 	}
 	s.starting.shares = nil
 	return nil
+}
+
+// virtiofsdWords is the last thing a virtiofsd that has exited wrote to its
+// log, or "": why QEMU's vhost-user handshake with it failed.
+func (s *supervisor) virtiofsdWords() string {
+	for _, h := range s.virtiofsd {
+		select {
+		case <-h.done:
+			data, err := os.ReadFile(filepath.Join(s.cfg.Env.LogDir, s.d.Name+".virtiofsd.log"))
+			if err != nil {
+				return ""
+			}
+			lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+			return strings.TrimSpace(lines[len(lines)-1])
+		default:
+		}
+	}
+	return ""
 }
 
 // helperProcess is a process the supervisor runs beside QEMU.

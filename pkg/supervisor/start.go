@@ -447,7 +447,11 @@ func (s *supervisor) qemuFailed(what error) error {
 		what = fmt.Errorf("QEMU %s", text)
 	case <-time.After(quitGrace):
 	}
-	return fmt.Errorf("%w: %s", what, qemuWords(s.starting.log.Name(), s.starting.logFrom))
+	words := qemuWords(s.starting.log.Name(), s.starting.logFrom)
+	if v := s.virtiofsdWords(); v != "" {
+		words += " | virtiofsd: " + v
+	}
+	return fmt.Errorf("%w: %s", what, words)
 }
 
 func (s *supervisor) closeMonitor() {

@@ -41,7 +41,7 @@ lint:
 
 # go test: unit tests, and the integration tests, which boot the tiny guest under QEMU.
 go-test:
-	MINIVIRT_GUEST_DIR=$(BUILD)/guest MINIVIRT_GUEST_GENERIC_DIR=$(BUILD)/guest-generic MINIVIRT_CLOUD_IMAGE=$(BUILD)/cloud/debian-12.qcow2 $(GO) test -count=1 -timeout 15m ./...
+	MINIVIRT_REQUIRE_ALL=1 MINIVIRT_GUEST_DIR=$(BUILD)/guest MINIVIRT_GUEST_GENERIC_DIR=$(BUILD)/guest-generic MINIVIRT_CLOUD_IMAGE=$(BUILD)/cloud/debian-12.qcow2 $(GO) test -count=1 -timeout 15m ./...
 
 # Each fuzz target runs for FUZZTIME: it must find no panic and no round-trip
 # difference. -fuzzminimizetime=0: Go minimizes every new interesting input
@@ -66,7 +66,7 @@ fuzz:
 # files defined by a private libvirtd beside minivirt.
 corpus: build
 	@$(GO) test -count=1 -run='^TestCorpus$$' -v ./pkg/domain | grep -E 'corpus:|(refused at define|refused at start) +[0-9]+:' | sed 's/^ *corpus_test.go:[0-9]*: //'
-	@if [ "$$(id -u)" -eq 0 ]; then $(GO) test -count=1 -run='^TestCorpusBesideLibvirt$$' -v ./integration | grep -E 'corpus beside libvirt:|^ +corpus_test.go:[0-9]+: +[0-9]+  ' | sed 's/^ *corpus_test.go:[0-9]*: //'; fi
+	@if [ "$$(id -u)" -eq 0 ]; then MINIVIRT_REQUIRE_ALL=1 $(GO) test -count=1 -run='^TestCorpusBesideLibvirt$$' -v ./integration | grep -E 'corpus beside libvirt:|^ +corpus_test.go:[0-9]+: +[0-9]+  ' | sed 's/^ *corpus_test.go:[0-9]*: //'; fi
 
 test: deps lint guest guest-generic cloud-image go-test fuzz corpus
 

@@ -93,7 +93,7 @@ func TestCorpusBesideLibvirt(t *testing.T) {
 		})
 	}
 	if len(files) == 0 {
-		t.Skip("no shared corpus: put domain XML under ../shared/corpus beside the checkout (e.g. /work/shared/corpus/libvirt) or name directories in MINIVIRT_CORPUS")
+		testenv.SkipUnlessRequired(t, "no shared corpus: put domain XML under ../shared/corpus beside the checkout (e.g. /work/shared/corpus/libvirt) or name directories in MINIVIRT_CORPUS")
 	}
 	for _, f := range files {
 		data, err := os.ReadFile(f.path)
@@ -139,7 +139,7 @@ func TestCorpusBesideLibvirt(t *testing.T) {
 		t.Fatalf("virsh list: %v: %s", err, errs)
 	}
 	if held := strings.Fields(out); len(held) > 0 {
-		t.Skipf("libvirt already holds domains (%s): this test defines and undefines libvirt's test-suite domains beside them; undefine them first", strings.Join(held, ", "))
+		testenv.SkipUnlessRequired(t, "libvirt already holds domains (%s): this test defines and undefines libvirt's test-suite domains beside them; undefine them first", strings.Join(held, ", "))
 	}
 
 	// libvirt's verdicts.

@@ -28,7 +28,7 @@ import (
 func TestLibvirtDevices(t *testing.T) {
 	t.Parallel()
 	if os.Geteuid() != 0 {
-		t.Skip("virtiofsd and qemu-nbd as the test runs them need root (make test runs as root)")
+		testenv.SkipUnlessRequired(t, "virtiofsd and qemu-nbd as the test runs them need root (make test runs as root)")
 	}
 	h := newHost(t)
 	scsi := writeMarked(t, filepath.Join(h.top, "scsi.img"), "SCSI-DISK-MARK")
@@ -102,6 +102,7 @@ func TestLibvirtDevices(t *testing.T) {
 
 	// The serial port on TCP: what the guest writes to ttyS1 arrives.
 	accepted := make(chan string, 1)
+	serialLn.(*net.TCPListener).SetDeadline(time.Now().Add(time.Minute))
 	go func() {
 		c, err := serialLn.Accept()
 		if err != nil {

@@ -315,3 +315,18 @@ func startDaemon(dir, name, bin, sock string, args ...string) (stop func(), err 
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// RequireAll names the environment variable `make test` sets: with it, a
+// test that lacks what it needs fails rather than skips, so that a skip is
+// never the path CI takes.
+const RequireAll = "MINIVIRT_REQUIRE_ALL"
+
+// SkipUnlessRequired skips t, saying why, when run by hand; under
+// `make test` (RequireAll set) it fails t instead.
+func SkipUnlessRequired(t testing.TB, format string, args ...any) {
+	t.Helper()
+	if os.Getenv(RequireAll) != "" {
+		t.Fatalf(format+" (make test needs it: %s is set)", append(args, RequireAll)...)
+	}
+	t.Skipf(format, args...)
+}

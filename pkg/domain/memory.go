@@ -13,7 +13,7 @@ import (
 // fill them, <memoryBacking> (memfd, file or anonymous; shared or private;
 // huge pages, locked, preallocated) and the NUMA cells of <cpu>.
 
-// MemoryBackings are the kinds of memory a guest's RAM can be backed by.
+// memorySources are the kinds of memory a guest's RAM can be backed by.
 var memorySources = []string{"anonymous", "memfd", "file"}
 
 func (ck *checker) validateMemory() error {

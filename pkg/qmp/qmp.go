@@ -265,6 +265,12 @@ func (m *Conn) runWithFD(ctx context.Context, command string, args any, f *os.Fi
 	if _, ok := m.c.(*net.UnixConn); !ok {
 		return nil, fmt.Errorf("QMP %s: the monitor is not on a Unix socket", command)
 	}
+	return m.execute(ctx, command, args, f)
+}
+
+// execute sends command with its arguments (and f, when not nil) and returns
+// its result, or QEMU's error.
+func (m *Conn) execute(ctx context.Context, command string, args any, f *os.File) (json.RawMessage, error) {
 	c := map[string]any{"execute": command}
 	if args != nil {
 		c["arguments"] = args
@@ -388,26 +394,7 @@ type Reply struct {
 
 // Run implements Monitor.
 func (m *Conn) Run(ctx context.Context, command string, args any) (json.RawMessage, error) {
-	cmd := map[string]any{"execute": command}
-	if args != nil {
-		cmd["arguments"] = args
-	}
-	b, err := json.Marshal(cmd)
-	if err != nil {
-		return nil, err
-	}
-	out, err := m.RunRaw(ctx, b)
-	if err != nil {
-		return nil, fmt.Errorf("QMP %s: %w", command, err)
-	}
-	var reply Reply
-	if err := json.Unmarshal(out, &reply); err != nil {
-		return nil, fmt.Errorf("QMP %s: reading the reply: %w", command, err)
-	}
-	if reply.Error != nil {
-		return nil, fmt.Errorf("QMP %s: %s: %s", command, reply.Error.Class, reply.Error.Desc)
-	}
-	return reply.Return, nil
+	return m.execute(ctx, command, args, nil)
 }
 
 // Cont resumes the guest's CPUs.

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/minivirt/minivirt/internal/testenv"
 	"github.com/minivirt/minivirt/pkg/rig"
 )
 
@@ -90,7 +91,7 @@ func BenchmarkRigStart(b *testing.B) {
 // guest reads the file the test wrote and writes one the test reads back.
 func TestShare(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("the tiny guest mounts virtiofs only, which needs root here (make test runs as root)")
+		testenv.SkipUnlessRequired(t, "the tiny guest mounts virtiofs only, which needs root here (make test runs as root)")
 	}
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "in.txt"), []byte("FROM-THE-TEST\n"), 0o644); err != nil {

@@ -184,10 +184,9 @@ func checkHugePages(pageKiB, memKiB uint) error {
 // chain, so a description that disagrees would misread the disk.
 func checkBackingChain(ctx context.Context, qemuImg string, disk libvirtxml.DomainDisk) error {
 	where := "disk " + disk.Target.Dev + " backingStore"
-	path := disk.Source.File
 	file := ""
-	if path != nil {
-		file = path.File
+	if disk.Source.File != nil {
+		file = disk.Source.File.File
 	} else {
 		file = disk.Source.Block.Dev
 	}

@@ -49,11 +49,15 @@ go-test:
 # spent the whole run there (23 executions in 5s; 240,000 without).
 # The last line says how many executions it ran.
 # FuzzBuild goes on from an accepted definition through the start's checks
-# and the command line's builder: no panic, refusals in one line. A run
+# and the command line's builder: no panic, refusals in one line.
+# FuzzVring lays a hostile guest's descriptors and rings in memory between
+# guard pages and runs the vhost-user device's transmit drain and receive
+# put on them: no panic, no access outside guest memory, no frame over
+# MaxFrame, no more chains completed than made available. A run
 # fails on a failing input Go writes to testdata; Go's own "context deadline
 # exceeded" when the time is up with a worker busy is not one.
 fuzz:
-	@set -e; for target in FuzzDomain:./pkg/domain FuzzBuild:./pkg/launcher; do \
+	@set -e; for target in FuzzDomain:./pkg/domain FuzzBuild:./pkg/launcher FuzzVring:./pkg/vhostuser; do \
 	  name=$${target%%:*}; pkg=$${target#*:}; \
 	  $(GO) test -run='^$$' -fuzz="^$$name$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=0 $$pkg 2>&1 | tee $(BUILD)/fuzz.log | grep -v 'gathering baseline'; \
 	  if grep -q 'Failing input written to' $(BUILD)/fuzz.log; then echo "fuzz: $$name found a failing input (above)"; exit 1; fi; \
@@ -75,11 +79,13 @@ demo: deps build guest
 
 # Benchmarks, each beside its baseline in the same run (see BENCHMARKS.md):
 # the relay alone against a bare Unix socket, then end to end with the tiny
-# guest (netstack at two MTUs, slirp, guestfwd cmd:socat, plain user-mode
-# TCP; interleaved rounds after a warm-up), start time against the same argv
-# run bare, density, a busy host, the CLI with 10,000 domains, save and
-# restore, a cloud image to the first ssh login beside virt-install, and a
-# rig's guest booted against restored.
+# guest (netstack's vhost-user and -netdev stream backends at two MTUs,
+# slirp, guestfwd cmd:socat, plain user-mode TCP, the guest's own loopback;
+# interleaved rounds after a warm-up; alone: go run ./bench/e2e -only
+# datapath), start time against the same argv run bare, density, a busy
+# host, the CLI with 10,000 domains, save and restore, a cloud image to the
+# first ssh login beside virt-install, and a rig's guest booted against
+# restored.
 bench: deps build guest cloud-image
 	@mkdir -p $(BUILD)/bench
 	$(GO) test -run='^$$' -bench=. -benchmem -count=3 ./pkg/vmchannel | tee $(BUILD)/bench/relay.txt

@@ -172,7 +172,10 @@ type guest struct {
 	cmdline string // extra kernel parameters
 	devices string // extra <devices> content
 	top     string // extra top-level elements
-	network string // <vmchannels network=''/>, when set
+	network string // <vmchannels network=''/>, when set; netstack-stream is netstack on the stream backend
+	// backend is minivirt's network's backend (<vmchannels backend=''/>
+	// in the metadata), when set.
+	backend string
 	os      string // attributes of <os>, e.g. firmware='efi'
 	osChild string // extra <os> content, e.g. <smbios mode='sysinfo'/>
 	// kernelDir holds the vmlinuz and initrd.gz to boot (default: the
@@ -189,13 +192,25 @@ func (g guest) xml() string {
 	if g.kernelDir != "" {
 		kernels = g.kernelDir
 	}
-	devices := g.devices
-	if g.network != "" {
-		devices += `<vmchannels network='` + g.network + `'/>`
+	devices, top, backend := g.devices, g.top, g.backend
+	network := g.network
+	if network == netstackStream {
+		network, backend = "netstack", "stream"
+	}
+	if network != "" {
+		devices += `<vmchannels network='` + network + `'/>`
+	}
+	if backend != "" {
+		const meta = `<vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1'`
+		if strings.Contains(top, meta) {
+			top = strings.Replace(top, meta, meta+` backend='`+backend+`'`, 1)
+		} else {
+			top += `<metadata>` + meta + ` backend='` + backend + `'/></metadata>`
+		}
 	}
 	return `<domain type='kvm'><name>` + g.name + `</name><memory unit='MiB'>192</memory><vcpu>1</vcpu>
 <os ` + g.os + `><kernel>` + filepath.Join(kernels, "vmlinuz") + `</kernel><initrd>` + filepath.Join(kernels, "initrd.gz") + `</initrd>
-<cmdline>` + cmdline + `</cmdline>` + g.osChild + `</os>` + g.top + `<devices>` + devices + `</devices></domain>`
+<cmdline>` + cmdline + `</cmdline>` + g.osChild + `</os>` + top + `<devices>` + devices + `</devices></domain>`
 }
 
 // boot defines and starts g and waits until its userspace is up. A domain
@@ -375,12 +390,27 @@ func serveOn(t *testing.T, network, addr string, serve func(net.Conn)) *service 
 
 func killPid(pid int) { syscall.Kill(pid, syscall.SIGKILL) }
 
-// forNetworks runs test once on each network that can carry vmchannels.
+// netstackStream names minivirt's own network on the stream backend
+// (-netdev stream) in forNetworks; "netstack" is its default, vhost-user.
+const netstackStream = "netstack-stream"
+
+// forNetworks runs test once on each network that can carry vmchannels,
+// minivirt's own on both its backends.
 func forNetworks(t *testing.T, test func(t *testing.T, network string)) {
-	for _, network := range []string{"slirp", "netstack"} {
+	for _, network := range []string{"slirp", "netstack", netstackStream} {
 		t.Run(network, func(t *testing.T) {
 			t.Parallel()
 			test(t, network)
+		})
+	}
+}
+
+// forBackends runs test once on each backend of minivirt's own network.
+func forBackends(t *testing.T, test func(t *testing.T, backend string)) {
+	for _, backend := range []string{"vhost-user", "stream"} {
+		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
+			test(t, backend)
 		})
 	}
 }

@@ -85,34 +85,38 @@ func TestInboundForwards(t *testing.T) {
 	tcp := freePort(t)
 	forwards := fmt.Sprintf(`<metadata><vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1'>`+
 		`<forward port='8080' path='%s'/><forward port='8080' listen='127.0.0.1:%d'/></vmchannels></metadata>`, sock, tcp)
-	h.boot(guest{name: "in", top: forwards, script: httpdScript, devices: vmchannelXML(600, svc.path)})
-	h.waitLog("in", "httpd-up", time.Minute)
-	for _, form := range []struct {
-		name string
-		dial func() (net.Conn, error)
-	}{
-		{"netstack unix", func() (net.Conn, error) { return net.Dial("unix", sock) }},
-		{"netstack tcp", func() (net.Conn, error) { return net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", tcp)) }},
-	} {
-		before := h.passiveOpens("in")
-		getConcurrently(t, form.name, 8, form.dial)
-		if n := h.passiveOpens("in") - before; n != 8 {
-			t.Errorf("%s: the guest accepted %d connections for 8 requests", form.name, n)
+	// minivirt's own network on both backends: vhost-user (the default)
+	// and stream.
+	for _, backend := range []string{"", "stream"} {
+		h.boot(guest{name: "in", top: forwards, backend: backend, script: httpdScript, devices: vmchannelXML(600, svc.path)})
+		h.waitLog("in", "httpd-up", time.Minute)
+		for _, form := range []struct {
+			name string
+			dial func() (net.Conn, error)
+		}{
+			{"netstack unix " + backend, func() (net.Conn, error) { return net.Dial("unix", sock) }},
+			{"netstack tcp " + backend, func() (net.Conn, error) { return net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", tcp)) }},
+		} {
+			before := h.passiveOpens("in")
+			getConcurrently(t, form.name, 8, form.dial)
+			if n := h.passiveOpens("in") - before; n != 8 {
+				t.Errorf("%s: the guest accepted %d connections for 8 requests", form.name, n)
+			}
 		}
-	}
-	var st struct {
-		Forwards []struct {
-			Host  string `json:"host"`
-			Total uint64 `json:"total"`
-		} `json:"forwards"`
-	}
-	json.Unmarshal([]byte(h.OK("", "status", "in", "-o", "json")), &st)
-	if len(st.Forwards) != 2 || st.Forwards[0].Total != 8 || st.Forwards[1].Total != 8 {
-		t.Errorf("status forwards: %+v; want two with 8 connections each", st.Forwards)
-	}
-	h.OK("", "destroy", "in")
-	if exists(sock) {
-		t.Error("the forward's socket outlived the domain")
+		var st struct {
+			Forwards []struct {
+				Host  string `json:"host"`
+				Total uint64 `json:"total"`
+			} `json:"forwards"`
+		}
+		json.Unmarshal([]byte(h.OK("", "status", "in", "-o", "json")), &st)
+		if len(st.Forwards) != 2 || st.Forwards[0].Total != 8 || st.Forwards[1].Total != 8 {
+			t.Errorf("status forwards: %+v; want two with 8 connections each", st.Forwards)
+		}
+		h.OK("", "destroy", "in")
+		if exists(sock) {
+			t.Error("the forward's socket outlived the domain")
+		}
 	}
 
 	// QEMU's user network: libvirt's <portForward>, through hostfwd.
@@ -139,57 +143,58 @@ func TestInboundForwards(t *testing.T) {
 // host's connection at once; and nothing listens on a host TCP port unless
 // asked (read from /proc/net/tcp).
 func TestLiveChanges(t *testing.T) {
-	t.Parallel()
-	h := newHost(t)
-	svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)
-	svc2 := listen(t, filepath.Join(h.top, "svc2.sock"), nil)
-	h.boot(guest{name: "live", devices: vmchannelXML(600, svc.path)})
+	forBackends(t, func(t *testing.T, backend string) {
+		h := newHost(t)
+		svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)
+		svc2 := listen(t, filepath.Join(h.top, "svc2.sock"), nil)
+		h.boot(guest{name: "live", backend: map[string]string{"vhost-user": "", "stream": "stream"}[backend], devices: vmchannelXML(600, svc.path)})
 
-	out := h.OK("", "vmchannel", "add", "live", "--port", "700", "--path", svc2.path, "--live")
-	if !strings.Contains(out, "live") {
-		t.Errorf("vmchannel add --live printed %q", out)
-	}
-	if out, rc := h.exec("live", "minivirt-guest request 10.0.2.4:700 added", time.Minute); rc != 0 || !strings.Contains(out, "reply: reply: added") {
-		t.Errorf("a vmchannel added live: exit %d, %q", rc, out)
-	}
-	if strings.Contains(h.OK("", "dumpxml", "live"), `port="700"`) {
-		t.Error("--live alone changed the definition")
-	}
-	h.OK("", "vmchannel", "remove", "live", "--port", "700", "--live")
-	if out, rc := h.exec("live", "minivirt-guest request 10.0.2.4:700 removed", time.Minute); rc == 0 {
-		t.Errorf("a vmchannel removed live still answered: %q", out)
-	}
+		out := h.OK("", "vmchannel", "add", "live", "--port", "700", "--path", svc2.path, "--live")
+		if !strings.Contains(out, "live") {
+			t.Errorf("vmchannel add --live printed %q", out)
+		}
+		if out, rc := h.exec("live", "minivirt-guest request 10.0.2.4:700 added", time.Minute); rc != 0 || !strings.Contains(out, "reply: reply: added") {
+			t.Errorf("a vmchannel added live: exit %d, %q", rc, out)
+		}
+		if strings.Contains(h.OK("", "dumpxml", "live"), `port="700"`) {
+			t.Error("--live alone changed the definition")
+		}
+		h.OK("", "vmchannel", "remove", "live", "--port", "700", "--live")
+		if out, rc := h.exec("live", "minivirt-guest request 10.0.2.4:700 removed", time.Minute); rc == 0 {
+			t.Errorf("a vmchannel removed live still answered: %q", out)
+		}
 
-	// Nothing listens on the host's TCP: the domain asked for no TCP forward.
-	st := h.status("live")
-	if ports := tcpListeners(t, st.QEMUPID, st.SupervisorPID); len(ports) != 0 {
-		t.Errorf("TCP listeners nobody asked for: %v", ports)
-	}
-	// A forward to a port nobody listens on in the guest: closed at once.
-	dead := filepath.Join(h.top, "dead.sock")
-	h.OK("", "port", "add", "live", "--guest-port", "9", "--path", dead, "--live")
-	c, err := net.Dial("unix", dead)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// A forward left open would run into this deadline: the end of the
-	// stream must come first.
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	if n, err := c.Read(make([]byte, 1)); n != 0 || !(errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
-		t.Errorf("a forward to a closed guest port: read %d, %v; want the end of the stream", n, err)
-	}
-	c.Close()
-	// A TCP forward asked for: exactly that port listens.
-	tcp := freePort(t)
-	h.OK("", "port", "add", "live", "--guest-port", "22", "--listen", strconv.Itoa(tcp), "--live")
-	if ports := tcpListeners(t, st.QEMUPID, st.SupervisorPID); len(ports) != 1 || ports[0] != tcp {
-		t.Errorf("TCP listeners %v; want only the asked %d", ports, tcp)
-	}
-	h.OK("", "port", "remove", "live", "--guest-port", "22", "--live")
-	if ports := tcpListeners(t, st.QEMUPID, st.SupervisorPID); len(ports) != 0 {
-		t.Errorf("TCP listeners left after remove: %v", ports)
-	}
-	h.OK("", "destroy", "live")
+		// Nothing listens on the host's TCP: the domain asked for no TCP forward.
+		st := h.status("live")
+		if ports := tcpListeners(t, st.QEMUPID, st.SupervisorPID); len(ports) != 0 {
+			t.Errorf("TCP listeners nobody asked for: %v", ports)
+		}
+		// A forward to a port nobody listens on in the guest: closed at once.
+		dead := filepath.Join(h.top, "dead.sock")
+		h.OK("", "port", "add", "live", "--guest-port", "9", "--path", dead, "--live")
+		c, err := net.Dial("unix", dead)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A forward left open would run into this deadline: the end of the
+		// stream must come first.
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); n != 0 || !(errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
+			t.Errorf("a forward to a closed guest port: read %d, %v; want the end of the stream", n, err)
+		}
+		c.Close()
+		// A TCP forward asked for: exactly that port listens.
+		tcp := freePort(t)
+		h.OK("", "port", "add", "live", "--guest-port", "22", "--listen", strconv.Itoa(tcp), "--live")
+		if ports := tcpListeners(t, st.QEMUPID, st.SupervisorPID); len(ports) != 1 || ports[0] != tcp {
+			t.Errorf("TCP listeners %v; want only the asked %d", ports, tcp)
+		}
+		h.OK("", "port", "remove", "live", "--guest-port", "22", "--live")
+		if ports := tcpListeners(t, st.QEMUPID, st.SupervisorPID); len(ports) != 0 {
+			t.Errorf("TCP listeners left after remove: %v", ports)
+		}
+		h.OK("", "destroy", "live")
+	})
 }
 
 // tcpListeners returns the local ports of the listening TCP sockets (IPv4

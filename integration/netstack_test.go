@@ -15,19 +15,31 @@ import (
 // TestNetstackDHCP: a guest that takes its address by DHCP (busybox udhcpc)
 // gets 10.0.2.15 from minivirt's network and reaches its vmchannel.
 func TestNetstackDHCP(t *testing.T) {
-	t.Parallel()
-	h := newHost(t)
-	svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)
-	h.boot(guest{name: "dhcp", network: "netstack", cmdline: "minivirt.dhcp", devices: vmchannelXML(600, svc.path)})
-	if log := h.waitLog("dhcp", readyLine, time.Minute); !strings.Contains(log, "minivirt-guest: dhcp 10.0.2.15") {
-		t.Fatalf("no DHCP lease of 10.0.2.15 in the console log:\n%s", log)
-	}
-	if out, rc := h.exec("dhcp", "minivirt-guest request 10.0.2.4:600 leased", time.Minute); rc != 0 || !strings.Contains(out, "reply: reply: leased") {
-		t.Errorf("vmchannel after DHCP: exit %d, %q", rc, out)
-	}
-	if st := h.status("dhcp"); !strings.Contains(h.OK("", "status", "dhcp", "-o", "json"), `"network": "netstack"`) || st.State != "running" {
-		t.Errorf("status: %+v", st)
-	}
+	forBackends(t, func(t *testing.T, backend string) {
+		h := newHost(t)
+		svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)
+		b := backend
+		if b == "vhost-user" {
+			b = "" // the default
+		}
+		h.boot(guest{name: "dhcp", network: "netstack", backend: b, cmdline: "minivirt.dhcp", devices: vmchannelXML(600, svc.path)})
+		if log := h.waitLog("dhcp", readyLine, time.Minute); !strings.Contains(log, "minivirt-guest: dhcp 10.0.2.15") {
+			t.Fatalf("no DHCP lease of 10.0.2.15 in the console log:\n%s", log)
+		}
+		if out, rc := h.exec("dhcp", "minivirt-guest request 10.0.2.4:600 leased", time.Minute); rc != 0 || !strings.Contains(out, "reply: reply: leased") {
+			t.Errorf("vmchannel after DHCP: exit %d, %q", rc, out)
+		}
+		js := h.OK("", "status", "dhcp", "-o", "json")
+		if st := h.status("dhcp"); !strings.Contains(js, `"network": "netstack"`) || !strings.Contains(js, `"net_backend": "`+backend+`"`) || st.State != "running" {
+			t.Errorf("status: %s", js)
+		}
+		// The stream backend is a fallback, and status says why.
+		text := h.OK("", "status", "dhcp")
+		if want := map[string]string{"vhost-user": "Network:     netstack, vhost-user\n",
+			"stream": "Network:     netstack, stream (not vhost-user: the definition asks for it"}[backend]; !strings.Contains(text, want) {
+			t.Errorf("status does not say %q:\n%s", want, text)
+		}
+	})
 }
 
 // TestNetstackIsolation: on minivirt's own network the gateway answers no
@@ -35,36 +47,39 @@ func TestNetstackDHCP(t *testing.T) {
 // never answers), QEMU runs under the full seccomp set, and no process runs
 // per guest connection.
 func TestNetstackIsolation(t *testing.T) {
-	t.Parallel()
-	h := newHost(t)
-	tcp, port := listenTCP(t, func(c net.Conn) { c.Close() })
-	svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)
-	h.boot(guest{name: "iso", network: "netstack", devices: vmchannelXML(600, svc.path)})
-	for _, addr := range []string{fmt.Sprintf("10.0.2.2:%d", port), "10.0.2.2:22", "10.0.2.4:601"} {
-		out, rc := h.exec("iso", "minivirt-guest request "+addr+" probe", time.Minute)
-		if rc == 0 || !strings.Contains(out, "connection refused") {
-			t.Errorf("%s from the guest: exit %d, %q; want connection refused", addr, rc, out)
+	forBackends(t, func(t *testing.T, backend string) {
+		network := map[string]string{"vhost-user": "netstack", "stream": netstackStream}[backend]
+		h := newHost(t)
+		tcp, port := listenTCP(t, func(c net.Conn) { c.Close() })
+		svc := listen(t, filepath.Join(h.top, "svc.sock"), nil)
+		h.boot(guest{name: "iso", network: network, devices: vmchannelXML(600, svc.path)})
+		for _, addr := range []string{fmt.Sprintf("10.0.2.2:%d", port), "10.0.2.2:22", "10.0.2.4:601"} {
+			out, rc := h.exec("iso", "minivirt-guest request "+addr+" probe", time.Minute)
+			if rc == 0 || !strings.Contains(out, "connection refused") {
+				t.Errorf("%s from the guest: exit %d, %q; want connection refused", addr, rc, out)
+			}
 		}
-	}
-	// An outside address: the stack routes nothing, so the guest's SYN dies
-	// inside the supervisor (and this probe never leaves the machine).
-	if out, rc := h.exec("iso", "minivirt-guest request 192.0.2.1:80 probe", time.Minute); rc == 0 {
-		t.Errorf("an outside address answered: %q", out)
-	}
-	if n := tcp.accepted.Load(); n != 0 {
-		t.Errorf("the host's TCP listener was reached %d times from the guest", n)
-	}
-	st := h.status("iso")
-	cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(st.QEMUPID) + "/cmdline")
-	if strings.Contains(string(cmdline), "guestfwd") || !strings.Contains(string(cmdline), "spawn=deny") {
-		t.Errorf("QEMU's argv: %q", cmdline)
-	}
-	if out, rc := h.exec("iso", "minivirt-guest parallel 8 10.0.2.4:600", time.Minute); rc != 0 || strings.Count(out, "reply: reply:") != 8 {
-		t.Errorf("8 connections: exit %d:\n%s", rc, out)
-	}
-	if n := len(h.helpers()); n != 0 {
-		t.Errorf("%d helper processes on minivirt's own network", n)
-	}
+		// An outside address: the stack routes nothing, so the guest's SYN dies
+		// inside the supervisor (and this probe never leaves the machine).
+		if out, rc := h.exec("iso", "minivirt-guest request 192.0.2.1:80 probe", time.Minute); rc == 0 {
+			t.Errorf("an outside address answered: %q", out)
+		}
+		if n := tcp.accepted.Load(); n != 0 {
+			t.Errorf("the host's TCP listener was reached %d times from the guest", n)
+		}
+		st := h.status("iso")
+		cmdline, _ := os.ReadFile("/proc/" + strconv.Itoa(st.QEMUPID) + "/cmdline")
+		netdev := map[string]string{"netstack": "vhost-user,id=net0", netstackStream: "stream,id=net0"}[network]
+		if strings.Contains(string(cmdline), "guestfwd") || !strings.Contains(string(cmdline), "spawn=deny") || !strings.Contains(string(cmdline), netdev) {
+			t.Errorf("QEMU's argv: %q", cmdline)
+		}
+		if out, rc := h.exec("iso", "minivirt-guest parallel 8 10.0.2.4:600", time.Minute); rc != 0 || strings.Count(out, "reply: reply:") != 8 {
+			t.Errorf("8 connections: exit %d:\n%s", rc, out)
+		}
+		if n := len(h.helpers()); n != 0 {
+			t.Errorf("%d helper processes on minivirt's own network", n)
+		}
+	})
 }
 
 // TestNetstackSupervisorDies: the network lives in the supervisor, and

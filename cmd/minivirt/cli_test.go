@@ -390,7 +390,7 @@ func TestVMChannelCommands(t *testing.T) {
 		t.Errorf("vmchannel list = %+v; want %+v", items, want)
 	}
 	dump := e.OK("", "dumpxml", "vc", "--libvirt")
-	if !strings.Contains(dump, `virtio-net-pci,netdev=minivirt-net0`) || !strings.Contains(dump, `<vmchannel address="10.0.2.5" port="601" path="/run/b.sock" proxy="v2" maxconnections="8">`) {
+	if !strings.Contains(dump, `<interface type="vhostuser">`) || !strings.Contains(dump, `<property name="vectors" type="unsigned" value="0">`) || !strings.Contains(dump, `<vmchannel address="10.0.2.5" port="601" path="/run/b.sock" proxy="v2" maxconnections="8">`) {
 		t.Errorf("libvirt form lacks minivirt's network or the vmchannels:\n%s", dump)
 	}
 	e.OK("", "vmchannel", "remove", "vc", "--port", "600")

@@ -239,7 +239,11 @@ type statusReport struct {
 	Detail  string `json:"detail,omitempty"`
 	Accel   string `json:"accel,omitempty"`
 	Network string `json:"network,omitempty"`
-	QEMUPID int    `json:"qemu_pid"`
+	// NetBackend and NetFallback: how QEMU's NIC reaches netstack, and
+	// why it is the stream backend when vhost-user could not be used.
+	NetBackend  string `json:"net_backend,omitempty"`
+	NetFallback string `json:"net_fallback,omitempty"`
+	QEMUPID     int    `json:"qemu_pid"`
 	// QEMUUID is the user QEMU runs as (its effective uid; -1 when it is
 	// not running), and Confined the directory it is confined to, if any.
 	QEMUUID       int    `json:"qemu_uid"`
@@ -296,6 +300,7 @@ func (a *app) statusCommand() *cobra.Command {
 			}
 			if o.Active() {
 				r.Accel, r.Network, r.Supervised = o.Accel, o.Network, o.Supervised
+				r.NetBackend, r.NetFallback = o.NetBackend, o.NetFallback
 				if o.QEMUAlive {
 					r.QEMUPID = o.QEMU.PID
 				}
@@ -339,8 +344,13 @@ func (a *app) statusCommand() *cobra.Command {
 			}
 			if o.Active() {
 				network := r.Network
-				if network == "" {
+				switch {
+				case network == "":
 					network = "none"
+				case r.NetFallback != "":
+					network += ", " + r.NetBackend + " (not vhost-user: " + r.NetFallback + ")"
+				case r.NetBackend != "":
+					network += ", " + r.NetBackend
 				}
 				fmt.Fprintf(w, "Accel:       %s\nNetwork:     %s\nQEMU pid:    %d\n", r.Accel, network, r.QEMUPID)
 				if r.QEMUUID >= 0 {

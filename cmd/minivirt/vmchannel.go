@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net/netip"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -188,10 +189,16 @@ func (a *app) vmchannelListCommand() *cobra.Command {
 			}
 			if len(items) > 0 {
 				network := d.Network()
+				backend, _ := d.NetBackend()
 				if o.Active() && o.Network != "" {
-					network = o.Network // what the running QEMU has, even if redefined since
+					// what the running QEMU has, even if redefined since
+					network, backend = o.Network, domain.NetBackend(o.NetBackend)
 				}
-				fmt.Fprintln(a.stdout, networkText[network])
+				text := networkText[network]
+				if network == domain.NetworkNetstack && backend != "" {
+					text = strings.Replace(text, "in the supervisor)", "in the supervisor, on "+string(backend)+")", 1)
+				}
+				fmt.Fprintln(a.stdout, text)
 			}
 			return nil
 		},

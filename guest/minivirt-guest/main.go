@@ -1,6 +1,6 @@
 // Command minivirt-guest runs inside minivirt's tiny test guest: it powers the
 // guest off on the ACPI power button and acts as a vmchannel client for tests
-// and the demo.
+// and the demo, and as the benchmark's services on the guest's own loopback.
 package main
 
 import (
@@ -86,6 +86,14 @@ func main() {
 			usage()
 		}
 		err = virtioEcho(os.Args[2])
+	case "serve":
+		// serve SERVICE=ADDR...: serve echo, sink or source on each ADDR
+		// (127.0.0.1 for the loopback benchmark) from a process left
+		// running; returns once every address listens.
+		if len(os.Args) < 3 {
+			usage()
+		}
+		err = serve(os.Args[2:])
 	case "latency", "bulk", "bulkin", "hold", "flood", "rate":
 		// latency N ADDR | bulk BYTES ADDR | bulkin BYTES ADDR | hold N ADDR | flood SECONDS ADDR | rate SECONDS ADDR
 		if len(os.Args) != 4 {
@@ -104,7 +112,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | fetch ADDR | fill MIB FILE | parallel N ADDR | hostfirst ADDR MESSAGE | virtio-echo NAME | latency N ADDR | bulk BYTES ADDR | hold N ADDR | flood SECONDS ADDR | dhcp-flood N | syn-flood N ADDR")
+	fmt.Fprintln(os.Stderr, "usage: minivirt-guest powerbutton | request ADDR MESSAGE | fetch ADDR | fill MIB FILE | parallel N ADDR | hostfirst ADDR MESSAGE | virtio-echo NAME | latency N ADDR | bulk BYTES ADDR | bulkin BYTES ADDR | rate SECONDS ADDR | hold N ADDR | flood SECONDS ADDR | serve SERVICE=ADDR... | dhcp-flood N | syn-flood N ADDR")
 	os.Exit(2)
 }
 

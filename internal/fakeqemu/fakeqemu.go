@@ -40,6 +40,7 @@ import (
 	"github.com/minivirt/minivirt/pkg/qga/qgatest"
 	"github.com/minivirt/minivirt/pkg/qmp/qmptest"
 	"github.com/minivirt/minivirt/pkg/usernet/usernettest"
+	"github.com/minivirt/minivirt/pkg/vhostuser/vhostusertest"
 )
 
 // Env is the variable that makes a test binary the fake, and names its mode.
@@ -63,6 +64,12 @@ func Main(mode string, args []string) int {
 	if mode == "guest" {
 		if err := serveGuest(args); err != nil {
 			fmt.Fprintln(os.Stderr, "fake QEMU: guest:", err)
+			return 1
+		}
+	} else if path := valueAfter(args, "-chardev", "id=charnet0,path="); path != "" {
+		// QEMU connects its vhost-user NIC as it starts, guest or not.
+		if _, err := connectNIC(path); err != nil {
+			fmt.Fprintln(os.Stderr, "fake QEMU: vhost-user:", err)
 			return 1
 		}
 	}
@@ -112,23 +119,62 @@ func numberAfter(args []string, option, marker string) int {
 	return -1
 }
 
-// serveGuest starts the guest on the descriptor of "-netdev
-// stream,...,addr.str=N" with the MTU of the device's host_mtu, and its
+// connectNIC connects to the vhost-user back-end at path as QEMU does and
+// drives its device as a guest's driver that takes no offloads.
+func connectNIC(path string) (*vhostusertest.Driver, error) {
+	c, err := net.DialUnix("unix", nil, &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return nil, err
+	}
+	return vhostusertest.Connect(c, vhostusertest.Options{})
+}
+
+// valueAfter finds the value of option that holds marker and returns what
+// follows marker there, unescaped (",," is a comma), or "".
+func valueAfter(args []string, option, marker string) string {
+	for i, a := range args {
+		if a != option || i+1 == len(args) {
+			continue
+		}
+		if _, rest, ok := strings.Cut(args[i+1], marker); ok {
+			return strings.ReplaceAll(rest, ",,", ",")
+		}
+	}
+	return ""
+}
+
+// serveGuest starts the guest on QEMU's NIC (the vhost-user socket of
+// "-chardev socket,id=charnet0,path=P", or the descriptor of "-netdev
+// stream,...,addr.str=N") with the MTU of the device's host_mtu, and its
 // service on GuestPort. It runs until the process exits.
 func serveGuest(args []string) error {
-	fd := numberAfter(args, "-netdev", "addr.str=")
-	if fd < 0 {
-		return fmt.Errorf("no -netdev stream socket in %q", args)
-	}
 	mtu := numberAfter(args, "-device", "host_mtu=")
 	if mtu < 0 {
 		return fmt.Errorf("no host_mtu in %q", args)
 	}
-	f := os.NewFile(uintptr(fd), "netdev")
-	conn, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		return err
+	var conn net.Conn
+	if path := valueAfter(args, "-chardev", "id=charnet0,path="); path != "" {
+		// vhost-user: the guest's driver on a memfd of its own, and its
+		// frames as -netdev stream carries them for the guest stack.
+		drv, err := connectNIC(path)
+		if err != nil {
+			return fmt.Errorf("vhost-user: %w", err)
+		}
+		if conn, err = drv.Stream(); err != nil {
+			return err
+		}
+	} else {
+		fd := numberAfter(args, "-netdev", "addr.str=")
+		if fd < 0 {
+			return fmt.Errorf("no -netdev stream socket or vhost-user chardev in %q", args)
+		}
+		f := os.NewFile(uintptr(fd), "netdev")
+		c, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+		conn = c
 	}
 	guest, err := usernettest.Start(conn, uint32(mtu))
 	if err != nil {

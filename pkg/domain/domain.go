@@ -65,13 +65,16 @@ type Extension struct {
 	Network string `xml:"network,attr,omitempty"`
 	// MTU is the link MTU of minivirt's own network (netstack), default
 	// 65520; QEMU's user network has 1500.
-	MTU        uint           `xml:"mtu,attr,omitempty"`
+	MTU uint `xml:"mtu,attr,omitempty"`
+	// Backend is how QEMU's NIC reaches netstack: a NetBackend, empty for
+	// the default (see Domain.NetBackend).
+	Backend    string         `xml:"backend,attr,omitempty"`
 	VMChannels []ExtVMChannel `xml:"vmchannel"`
 	Forwards   []ExtForward   `xml:"forward"`
 }
 
 func (e Extension) empty() bool {
-	return e.Network == "" && e.MTU == 0 && len(e.VMChannels) == 0 && len(e.Forwards) == 0
+	return e.Network == "" && e.MTU == 0 && e.Backend == "" && len(e.VMChannels) == 0 && len(e.Forwards) == 0
 }
 
 // ExtVMChannel is one <vmchannel> of minivirt's metadata. With a path it is

@@ -264,13 +264,39 @@ func TestLibvirtExport(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(back.Devices.Interfaces) != 0 || len(back.guestfwdChannels()) != 0 {
-		t.Errorf("the export has a user interface or a guestfwd channel, which libvirt would not carry:\n%s", out)
+	if len(back.guestfwdChannels()) != 0 || back.QEMUCommandline != nil {
+		t.Errorf("the export has a guestfwd channel, which libvirt would not carry, or QEMU options of its own:\n%s", out)
 	}
-	args := fmt.Sprint(back.QEMUCommandline.Args)
+	if n := back.Devices.Interfaces; len(n) != 1 || n[0].Source == nil || n[0].Source.VHostUser == nil ||
+		n[0].Source.VHostUser.Chardev.UNIX == nil || n[0].Source.VHostUser.Chardev.UNIX.Path != "/run/minivirt-net/t.sock" ||
+		n[0].Source.VHostUser.Chardev.UNIX.Mode != "client" || n[0].Alias == nil || back.QEMUOverride == nil ||
+		!strings.Contains(fmt.Sprint(back.QEMUOverride.Devices), "{"+n[0].Alias.Name+" {[{host_mtu unsigned 65520}") {
+		t.Errorf("the export lacks minivirt's network as libvirt's vhost-user interface (QEMU the client of the socket):\n%s", out)
+	}
+	if mb := back.MemoryBacking; mb == nil || mb.MemorySource == nil || mb.MemorySource.Type != "memfd" || mb.MemoryAccess == nil || mb.MemoryAccess.Mode != "shared" {
+		t.Errorf("a vhost-user device needs the guest's memory shared by memfd; the export says:\n%s", out)
+	}
+	// The stream backend goes through <qemu:commandline>, as libvirt has
+	// no interface for QEMU's -netdev stream.
+	stream := mustParse(t, strings.Replace(string(data), "<devices>", "<metadata><vmchannels xmlns='https://github.com/minivirt/minivirt/xmlns/domain/1' backend='stream'/></metadata><devices>", 1))
+	sout, err := stream.LibvirtXML(testNetwork)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sback, err := Parse(bytes.NewReader(sout))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sback.QEMUCommandline == nil || len(sback.Devices.Interfaces) != 0 {
+		t.Fatalf("stream export without <qemu:commandline>, or with an interface:\n%s", sout)
+	}
+	args := fmt.Sprint(sback.QEMUCommandline.Args)
 	if !strings.Contains(args, "stream,id=minivirt-net0,server=off,addr.type=unix,addr.path=/run/minivirt-net/t.sock") ||
 		!strings.Contains(args, "virtio-net-pci,netdev=minivirt-net0,host_mtu=65520,addr=0x10") {
 		t.Errorf("the export lacks minivirt's network NIC: %s", args)
+	}
+	if err := sback.Validate(); err == nil || !strings.Contains(err.Error(), "minivirt's export for libvirt") {
+		t.Errorf("defining the stream export in minivirt again: %v; want a refusal naming it", err)
 	}
 	got, want := back.VMChannels(), d.VMChannels()
 	if len(got) != len(want) {

@@ -258,8 +258,12 @@ func (d *Domain) Backing() MemoryBacking {
 }
 
 // needsSharedMemory reports whether a device of the domain reads the
-// guest's RAM from another process (a virtiofs share).
+// guest's RAM from another process (a virtiofs share, the supervisor's
+// vhost-user NIC).
 func (d *Domain) needsSharedMemory() bool {
+	if d.vhostUser() {
+		return true
+	}
 	for _, fs := range d.Devices.Filesystems {
 		if fs.Driver != nil && fs.Driver.Type == "virtiofs" {
 			return true

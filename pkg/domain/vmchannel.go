@@ -141,6 +141,9 @@ func (ck *checker) validateChannels() error {
 
 func (ck *checker) validateNetwork() error {
 	d := ck.d
+	if err := ck.validateBackend(); err != nil {
+		return err
+	}
 	if m := d.Ext.MTU; m != 0 {
 		if m < 576 || m > 65520 {
 			return fmt.Errorf("vmchannels mtu %d: must be 576-65520", m)

@@ -3,6 +3,7 @@ package domain
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"libvirt.org/go/libvirtxml"
@@ -39,14 +40,19 @@ type LibvirtNetwork struct {
 // working vmchannels.
 var ErrNotMovable = errors.New("cannot be moved to libvirt with working vmchannels")
 
+// vhostUserAlias is the libvirt alias of the exported domain's vhost-user
+// NIC (libvirt takes user aliases with the prefix "ua-").
+const vhostUserAlias = "ua-minivirt-net0"
+
 // netdevID is the id of the exported domain's minivirt network device.
 const netdevID = "minivirt-net0"
 
 // LibvirtXML writes the definition for a real libvirtd. libvirt 9.0 does not
 // carry a guestfwd <channel> to the guest (it becomes a -netdev with no
 // device on it), so the vmchannels travel the way minivirt's own network
-// does: through <qemu:commandline>, a virtio NIC whose -netdev stream
-// connects to net.Socket, where `minivirt network serve` runs the network
+// does: a virtio NIC on libvirt's vhost-user interface (or, for the stream
+// backend, through <qemu:commandline>, a -netdev stream) that connects to
+// net.Socket, where `minivirt network serve` runs the network
 // and the relay, one host connection for every guest connection. libvirt's
 // seccomp sandbox stays on: QEMU spawns nothing. A domain whose vmchannels
 // share a user network with NAT cannot be moved so; the error says why.
@@ -97,6 +103,34 @@ func (d *Domain) LibvirtXML(net LibvirtNetwork) ([]byte, error) {
 		c.Ext.VMChannels = append(c.Ext.VMChannels, e)
 	}
 	c.Ext.Network = NetworkNetstack
+	if d.vhostUser() {
+		// libvirt's own vhost-user interface: QEMU connects to the socket
+		// `minivirt network serve` listens on, and libvirt shares the
+		// guest's RAM by memfd as the device needs (memoryBacking above).
+		devices.Interfaces = append(slices.Clone(devices.Interfaces), libvirtxml.DomainInterface{
+			Source: &libvirtxml.DomainInterfaceSource{VHostUser: &libvirtxml.DomainInterfaceSourceVHostUser{
+				Chardev: &libvirtxml.DomainChardevSource{UNIX: &libvirtxml.DomainChardevSourceUNIX{Path: net.Socket, Mode: "client"}}}},
+			Model: &libvirtxml.DomainInterfaceModel{Type: "virtio"},
+			Alias: &libvirtxml.DomainAlias{Name: vhostUserAlias},
+		})
+		// libvirt 9.0 sets a vhost-user interface's <mtu> on a host
+		// device it does not have ("Cannot set interface MTU on
+		// '(null)'"): the MTU goes to QEMU's device as minivirt gives it.
+		props := []libvirtxml.DomainQEMUOverrideProperty{{Name: "host_mtu", Type: "unsigned", Value: fmt.Sprint(net.MTU)}}
+		if d.Type != "kvm" {
+			// As minivirt does under TCG (launcher): QEMU 7.2 crashes as a
+			// vhost-user NIC with MSI-X starts without KVM's irqfd.
+			props = append(props, libvirtxml.DomainQEMUOverrideProperty{Name: "vectors", Type: "unsigned", Value: "0"})
+		}
+		o := &libvirtxml.DomainQEMUOverride{}
+		if d.QEMUOverride != nil {
+			o.Devices = slices.Clone(d.QEMUOverride.Devices)
+		}
+		o.Devices = append(o.Devices, libvirtxml.DomainQEMUOverrideDevice{Alias: vhostUserAlias,
+			Frontend: libvirtxml.DomainQEMUOverrideFrontend{Properties: props}})
+		c.QEMUOverride = o
+		return c.XML()
+	}
 	cl := &libvirtxml.DomainQEMUCommandline{}
 	if d.QEMUCommandline != nil {
 		*cl = *d.QEMUCommandline

@@ -1,6 +1,6 @@
 // Package guestnet serves the network of one domain's guest: the vmchannel
 // relay (pkg/vmchannel) and, on minivirt's own network, the TCP/IP stack
-// (pkg/usernet) at the other end of QEMU's -netdev stream socket and the
+// (pkg/usernet) behind QEMU's NIC (a vhost-user device, or -netdev stream) and the
 // host listeners of the inbound forwards. A domain's supervisor runs one
 // for its QEMU; `minivirt network serve` runs one for a QEMU that libvirt
 // starts, which may come and go. Every socket it listens on is made by
@@ -69,20 +69,37 @@ func (n *Network) Relay() *vmchannel.Relay { return n.relay }
 // Attach builds a fresh stack for QEMU's end of the network socket, conn,
 // listening on every vmchannel served now, and returns the function that
 // carries frames until conn closes or ctx ends (and then drops the stack).
-// One QEMU is attached at a time.
-func (n *Network) Attach(conn net.Conn) (serve func(ctx context.Context) error, err error) {
+// backend is what QEMU speaks on conn: vhost-user (conn is then a
+// *net.UnixConn) or the stream of -netdev stream. logf reports what the
+// guest gets wrong on a vhost-user device. One QEMU is attached at a time.
+func (n *Network) Attach(conn net.Conn, backend domain.NetBackend, logf func(format string, args ...any)) (serve func(ctx context.Context) error, err error) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.stack != nil {
 		return nil, errors.New("a QEMU is attached already")
 	}
-	stack, err := usernet.NewMTU(slices.Clone(n.channels), n.mtu, n.relay.Handle)
+	var stack *usernet.Network
+	var carry func(ctx context.Context) error
+	switch backend {
+	case domain.BackendVhostUser:
+		uc, ok := conn.(*net.UnixConn)
+		if !ok {
+			return nil, fmt.Errorf("vhost-user needs a Unix socket, not %T", conn)
+		}
+		stack, err = usernet.NewVhostUser(slices.Clone(n.channels), n.mtu, n.relay.Handle)
+		carry = func(ctx context.Context) error { return stack.ServeVhostUser(ctx, uc, logf) }
+	case domain.BackendStream:
+		stack, err = usernet.NewMTU(slices.Clone(n.channels), n.mtu, n.relay.Handle)
+		carry = func(ctx context.Context) error { return stack.Serve(ctx, conn) }
+	default:
+		return nil, fmt.Errorf("network backend %q", backend)
+	}
 	if err != nil {
 		return nil, err
 	}
 	n.stack = stack
 	return func(ctx context.Context) error {
-		err := stack.Serve(ctx, conn)
+		err := carry(ctx)
 		n.mu.Lock()
 		if n.stack == stack {
 			n.stack = nil

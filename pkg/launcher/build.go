@@ -67,8 +67,12 @@ type Plan struct {
 	// of minivirt's own network (Network "netstack").
 	NetFD   int
 	Network string // domain.NetworkSlirp or domain.NetworkNetstack; "" without vmchannels or a NIC
-	Paths   rundir.Paths
-	Accel   string // "kvm" or "tcg"
+	// NetBackend is how QEMU's NIC reaches netstack; NetFallback says why
+	// it is the stream backend when vhost-user could not be used.
+	NetBackend  domain.NetBackend
+	NetFallback string
+	Paths       rundir.Paths
+	Accel       string // "kvm" or "tcg"
 	// Env is added to QEMU's environment (<qemu:commandline> env).
 	Env []string
 	// NVRAM, when Path is set, is the UEFI variable store QEMU opens: the
@@ -147,7 +151,7 @@ const maxGuestfwdRule = 1023
 // effects: the supervisor creates Plan.Sockets and runs Plan.Argv.
 func Build(d *domain.Domain, env Env) (Plan, error) {
 	p := Plan{Paths: rundir.PathsIn(env.RunDir)}
-	for _, s := range []string{p.Paths.QMP, p.Paths.Console, p.Paths.QEMUConsole, p.Paths.Control, p.Paths.Relay} {
+	for _, s := range []string{p.Paths.QMP, p.Paths.Console, p.Paths.QEMUConsole, p.Paths.Control, p.Paths.Relay, p.Paths.Net} {
 		if len(s) > domain.MaxSocketPath {
 			return Plan{}, fmt.Errorf("runtime directory %s: socket path %s is %d bytes, over the %d a Unix socket allows; use a shorter --run-dir", env.RunDir, s, len(s), domain.MaxSocketPath)
 		}
@@ -641,7 +645,27 @@ func (b *builder) netstack() bool {
 func (b *builder) network() error {
 	d, p := b.d, b.p
 	if b.netstack() {
-		p.Network, p.NetFD = domain.NetworkNetstack, b.pairEnd()
+		p.Network = domain.NetworkNetstack
+		p.NetBackend, p.NetFallback = d.NetBackend()
+		if p.NetBackend == domain.BackendVhostUser {
+			// QEMU 7.2 passes descriptors only over a socket it opened by
+			// path (chardev/char-socket.c), so it connects to the
+			// supervisor's, in the runtime directory, as it starts; the
+			// guest's RAM is a shared memfd (domain.Backing).
+			dev := fmt.Sprintf("virtio-net-pci,netdev=net0,host_mtu=%d", d.NetstackMTU())
+			if p.Accel == "tcg" {
+				// QEMU 7.2 under TCG (no irqfd) crashes in
+				// msix_set_vector_notifiers as a vhost-user NIC with
+				// MSI-X starts; without vectors the device interrupts
+				// through INTx, raised by QEMU from the back-end's call
+				// eventfd. Under KVM it keeps MSI-X.
+				dev += ",vectors=0"
+			}
+			b.add("-chardev", "socket,id=charnet0,path="+escapeOpt(p.Paths.Net),
+				"-netdev", "vhost-user,id=net0,chardev=charnet0", "-device", dev)
+			return nil
+		}
+		p.NetFD = b.pairEnd()
 		b.add("-netdev", fmt.Sprintf("stream,id=net0,server=off,addr.type=fd,addr.str=%d", p.NetFD),
 			"-device", fmt.Sprintf("virtio-net-pci,netdev=net0,host_mtu=%d", d.NetstackMTU()))
 		return nil

@@ -100,9 +100,9 @@ type Observed struct {
 	Strays []proc.ID
 }
 
-// observe checks a runtime record against the host; it writes nothing.
-// runDir is the domain's runtime directory, strays the QEMUs found there.
-func observe(rt store.Runtime, runDir string, found []proc.ID) (o Observed) {
+// observe checks the runtime record of domain name against the host; it
+// writes nothing. found are the QEMUs found in its runtime directory.
+func (m *Manager) observe(name string, rt store.Runtime, found []proc.ID) (o Observed) {
 	o = Observed{Runtime: rt}
 	for _, id := range found {
 		if id != rt.QEMU {
@@ -134,7 +134,7 @@ func observe(rt store.Runtime, runDir string, found []proc.ID) (o Observed) {
 	}
 	// QEMU is gone. Its supervisor keeps the final state in the runtime
 	// directory while the store cannot take it.
-	if p, ok := rundir.Pending(runDir); ok && p.Generation == rt.Generation {
+	if p, ok := rundir.Pending(m.DomainRunDir(name)); ok && p.Generation == rt.Generation {
 		o.Runtime, o.Record = p, p
 		o.Stale = "the state database has not taken this yet; minivirt records it as soon as it can"
 		o.Reconciled = !o.Supervised // a live supervisor records it itself
@@ -185,7 +185,7 @@ func (m *Manager) Observe(name string) (*domain.Domain, Observed, error) {
 	if err != nil {
 		return nil, Observed{}, err
 	}
-	return d, observe(rt, m.DomainRunDir(name), found), nil
+	return d, m.observe(name, rt, found), nil
 }
 
 // reconcile records the corrected state of a domain whose processes are
@@ -213,7 +213,10 @@ func (m *Manager) reconcile(name string, o Observed) error {
 	return err
 }
 
-// Entry is one domain in List.
+// Entry is one domain in List. Its Runtime holds what the domain's list
+// record keeps of its runtime record (see store.ListRecord): state,
+// reason, accelerator, id, generation and processes; not its detail,
+// network, run directory or time, which Observe reads.
 type Entry struct {
 	Name, UUID string
 	Autostart  bool
@@ -221,11 +224,39 @@ type Entry struct {
 }
 
 // List returns every defined domain with its checked state, sorted by name.
+// Many domains are better gone through with Listing, which keeps none.
 func (m *Manager) List() ([]Entry, error) {
-	var entries []store.Entry
+	l, err := m.Listing()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Entry, 0, l.Len())
+	for l.Next() {
+		out = append(out, *l.Entry())
+	}
+	return out, l.Err()
+}
+
+// Listing is every defined domain, sorted by name, read in one go from the
+// domains' list records (not their definitions nor whole runtime records),
+// and checked against the host one at a time by Next: going through it
+// allocates nothing per domain but what observing a domain that runs
+// takes. Use it as a bufio.Scanner.
+type Listing struct {
+	m       *Manager
+	records *store.Listing
+	found   map[string][]supervisor.QEMUProcess // every QEMU of m.RunDir, by domain
+	r       store.ListRecord
+	e       Entry
+}
+
+// Listing reads every domain's list record; the store is closed again
+// before it returns.
+func (m *Manager) Listing() (*Listing, error) {
+	var records *store.Listing
 	err := m.read(func(s *store.Store) error {
 		var err error
-		entries, err = s.List()
+		records, err = s.Listing()
 		return err
 	})
 	if err != nil {
@@ -235,16 +266,33 @@ func (m *Manager) List() ([]Entry, error) {
 	if err != nil {
 		return nil, err
 	}
-	out := make([]Entry, len(entries))
-	for i, e := range entries {
-		var ids []proc.ID
-		for _, p := range found[e.Name] {
-			ids = append(ids, p.ID)
-		}
-		out[i] = Entry{Name: e.Name, UUID: e.UUID, Autostart: e.Autostart, Observed: observe(e.Runtime, m.DomainRunDir(e.Name), ids)}
-	}
-	return out, nil
+	return &Listing{m: m, records: records, found: found}, nil
 }
+
+// Len is the number of domains.
+func (l *Listing) Len() int { return l.records.Len() }
+
+// Next checks the next domain and reports whether there was one; at the
+// end, or at a record that cannot be read, it returns false, and Err says
+// which.
+func (l *Listing) Next() bool {
+	if !l.records.Next(&l.r) {
+		return false
+	}
+	var ids []proc.ID
+	for _, p := range l.found[l.r.Name] {
+		ids = append(ids, p.ID)
+	}
+	l.e = Entry{Name: l.r.Name, UUID: l.r.UUID, Autostart: l.r.Autostart, Observed: l.m.observe(l.r.Name, l.r.Runtime(), ids)}
+	return true
+}
+
+// Entry is the domain Next went to. It is overwritten by the next call:
+// copy what is kept.
+func (l *Listing) Entry() *Entry { return &l.e }
+
+// Err is the error that ended Next early, if any.
+func (l *Listing) Err() error { return l.records.Err() }
 
 // Define stores a validated definition (redefining keeps the uuid) and
 // reports whether the name is new and the state of a domain that runs.
@@ -253,7 +301,7 @@ func (m *Manager) Define(d *domain.Domain) (created bool, running string, err er
 		if created, err = s.Define(d); err != nil {
 			return err
 		}
-		if rt, err := s.GetRuntime(d.Name); err == nil && observe(rt, m.DomainRunDir(d.Name), nil).Active() {
+		if rt, err := s.GetRuntime(d.Name); err == nil && m.observe(d.Name, rt, nil).Active() {
 			running = rt.State
 		}
 		return nil
@@ -274,7 +322,7 @@ func (m *Manager) Undefine(name string) error {
 		if err != nil {
 			return err
 		}
-		if o := observe(rt, m.DomainRunDir(name), found); o.Active() {
+		if o := m.observe(name, rt, found); o.Active() {
 			return fmt.Errorf("domain %s is %s; destroy it first: minivirt destroy %s", name, o.State, name)
 		}
 		if m.HasManagedSave(name) {
@@ -320,7 +368,7 @@ func (m *Manager) Change(name string, change func(*domain.Domain) error) (runnin
 		if _, err := s.Define(d); err != nil {
 			return err
 		}
-		if rt, err := s.GetRuntime(name); err == nil && observe(rt, m.DomainRunDir(name), nil).Active() {
+		if rt, err := s.GetRuntime(name); err == nil && m.observe(name, rt, nil).Active() {
 			running = rt.State
 		}
 		return nil
@@ -732,7 +780,7 @@ func (m *Manager) waitEnd(ctx context.Context, name string, gen uint64, sup proc
 		if err != nil {
 			return rt, err
 		}
-		o := observe(rt, m.DomainRunDir(name), nil)
+		o := m.observe(name, rt, nil)
 		over := !o.Active() || (gen != 0 && rt.Generation != gen)
 		if o.Active() && !over {
 			sup, gen = rt.Supervisor, rt.Generation

@@ -94,6 +94,12 @@ func (m *Manager) ServeNetwork(ctx context.Context, name, socket, qemuUser strin
 			return err
 		}
 	}
+	// The backend the export's QEMU speaks (Domain.LibvirtXML writes the
+	// same choice).
+	backend, why := d.NetBackend()
+	if why != "" {
+		logger.Printf("%s: %s, because %s", name, backend, why)
+	}
 	logger.Printf("serving the network of %s on %s: %d vmchannels, %d forwards", name, socket, len(d.VMChannels()), len(d.Forwards()))
 	for {
 		conn, err := l.Accept()
@@ -106,7 +112,7 @@ func (m *Manager) ServeNetwork(ctx context.Context, name, socket, qemuUser strin
 			return err
 		}
 		// A fresh stack for each QEMU: a restarted guest starts clean.
-		serve, err := network.Attach(conn)
+		serve, err := network.Attach(conn, backend, logger.Printf)
 		if err != nil {
 			conn.Close()
 			return err

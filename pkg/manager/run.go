@@ -63,7 +63,7 @@ func (m *Manager) Run(ctx context.Context, d *domain.Domain, opt RunOptions) (re
 		return RunResult{Name: d.Name, Outcome: Failed}, err
 	}
 	err = m.write(func(s *store.Store) error {
-		if rt, err := s.GetRuntime(d.Name); err == nil && observe(rt, m.DomainRunDir(d.Name), nil).Active() {
+		if rt, err := s.GetRuntime(d.Name); err == nil && m.observe(d.Name, rt, nil).Active() {
 			return fmt.Errorf("domain %s is already %s", d.Name, rt.State)
 		}
 		_, err := s.Define(d)

@@ -37,6 +37,9 @@ const (
 // Paths are the files of one domain's runtime directory.
 type Paths struct {
 	QMP, Console, Control, Relay string
+	// Net is where the supervisor serves the guest's NIC (vhost-user) and
+	// QEMU connects as it starts.
+	Net string
 	// QEMUConsole is QEMU's own end of the primary console, one client at
 	// a time: the supervisor, which shares it at Console; with the
 	// supervisor gone, whoever needs the guest's console.
@@ -58,6 +61,7 @@ func PathsIn(dir string) Paths {
 		QEMUConsole: filepath.Join(dir, "qemu-console.sock"),
 		Control:     filepath.Join(dir, "control.sock"),
 		Relay:       filepath.Join(dir, "relay.sock"),
+		Net:         filepath.Join(dir, "net.sock"),
 		PIDFile:     filepath.Join(dir, "qemu.pid"),
 		Chroot:      filepath.Join(dir, "root"),
 	}
@@ -66,7 +70,7 @@ func PathsIn(dir string) Paths {
 // knownFiles are the only names minivirt removes from a runtime directory.
 func knownFiles(dir string) []string {
 	p := PathsIn(dir)
-	return []string{p.QMP, p.Console, p.QEMUConsole, p.Control, p.Relay, p.PIDFile, filepath.Join(dir, pendingFile), p.Chroot, filepath.Join(dir, ownerFile), filepath.Join(dir, markerFile)}
+	return []string{p.QMP, p.Console, p.QEMUConsole, p.Control, p.Relay, p.Net, p.PIDFile, filepath.Join(dir, pendingFile), p.Chroot, filepath.Join(dir, ownerFile), filepath.Join(dir, markerFile)}
 }
 
 // CheckDir checks a directory minivirt keeps sockets in: a real directory

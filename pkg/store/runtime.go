@@ -23,15 +23,20 @@ const (
 
 // Runtime is the last known state of a domain.
 type Runtime struct {
-	State      string    `json:"state"`
-	Reason     string    `json:"reason,omitempty"`
-	Detail     string    `json:"detail,omitempty"`
-	Accel      string    `json:"accel,omitempty"`
-	Network    string    `json:"network,omitempty"`
-	RunDir     string    `json:"run_dir,omitempty"`
-	QEMU       proc.ID   `json:"qemu"`
-	Supervisor proc.ID   `json:"supervisor"`
-	Since      time.Time `json:"since"`
+	State   string `json:"state"`
+	Reason  string `json:"reason,omitempty"`
+	Detail  string `json:"detail,omitempty"`
+	Accel   string `json:"accel,omitempty"`
+	Network string `json:"network,omitempty"`
+	// NetBackend is how QEMU's NIC reaches netstack (vhost-user or
+	// stream); NetFallback says why it is stream when it could not be
+	// vhost-user.
+	NetBackend  string    `json:"net_backend,omitempty"`
+	NetFallback string    `json:"net_fallback,omitempty"`
+	RunDir      string    `json:"run_dir,omitempty"`
+	QEMU        proc.ID   `json:"qemu"`
+	Supervisor  proc.ID   `json:"supervisor"`
+	Since       time.Time `json:"since"`
 	// ID is the domain's id while it runs, as virsh shows it: a number
 	// the store gives each start, never reused; 0 while shut off.
 	ID int `json:"id,omitempty"`
@@ -52,22 +57,37 @@ func (r Runtime) Active() bool { return r.State != StateShutoff && r.State != ""
 // GetRuntime returns the runtime record of name; a domain never started is
 // shut off.
 func (s *Store) GetRuntime(name string) (Runtime, error) {
-	r := Runtime{State: StateShutoff}
+	var r Runtime
 	err := s.view(func(tx *bolt.Tx) error {
 		index, runtime := bucket(tx, bucketIndex), bucket(tx, bucketRuntime)
 		if index == nil || runtime == nil || index.Get([]byte(name)) == nil {
 			return &NotFoundError{name}
 		}
-		data := runtime.Get([]byte(name))
-		if data == nil {
-			return nil
-		}
-		if err := json.Unmarshal(data, &r); err != nil {
-			return fmt.Errorf("runtime record of %s: %w", name, err)
-		}
-		return nil
+		var err error
+		r, err = runtimeOf(runtime, []byte(name))
+		return err
 	})
-	return r, err
+	if err != nil {
+		return Runtime{State: StateShutoff}, err
+	}
+	return r, nil
+}
+
+// runtimeOf reads the runtime record of name from b, the runtime bucket
+// (nil when there is none); a domain never started is shut off.
+func runtimeOf(b *bolt.Bucket, name []byte) (Runtime, error) {
+	r := Runtime{State: StateShutoff}
+	var data []byte
+	if b != nil {
+		data = b.Get(name)
+	}
+	if data == nil {
+		return r, nil
+	}
+	if err := json.Unmarshal(data, &r); err != nil {
+		return r, fmt.Errorf("runtime record of %s: %w", name, err)
+	}
+	return r, nil
 }
 
 // SetRuntime records the runtime state of a defined domain.
@@ -87,19 +107,18 @@ func (s *Store) UpdateRuntimeIf(name string, gen uint64, change func(*Runtime) e
 	})
 }
 
-// UpdateRuntime reads, changes and writes the runtime record of name in one
-// transaction, so that two processes cannot interleave.
+// UpdateRuntime reads, changes and writes the runtime record of name, and
+// its list record, in one transaction, so that two processes cannot
+// interleave.
 func (s *Store) UpdateRuntime(name string, change func(*Runtime) error) error {
 	return s.update(func(tx *bolt.Tx) error {
 		if tx.Bucket(bucketIndex).Get([]byte(name)) == nil {
 			return &NotFoundError{name}
 		}
 		b := tx.Bucket(bucketRuntime)
-		r := Runtime{State: StateShutoff}
-		if data := b.Get([]byte(name)); data != nil {
-			if err := json.Unmarshal(data, &r); err != nil {
-				return fmt.Errorf("runtime record of %s: %w", name, err)
-			}
+		r, err := runtimeOf(b, []byte(name))
+		if err != nil {
+			return err
 		}
 		old := r
 		if err := ownCode(func() error { return change(&r) }); err != nil {
@@ -128,6 +147,9 @@ func (s *Store) UpdateRuntime(name string, change func(*Runtime) error) error {
 		if err != nil {
 			return err
 		}
-		return b.Put([]byte(name), data)
+		if err := b.Put([]byte(name), data); err != nil {
+			return err
+		}
+		return putListRecord(tx, []byte(name), &r)
 	})
 }

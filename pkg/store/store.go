@@ -13,7 +13,6 @@ package store
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -40,6 +39,7 @@ var (
 	keyNextID     = []byte("next-id")     // the next domain id, as virsh shows it
 	bucketAuto    = []byte("autostart")   // name -> "" for domains marked to start at boot
 
+	// buckets are those Open creates; bucketList (listing.go) it rebuilds.
 	buckets = [][]byte{bucketDefs, bucketIndex, bucketUUIDs, bucketRuntime, bucketMeta, bucketAuto}
 )
 
@@ -67,9 +67,10 @@ type Store struct {
 
 // Open opens (creating it when needed) the database in dir, waiting up to
 // lockTimeout for another process that holds it. It writes only to
-// initialise a new or empty file, or to add a bucket an older minivirt did
-// not keep, and only once the file has read as sound: a damaged file is
-// refused with ErrDamaged, unchanged.
+// initialise a new or empty file, to add a bucket an older minivirt did
+// not keep, or to rebuild list records that are missing or were not kept
+// by the last write (see Listing), and only once the file has read as
+// sound: a damaged file is refused with ErrDamaged, unchanged.
 func Open(dir string, lockTimeout time.Duration) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
@@ -94,6 +95,11 @@ func Open(dir string, lockTimeout time.Duration) (*Store, error) {
 			for _, b := range buckets {
 				if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 					return fmt.Errorf("state database %s: bucket %s: %w", s.path, b, err)
+				}
+			}
+			if !listCurrent(tx) {
+				if err := rebuildList(tx); err != nil {
+					return fmt.Errorf("state database %s: list records: %w", s.path, err)
 				}
 			}
 			return nil
@@ -169,7 +175,7 @@ func open(path string, lockTimeout time.Duration, readOnly bool) (*Store, error)
 
 // check reads, before anything else reads or writes the file, what every
 // transaction relies on, and reports whether every bucket the store keeps
-// is there. The file must hold all the pages its meta page counts: bbolt
+// is there, its list records current. The file must hold all the pages its meta page counts: bbolt
 // grows the file before it commits a meta page that counts more, so only
 // damage makes it shorter (a copy cut short, a full disk), and bbolt would
 // read the missing pages from beyond the end of its mapping.
@@ -182,7 +188,7 @@ func (s *Store) check() (complete bool, err error) {
 		if info.Size() < tx.Size() {
 			return &DamagedError{Path: s.path, Reason: fmt.Sprintf("it is %d bytes long, but its pages take %d: it was cut short", info.Size(), tx.Size())}
 		}
-		complete = true
+		complete = listCurrent(tx)
 		for _, b := range buckets { // reads the root page
 			if tx.Bucket(b) == nil {
 				complete = false
@@ -205,8 +211,10 @@ func (s *Store) view(fn func(tx *bolt.Tx) error) error {
 // errReadOnly is a programming error: a write through a read-only open.
 var errReadOnly = errors.New("state database opened read-only")
 
-// update runs fn in a write transaction. bbolt writes nothing until fn has
-// returned, so a transaction that panics on a damaged page writes nothing.
+// update runs fn in a write transaction, and stamps the list records as
+// kept (fn keeps them: see putListRecord). bbolt writes nothing until fn
+// has returned, so a transaction that panics on a damaged page writes
+// nothing.
 func (s *Store) update(fn func(tx *bolt.Tx) error) error {
 	if s.readOnly || s.db == nil {
 		return errReadOnly
@@ -214,7 +222,9 @@ func (s *Store) update(fn func(tx *bolt.Tx) error) error {
 	var fnErr error
 	err := s.guard(func() error {
 		return s.db.Update(func(tx *bolt.Tx) error {
-			fnErr = fn(tx)
+			if fnErr = fn(tx); fnErr == nil {
+				fnErr = stampList(tx)
+			}
 			return fnErr
 		})
 	})
@@ -296,7 +306,10 @@ func (s *Store) Define(d *domain.Domain) (created bool, err error) {
 		if err := index.Put([]byte(d.Name), []byte(d.UUID)); err != nil {
 			return err
 		}
-		return uuids.Put([]byte(d.UUID), []byte(d.Name))
+		if err := uuids.Put([]byte(d.UUID), []byte(d.Name)); err != nil {
+			return err
+		}
+		return putListRecord(tx, []byte(d.Name), nil)
 	})
 	return created, err
 }
@@ -344,7 +357,7 @@ func (s *Store) Get(name string) (*domain.Domain, error) {
 	return d, nil
 }
 
-// Undefine removes the definition and runtime record of name.
+// Undefine removes the definition, runtime record and list record of name.
 func (s *Store) Undefine(name string) error {
 	return s.update(func(tx *bolt.Tx) error {
 		index := tx.Bucket(bucketIndex)
@@ -355,7 +368,7 @@ func (s *Store) Undefine(name string) error {
 		if err := tx.Bucket(bucketUUIDs).Delete(uuid); err != nil {
 			return err
 		}
-		for _, b := range [][]byte{bucketDefs, bucketIndex, bucketRuntime, bucketAuto} {
+		for _, b := range [][]byte{bucketDefs, bucketIndex, bucketRuntime, bucketAuto, bucketList} {
 			if err := tx.Bucket(b).Delete([]byte(name)); err != nil {
 				return err
 			}
@@ -365,6 +378,8 @@ func (s *Store) Undefine(name string) error {
 }
 
 // Entry is one domain as List sees it: no XML is parsed to list domains.
+// List reads every runtime record whole; Listing reads the list records
+// only.
 type Entry struct {
 	Name      string
 	UUID      string
@@ -382,12 +397,11 @@ func (s *Store) List() ([]Entry, error) {
 		}
 		out = make([]Entry, 0, index.Stats().KeyN) // 10,000 domains: no regrowth
 		return index.ForEach(func(k, v []byte) error {
-			e := Entry{Name: string(k), UUID: string(v), Runtime: Runtime{State: StateShutoff}}
+			e := Entry{Name: string(k), UUID: string(v)}
 			e.Autostart = auto != nil && auto.Get(k) != nil
-			if data := rt.Get(k); data != nil {
-				if err := json.Unmarshal(data, &e.Runtime); err != nil {
-					return fmt.Errorf("runtime record of %s: %w", k, err)
-				}
+			var err error
+			if e.Runtime, err = runtimeOf(rt, k); err != nil {
+				return err
 			}
 			out = append(out, e)
 			return nil
@@ -423,10 +437,16 @@ func (s *Store) SetAutostart(name string, on bool) error {
 		if tx.Bucket(bucketIndex).Get([]byte(name)) == nil {
 			return &NotFoundError{name}
 		}
+		var err error
 		if on {
-			return tx.Bucket(bucketAuto).Put([]byte(name), []byte{})
+			err = tx.Bucket(bucketAuto).Put([]byte(name), []byte{})
+		} else {
+			err = tx.Bucket(bucketAuto).Delete([]byte(name))
 		}
-		return tx.Bucket(bucketAuto).Delete([]byte(name))
+		if err != nil {
+			return err
+		}
+		return putListRecord(tx, []byte(name), nil)
 	})
 }
 

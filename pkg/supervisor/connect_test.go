@@ -49,7 +49,7 @@ func newConnectRigWithin(t *testing.T, within controlTimeouts) *connectRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	serve, err := s.net.Attach(ours)
+	serve, err := s.net.Attach(ours, domain.BackendStream, t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}

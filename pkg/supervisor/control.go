@@ -326,6 +326,16 @@ type handler func(ctx context.Context, req Request) (resp Response, stream func(
 // carrying it out, and writing the answer. A stream that follows has none.
 type controlTimeouts struct{ read, handle, write time.Duration }
 
+// recorded answers a verb that changed the state once the record says so:
+// as with virsh, the state read after suspend or resume returns is the
+// new one (Shutdown refuses a domain the record says is paused).
+func (s *supervisor) recorded(ctx context.Context) Response {
+	if err := s.rec.flush(ctx, s.snapshot()); err != nil {
+		return Response{Error: err.Error()}
+	}
+	return Response{}
+}
+
 // serveControl answers control requests until l is closed.
 func serveControl(l net.Listener, handle handler) {
 	serveControlWithin(l, handle, controlTimeouts{read: 10 * time.Second, handle: 60 * time.Second, write: 10 * time.Second})
@@ -496,13 +506,13 @@ func (s *supervisor) answer(ctx context.Context, req Request) Response {
 			return fail(err)
 		}
 		s.step(Input{Kind: EvStop}) // now, not when the STOP event comes
-		return Response{}
+		return s.recorded(callCtx)
 	case OpResume:
 		if err := qmp.Cont(callCtx, s.monitor()); err != nil {
 			return fail(err)
 		}
 		s.step(Input{Kind: EvResume})
-		return Response{}
+		return s.recorded(callCtx)
 	case OpAddVMChannel, OpRemoveVMChannel, OpAddForward, OpRemoveForward:
 		vc, err := s.changeLive(req)
 		if err != nil {

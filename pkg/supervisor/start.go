@@ -13,7 +13,10 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/minivirt/minivirt/pkg/console"
+	"github.com/minivirt/minivirt/pkg/domain"
 	"github.com/minivirt/minivirt/pkg/guestnet"
 	"github.com/minivirt/minivirt/pkg/launcher"
 	"github.com/minivirt/minivirt/pkg/proc"
@@ -176,7 +179,7 @@ func (s *supervisor) removeRunDir() {
 func (s *supervisor) claimRecord(context.Context) error {
 	s.mu.Lock()
 	s.m = Machine{State: store.StatePaused, Reason: "starting up"}
-	s.runtime = store.Runtime{Accel: s.plan.Accel, Network: s.plan.Network, RunDir: s.cfg.Env.RunDir, Supervisor: s.self, Since: time.Now().UTC()}
+	s.runtime = store.Runtime{Accel: s.plan.Accel, Network: s.plan.Network, NetBackend: string(s.plan.NetBackend), NetFallback: s.plan.NetFallback, RunDir: s.cfg.Env.RunDir, Supervisor: s.self, Since: time.Now().UTC()}
 	s.mu.Unlock()
 	if err := s.rec.claim(s.snapshot(), s.self); err != nil {
 		return err
@@ -292,31 +295,100 @@ func (s *supervisor) serveNetwork(context.Context) error {
 	if err := prepareConfinement(s.cfg.Env, s.plan, s.cfg.Env.Self); err != nil {
 		return err
 	}
-	if s.starting.ourEnd == nil {
-		return nil
-	}
-	conn, err := net.FileConn(s.starting.ourEnd)
-	if err != nil {
-		return err
-	}
-	serve, err := s.net.Attach(conn)
-	if err != nil {
-		conn.Close()
-		return err
-	}
-	s.netstack = true
 	ctx, cancel := context.WithCancel(context.Background())
 	s.stopNet = cancel
-	go func() {
-		err := serve(ctx)
-		s.logf("network: QEMU's end closed (%v)", err)
-	}()
+	switch {
+	case s.plan.NetBackend == domain.BackendVhostUser:
+		// QEMU connects as it starts and waits for the device's answers
+		// before it goes on. The socket is 0600 in the domain's runtime
+		// directory, and only QEMU's own connection (its pid, by
+		// SO_PEERCRED) becomes the device; the socket goes once it has.
+		l, err := s.listenUnix(s.plan.Paths.Net)
+		if err != nil {
+			return err
+		}
+		s.netSock = l
+		s.netstack = true
+		s.qemuStarted = make(chan struct{})
+		go func() {
+			defer l.Close()
+			for {
+				c, err := l.Accept()
+				if err != nil {
+					if ctx.Err() == nil {
+						s.logf("network: QEMU did not connect (%v)", err)
+					}
+					return
+				}
+				if pid, ok := s.fromQEMU(ctx, c); !ok {
+					c.Close()
+					if ctx.Err() != nil {
+						return
+					}
+					s.logf("network: refused a connection to the NIC's socket from pid %d: not QEMU", pid)
+					continue
+				}
+				l.Close()
+				serve, err := s.net.Attach(c, domain.BackendVhostUser, s.logf)
+				if err != nil {
+					c.Close()
+					s.logf("network: %v", err)
+					return
+				}
+				err = serve(ctx)
+				c.Close()
+				s.logf("network: QEMU's end closed (%v)", err)
+				return
+			}
+		}()
+	case s.starting.ourEnd != nil:
+		conn, err := net.FileConn(s.starting.ourEnd)
+		if err != nil {
+			return err
+		}
+		serve, err := s.net.Attach(conn, domain.BackendStream, s.logf)
+		if err != nil {
+			conn.Close()
+			return err
+		}
+		s.netstack = true
+		go func() {
+			err := serve(ctx)
+			s.logf("network: QEMU's end closed (%v)", err)
+		}()
+	default:
+		return nil
+	}
 	for _, f := range s.d.Forwards() {
 		if err := s.net.AddForward(f); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// fromQEMU reports whether c comes from this start's QEMU, once it runs,
+// and the pid that connected.
+func (s *supervisor) fromQEMU(ctx context.Context, c net.Conn) (int32, bool) {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return 0, false
+	}
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var cred *unix.Ucred
+	rc.Control(func(fd uintptr) { cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED) })
+	if err != nil || cred == nil {
+		return 0, false
+	}
+	select {
+	case <-s.qemuStarted:
+	case <-ctx.Done():
+		return cred.Pid, false
+	}
+	return cred.Pid, s.qemu != nil && int(cred.Pid) == s.qemu.Process.Pid
 }
 
 // startQEMU starts QEMU (held before its first instruction, -S) with only
@@ -358,6 +430,9 @@ func (s *supervisor) startQEMU(ctx context.Context) error {
 		return fmt.Errorf("starting QEMU: %w", err)
 	}
 	s.qemu = cmd
+	if s.qemuStarted != nil {
+		close(s.qemuStarted) // the NIC's socket may take QEMU's connection now
+	}
 	s.qemuID, _ = proc.Lookup(cmd.Process.Pid)
 	go func() {
 		s.waited = cmd.Wait()

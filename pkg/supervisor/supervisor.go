@@ -101,6 +101,11 @@ type supervisor struct {
 	stopNet context.CancelFunc
 	// relay listens for the helper's handoffs (QEMU's user network).
 	relay net.Listener
+	// netSock is where QEMU connects to the vhost-user NIC, until it has;
+	// qemuStarted is closed once s.qemu is set, so that the connection
+	// can be checked against QEMU's pid.
+	netSock     net.Listener
+	qemuStarted chan struct{}
 	// control answers the CLI; it stays open until the final record lands.
 	control net.Listener
 	// console shares the guest's primary console among its clients, who
@@ -224,6 +229,9 @@ func (s *supervisor) stopServing() {
 	}
 	if s.relay != nil {
 		s.relay.Close()
+	}
+	if s.netSock != nil {
+		s.netSock.Close()
 	}
 	if s.consoleSock != nil {
 		s.consoleSock.Close()

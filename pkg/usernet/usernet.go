@@ -18,7 +18,6 @@ import (
 	"syscall"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
@@ -39,8 +38,8 @@ var gatewayMAC = tcpip.LinkAddress([]byte{0x52, 0x55, 0x0a, 0x00, 0x02, 0x02})
 // (host_mtu), and large frames cut the per-packet work of an emulated guest.
 const MTU = 65520
 
-// Handler takes one accepted guest connection of the vmchannel on ch; src
-// is the guest's address and port.
+// Handler takes one accepted guest connection of the vmchannel on ch, a
+// *Conn; src is the guest's address and port.
 type Handler func(ch netip.AddrPort, conn net.Conn, src netip.AddrPort) error
 
 // Network is one domain's user network.
@@ -63,8 +62,8 @@ type Network struct {
 	mu       sync.Mutex
 	leases   leaseTable
 	handle   Handler
-	channels map[netip.AddrPort]net.Listener // the stack's listeners, by channel
-	addrs    map[netip.Addr]bool             // addresses the NIC answers for
+	channels map[netip.AddrPort]*listener // the stack's listeners, by channel
+	addrs    map[netip.Addr]bool          // addresses the NIC answers for
 }
 
 // nic is the network's one NIC.
@@ -79,14 +78,27 @@ func New(channels []domain.VMChannel, handle Handler) (*Network, error) {
 // NewMTU is New with a link MTU other than MTU; QEMU's device must announce
 // the same (host_mtu).
 func NewMTU(channels []domain.VMChannel, mtu uint32, handle Handler) (*Network, error) {
+	return newNetwork(channels, mtu, false, handle)
+}
+
+// NewVhostUser is NewMTU for a network served by ServeVhostUser: its link
+// takes the offloads a vhost-user device offers (checksums left to the
+// receiver, TCP segments over the MTU both ways).
+func NewVhostUser(channels []domain.VMChannel, mtu uint32, handle Handler) (*Network, error) {
+	return newNetwork(channels, mtu, true, handle)
+}
+
+func newNetwork(channels []domain.VMChannel, mtu uint32, offload bool, handle Handler) (*Network, error) {
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
 	})
 	// Bound what one connection may buffer: a guest that floods a channel
 	// whose host service does not read meets TCP's flow control, not an
-	// ever-growing supervisor.
-	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 256 << 10, Max: 1 << 20}
+	// ever-growing supervisor. A connection's receive window starts small,
+	// as an idle one needs, and grows to Max with its traffic (moderation,
+	// below), as a bulk one needs.
+	rcv := tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 64 << 10, Max: 1 << 20}
 	snd := tcpip.TCPSendBufferSizeRangeOption{Min: 4 << 10, Default: 256 << 10, Max: 1 << 20}
 	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &rcv); err != nil {
 		return nil, fmt.Errorf("netstack: %v", err)
@@ -108,7 +120,11 @@ func NewMTU(channels []domain.VMChannel, mtu uint32, handle Handler) (*Network, 
 		}
 	}
 	link := channel.New(1024, mtu, gatewayMAC)
-	if err := s.CreateNIC(nic, ethernet.New(link)); err != nil {
+	var nicLink stack.LinkEndpoint = link
+	if offload {
+		nicLink = offloadLink(link)
+	}
+	if err := s.CreateNIC(nic, ethernet.New(nicLink)); err != nil {
 		return nil, fmt.Errorf("netstack: %v", err)
 	}
 	for _, a := range addrs {
@@ -123,7 +139,7 @@ func NewMTU(channels []domain.VMChannel, mtu uint32, handle Handler) (*Network, 
 	s.SetRouteTable([]tcpip.Route{{Destination: subnet, NIC: nic}})
 
 	n := &Network{stack: s, link: link, admit: newAdmission(), handle: handle,
-		leases: newLeaseTable(maxLeases), channels: map[netip.AddrPort]net.Listener{}, addrs: map[netip.Addr]bool{}}
+		leases: newLeaseTable(maxLeases), channels: map[netip.AddrPort]*listener{}, addrs: map[netip.Addr]bool{}}
 	for _, a := range addrs {
 		n.addrs[a] = true
 	}
@@ -214,7 +230,7 @@ func (n *Network) DialGuest(ctx context.Context, port uint16) (net.Conn, error) 
 		ep.Close()
 		return nil, fail(errnoOf(terr))
 	}
-	return gonet.NewTCPConn(&wq, ep), nil
+	return newConn(&wq, ep), nil
 }
 
 // errnoOf turns the errors of a connect into the errno a host socket's
@@ -249,8 +265,9 @@ func errnoOf(e tcpip.Error) error {
 // those connect, by cookie, only without window scaling.
 const listenBacklog = 128
 
-// listen is gonet.ListenTCP with a backlog of listenBacklog.
-func listen(s *stack.Stack, addr tcpip.FullAddress) (*gonet.TCPListener, error) {
+// listen is gonet.ListenTCP with a backlog of listenBacklog, and accepts
+// Conns.
+func listen(s *stack.Stack, addr tcpip.FullAddress) (*listener, error) {
 	var wq waiter.Queue
 	ep, terr := s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
 	if terr != nil {
@@ -264,13 +281,15 @@ func listen(s *stack.Stack, addr tcpip.FullAddress) (*gonet.TCPListener, error) 
 		ep.Close()
 		return nil, errorOf(terr)
 	}
-	return gonet.NewTCPListener(s, &wq, ep), nil
+	return &listener{ep: ep, wq: &wq, closed: make(chan struct{})}, nil
 }
 
-func (n *Network) accept(l net.Listener, ch netip.AddrPort, handle Handler) {
+// accept passes each connection l accepts to handle, as a *Conn, until l
+// is closed.
+func (n *Network) accept(l *listener, ch netip.AddrPort, handle Handler) {
 	defer n.wg.Done()
 	for {
-		c, err := l.Accept()
+		c, err := l.accept()
 		if err != nil {
 			return
 		}

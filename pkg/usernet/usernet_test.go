@@ -32,7 +32,13 @@ func qemuEnd(t *testing.T, channels []domain.VMChannel) net.Conn {
 // call it while the guest's frames flow.
 func startNetwork(t *testing.T, channels []domain.VMChannel) (*Network, net.Conn) {
 	t.Helper()
-	n, err := New(channels, func(netip.AddrPort, net.Conn, netip.AddrPort) error { return nil })
+	return startNetworkWith(t, channels, func(netip.AddrPort, net.Conn, netip.AddrPort) error { return nil })
+}
+
+// startNetworkWith is startNetwork with handle taking the connections.
+func startNetworkWith(t *testing.T, channels []domain.VMChannel, handle Handler) (*Network, net.Conn) {
+	t.Helper()
+	n, err := New(channels, handle)
 	if err != nil {
 		t.Fatal(err)
 	}

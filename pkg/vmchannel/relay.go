@@ -15,11 +15,14 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	proxyproto "github.com/pires/go-proxyproto"
+	"golang.org/x/sys/unix"
 
 	"github.com/minivirt/minivirt/pkg/domain"
 )
@@ -72,8 +75,9 @@ type channel struct {
 // Relay copies guest connections to their channels' targets, and host
 // connections of inbound forwards to the guest.
 type Relay struct {
-	id Identity
-	wg sync.WaitGroup
+	id      Identity
+	wg      sync.WaitGroup
+	buffers *bufferPool
 
 	mu       sync.RWMutex
 	channels map[netip.AddrPort]*channel
@@ -82,7 +86,7 @@ type Relay struct {
 
 // New returns a relay for a domain's vmchannels.
 func New(id Identity, channels []domain.VMChannel) *Relay {
-	r := &Relay{id: id, channels: map[netip.AddrPort]*channel{}, inbound: map[string]*meter{}}
+	r := &Relay{id: id, buffers: newBufferPool(), channels: map[netip.AddrPort]*channel{}, inbound: map[string]*meter{}}
 	for _, c := range channels {
 		r.Add(c)
 	}
@@ -223,7 +227,7 @@ func (in *Inbound) Splice(guest, host net.Conn) {
 	defer in.done()
 	defer host.Close()
 	defer guest.Close()
-	splice(guest, host, &in.m.bytesIn, &in.m.bytesOut)
+	in.r.buffers.splice(guest, host, &in.m.bytesIn, &in.m.bytesOut)
 }
 
 func (in *Inbound) done() {
@@ -256,7 +260,7 @@ func (r *Relay) Handle(ch netip.AddrPort, guest net.Conn, src netip.AddrPort) er
 	go func() {
 		defer r.wg.Done()
 		defer c.active.Add(^uint64(0))
-		if !relay(guest, c.cfg, r.id, src, &c.bytesIn, &c.bytesOut) {
+		if !relay(r.buffers, guest, c.cfg, r.id, src, &c.bytesIn, &c.bytesOut) {
 			c.refused.Add(1)
 		}
 	}()
@@ -268,12 +272,12 @@ func (r *Relay) Handle(ch netip.AddrPort, guest net.Conn, src netip.AddrPort) er
 // reports false when the target refused the connection.
 func Forward(guest net.Conn, cfg domain.VMChannel, id Identity, src netip.AddrPort) bool {
 	var in, out atomic.Uint64
-	return relay(guest, cfg, id, src, &in, &out)
+	return relay(newBufferPool(), guest, cfg, id, src, &in, &out)
 }
 
 // relay dials the target afresh and copies both ways until both directions
 // have ended. It reports false when the target refused the connection.
-func relay(guest net.Conn, cfg domain.VMChannel, id Identity, src netip.AddrPort, in, out *atomic.Uint64) bool {
+func relay(buffers *bufferPool, guest net.Conn, cfg domain.VMChannel, id Identity, src netip.AddrPort, in, out *atomic.Uint64) bool {
 	defer guest.Close()
 	target, err := net.DialTimeout("unix", cfg.Path, DialTimeout)
 	if err != nil {
@@ -285,33 +289,103 @@ func relay(guest net.Conn, cfg domain.VMChannel, id Identity, src netip.AddrPort
 			return true
 		}
 	}
-	splice(guest, target, in, out)
+	buffers.splice(guest, target, in, out)
 	return true
+}
+
+// bufferSize is the size of the buffers bytes are copied through.
+const bufferSize = 64 << 10
+
+// bufferPool lends copy buffers to connections while their bytes move: an
+// idle connection holds none.
+type bufferPool struct{ pool sync.Pool }
+
+func newBufferPool() *bufferPool {
+	return &bufferPool{pool: sync.Pool{New: func() any { b := make([]byte, bufferSize); return &b }}}
 }
 
 // splice copies both ways, guest to host counted in in and host to guest in
 // out, passing each end of stream on as a half-close, until both directions
-// have ended.
-func splice(guest, host net.Conn, in, out *atomic.Uint64) {
-	errs := make(chan error, 2)
-	go func() { errs <- pipe(host, guest, in) }()
-	go func() { errs <- pipe(guest, host, out) }()
-	for i := 0; i < 2; i++ {
-		if err := <-errs; err != nil {
-			// One direction failed: end the other at once.
-			guest.Close()
-			host.Close()
+// have ended. One direction runs in a goroutine of its own, the other in
+// the caller's.
+func (p *bufferPool) splice(guest, host net.Conn, in, out *atomic.Uint64) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// One direction failed: end the other at once.
+	fail := func() {
+		cancel()
+		guest.Close()
+		host.Close()
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := p.pipe(ctx, host, guest, in); err != nil {
+			fail()
+		}
+	}()
+	if err := p.pipe(ctx, guest, host, out); err != nil {
+		fail()
+	}
+	<-done
+}
+
+// pipe copies src to dst, counting, and passes src's end of stream on as a
+// half-close of dst. It returns nil after a clean end of stream, ctx's
+// error when ctx ends first. While src has nothing to read, it holds no
+// buffer: it waits for src to be readable, then borrows a buffer for as
+// long as src has bytes ready. A src that cannot wait so (neither an
+// idleReader nor a socket) holds its buffer throughout.
+func (p *bufferPool) pipe(ctx context.Context, dst, src net.Conn, count *atomic.Uint64) error {
+	r := idleReaderOf(src)
+	if r == nil {
+		return p.copy(dst, src, count)
+	}
+	for {
+		if err := r.WaitRead(ctx); err != nil {
+			return err
+		}
+		eof, err := p.drain(dst, r, count)
+		if err != nil {
+			return err
+		}
+		if eof {
+			return closeWrite(dst)
 		}
 	}
 }
 
-var buffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
+// drain copies what src has ready to dst through a borrowed buffer, and
+// gives the buffer back once src would wait. It reports src's end of
+// stream.
+func (p *bufferPool) drain(dst io.Writer, src idleReader, count *atomic.Uint64) (eof bool, err error) {
+	bp := p.pool.Get().(*[]byte)
+	defer p.pool.Put(bp)
+	buf := *bp
+	for {
+		n, rerr := src.ReadNow(buf)
+		if n > 0 {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return false, err
+			}
+			count.Add(uint64(n))
+		}
+		switch {
+		case rerr == io.EOF:
+			return true, nil
+		case rerr != nil:
+			return false, rerr
+		case n == 0:
+			return false, nil
+		}
+	}
+}
 
-// pipe copies src to dst, counting, and passes src's end of stream on as a
-// half-close of dst. It returns nil after a clean end of stream.
-func pipe(dst, src net.Conn, count *atomic.Uint64) error {
-	bp := buffers.Get().(*[]byte)
-	defer buffers.Put(bp)
+// copy is pipe for a src that cannot wait without a buffer: it holds one
+// across its blocking reads.
+func (p *bufferPool) copy(dst, src net.Conn, count *atomic.Uint64) error {
+	bp := p.pool.Get().(*[]byte)
+	defer p.pool.Put(bp)
 	buf := *bp
 	for {
 		n, rerr := src.Read(buf)
@@ -328,6 +402,102 @@ func pipe(dst, src net.Conn, count *atomic.Uint64) error {
 			return rerr
 		}
 	}
+}
+
+// An idleReader is a connection that can wait for bytes without a buffer
+// and then read only what is there: usernet.Conn, and sockets through
+// rawReader.
+type idleReader interface {
+	// WaitRead waits until a read would not wait (bytes, the end of
+	// stream or an error are there) or ctx ends. It reads nothing.
+	WaitRead(ctx context.Context) error
+	// ReadNow reads what is there into p without waiting: 0 and a nil
+	// error when nothing is, io.EOF at the end of stream.
+	ReadNow(p []byte) (int, error)
+}
+
+// idleReaderOf returns c as an idleReader, or nil when it cannot be one.
+func idleReaderOf(c net.Conn) idleReader {
+	if r, ok := c.(idleReader); ok {
+		return r
+	}
+	if sc, ok := c.(syscall.Conn); ok {
+		if rc, err := sc.SyscallConn(); err == nil {
+			return &rawReader{conn: c, rc: rc}
+		}
+	}
+	return nil
+}
+
+// rawReader is an idleReader for a connection with a descriptor (a Unix or
+// TCP socket): it waits in Go's poller and reads with a non-blocking read.
+type rawReader struct {
+	conn net.Conn
+	rc   syscall.RawConn
+}
+
+// aLongTimeAgo is a read deadline that has passed: it ends a wait at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// WaitRead waits in Go's poller for the descriptor to be readable; it ends
+// with an error when the connection is closed or its read deadline passes.
+// When ctx ends first it sets that deadline in the past, ending the
+// connection's reads for good, and returns ctx's error.
+func (r *rawReader) WaitRead(ctx context.Context) error {
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() { r.conn.SetReadDeadline(aLongTimeAgo) })
+		defer stop()
+	}
+	var perr error
+	err := r.rc.Read(func(fd uintptr) bool {
+		// Called at once, then again each time the poller says the
+		// descriptor became readable: report whether it is, so that Read
+		// returns, or else waits for the poller.
+		for {
+			fds := [1]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			n, err := unix.Poll(fds[:], 0)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				perr = os.NewSyscallError("poll", err)
+				return true
+			}
+			return n > 0
+		}
+	})
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	if err != nil {
+		return fmt.Errorf("waiting to read: %w", err)
+	}
+	return perr
+}
+
+// ReadNow reads what the descriptor holds, without waiting.
+func (r *rawReader) ReadNow(p []byte) (int, error) {
+	var n int
+	var rerr error
+	err := r.rc.Read(func(fd uintptr) bool {
+		for {
+			n, rerr = unix.Read(int(fd), p)
+			if rerr != unix.EINTR {
+				return true
+			}
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, fmt.Errorf("reading: %w", err)
+	case rerr == unix.EAGAIN:
+		return 0, nil
+	case rerr != nil:
+		return 0, os.NewSyscallError("read", rerr)
+	case n == 0 && len(p) > 0:
+		return 0, io.EOF
+	}
+	return n, nil
 }
 
 func closeWrite(c net.Conn) error {

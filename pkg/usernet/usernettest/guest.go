@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sync"
 
 	"gvisor.dev/gvisor/pkg/buffer"
@@ -77,6 +78,18 @@ func Start(conn net.Conn, mtu uint32) (*Guest, error) {
 // Listen accepts TCP connections to the guest's port; each has CloseWrite.
 func (g *Guest) Listen(port uint16) (net.Listener, error) {
 	return gonet.ListenTCP(g.stack, tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(domain.GuestAddress.As4()), Port: port}, ipv4.ProtocolNumber)
+}
+
+// Dial opens a TCP connection from the guest to addr, as a guest's
+// process connecting to a vmchannel does; it has CloseWrite. ctx bounds the
+// handshake.
+func (g *Guest) Dial(ctx context.Context, addr netip.AddrPort) (*gonet.TCPConn, error) {
+	to := tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(addr.Addr().As4()), Port: addr.Port()}
+	c, err := gonet.DialContextTCP(ctx, g.stack, to, ipv4.ProtocolNumber)
+	if err != nil {
+		return nil, fmt.Errorf("guest: dialing %s: %w", addr, err)
+	}
+	return c, nil
 }
 
 // Err says why the link ended: nil while it runs, and after Close or a

@@ -103,6 +103,9 @@ type Observed struct {
 // observe checks the runtime record of domain name against the host; it
 // writes nothing. found are the QEMUs found in its runtime directory.
 func (m *Manager) observe(name string, rt store.Runtime, found []proc.ID) (o Observed) {
+	if len(found) == 0 && !rt.Active() {
+		return Observed{Runtime: rt} // most of a long list: nothing to check
+	}
 	o = Observed{Runtime: rt}
 	for _, id := range found {
 		if id != rt.QEMU {

@@ -80,21 +80,24 @@ func (m *memory) unmap() {
 // guest returns the n bytes of guest RAM at guest physical address gpa,
 // when one region holds them all.
 func (m *memory) guest(gpa, n uint64) ([]byte, bool) {
-	for _, r := range m.regions {
-		if gpa >= r.gpa && gpa-r.gpa <= uint64(len(r.data)) && n <= uint64(len(r.data))-(gpa-r.gpa) {
-			o := gpa - r.gpa
-			return r.data[o : o+n : o+n], true
-		}
-	}
-	return nil, false
+	return m.find(gpa, n, func(r *region) uint64 { return r.gpa })
 }
 
 // user is guest for an address in QEMU's own address space (the vring
 // addresses of SET_VRING_ADDR).
 func (m *memory) user(uva, n uint64) ([]byte, bool) {
-	for _, r := range m.regions {
-		if uva >= r.uva && uva-r.uva <= uint64(len(r.data)) && n <= uint64(len(r.data))-(uva-r.uva) {
-			o := uva - r.uva
+	return m.find(uva, n, func(r *region) uint64 { return r.uva })
+}
+
+// find returns the n bytes at addr of the region that holds them all,
+// addresses being those start gives each region; the checks cannot
+// overflow, whatever addr and n the guest wrote.
+func (m *memory) find(addr, n uint64, start func(*region) uint64) ([]byte, bool) {
+	for i := range m.regions {
+		r := &m.regions[i]
+		size := uint64(len(r.data))
+		if s := start(r); addr >= s && addr-s <= size && n <= size-(addr-s) {
+			o := addr - s
 			return r.data[o : o+n : o+n], true
 		}
 	}

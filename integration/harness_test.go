@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -334,8 +335,14 @@ func (h *host) exec(name, command string, timeout time.Duration) (string, int) {
 	if err != nil {
 		h.t.Fatalf("%s: %v; console:\n%s", name, err, out)
 	}
-	return out, rc
+	// The guest's kernel writes to the same console whenever it likes
+	// (an interface's link coming up, say), cutting into the command's
+	// lines: what a test reads is the command's.
+	return kernelMessage.ReplaceAllString(out, ""), rc
 }
+
+// kernelMessage is a kernel log line on the console, "[    3.859417] ...".
+var kernelMessage = regexp.MustCompile(`\[ *\d+\.\d{6}\] [^\r\n]*`)
 
 // service is a host service on a Unix socket that counts its accepts.
 type service struct {

@@ -312,7 +312,11 @@ func (vm *VM) Destroy() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := vm.mgr.Destroy(ctx, vm.Name); err != nil && vm.running() {
-		return err
+		// QEMU gone and its supervisor still recording the end: wait for
+		// it, as Wait does.
+		if nr := new(manager.NotRunningError); !errors.As(err, &nr) {
+			return err
+		}
 	}
 	_, err := vm.Wait(ctx)
 	return err

@@ -46,14 +46,13 @@ const (
 // vringNoFD is the flag of a SET_VRING_KICK/CALL/ERR without a descriptor.
 const vringNoFD = 0x100
 
-// Backend is the back-end of one front-end connection.
-type Backend struct {
+// backend is the back-end of one front-end connection.
+type backend struct {
 	conn *net.UnixConn
 	link Link
 	logf func(format string, args ...any)
 
 	features, protocol uint64 // acknowledged by the front-end
-	featuresSet        bool
 	mem                *memory
 	log                *dirtyLog
 	queues             [numQueues]queue
@@ -77,7 +76,7 @@ type queue struct {
 // again connects again and meets a fresh device. logf reports what the
 // guest got wrong, which does not end the connection.
 func Serve(ctx context.Context, conn *net.UnixConn, link Link, logf func(format string, args ...any)) error {
-	b := &Backend{conn: conn, link: link, logf: logf}
+	b := &backend{conn: conn, link: link, logf: logf}
 	defer b.reset()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
@@ -101,7 +100,7 @@ func Serve(ctx context.Context, conn *net.UnixConn, link Link, logf func(format 
 // connection: the front-end hears of it when it asked for a reply.
 type errRefused struct{ error }
 
-func (b *Backend) handle(m *message) error {
+func (b *backend) handle(m *message) error {
 	replied, err := b.dispatch(m)
 	var refused errRefused
 	if errors.As(err, &refused) {
@@ -120,7 +119,7 @@ func (b *Backend) handle(m *message) error {
 }
 
 // dispatch carries out one request; replied says it answered already.
-func (b *Backend) dispatch(m *message) (replied bool, err error) {
+func (b *backend) dispatch(m *message) (replied bool, err error) {
 	switch m.req {
 	case reqGetFeatures:
 		return true, replyU64(b.conn, m.req, Features)
@@ -132,7 +131,7 @@ func (b *Backend) dispatch(m *message) (replied bool, err error) {
 		if v&^Features != 0 {
 			return false, fmt.Errorf("features %#x not offered (%#x)", v&^Features, uint64(Features))
 		}
-		b.features, b.featuresSet = v, true
+		b.features = v
 		for i := range b.queues { // logging turned on or off
 			if b.queues[i].run != nil {
 				b.restart(i)
@@ -308,7 +307,7 @@ func (b *Backend) dispatch(m *message) (replied bool, err error) {
 	return false, errRefused{errors.New("not supported")}
 }
 
-func (b *Backend) vringState(m *message) (uint32, uint32, error) {
+func (b *backend) vringState(m *message) (uint32, uint32, error) {
 	i, num, err := m.state()
 	if err == nil && i >= numQueues {
 		err = fmt.Errorf("queue %d of %d", i, numQueues)
@@ -318,7 +317,7 @@ func (b *Backend) vringState(m *message) (uint32, uint32, error) {
 
 // start runs queue i when it has all it needs; a ring outside guest memory
 // is the guest's error, reported, and the queue stays stopped.
-func (b *Backend) start(i int) {
+func (b *backend) start(i int) {
 	q := &b.queues[i]
 	if q.run != nil || q.kick == nil || !q.hasAddr || q.num == 0 || b.mem == nil || !q.enabled {
 		return
@@ -347,7 +346,7 @@ func (b *Backend) start(i int) {
 
 // stop stops queue i's worker and waits for it: the ring is untouched
 // from then on. The next start resumes where it stopped.
-func (b *Backend) stop(i int) {
+func (b *backend) stop(i int) {
 	q := &b.queues[i]
 	w := q.run
 	if w == nil {
@@ -361,13 +360,13 @@ func (b *Backend) stop(i int) {
 	q.run = nil
 }
 
-func (b *Backend) restart(i int) {
+func (b *backend) restart(i int) {
 	b.stop(i)
 	b.start(i)
 }
 
 // stopAll stops every queue and returns those that ran.
-func (b *Backend) stopAll() []int {
+func (b *backend) stopAll() []int {
 	var running []int
 	for i := range b.queues {
 		if b.queues[i].run != nil {
@@ -379,7 +378,7 @@ func (b *Backend) stopAll() []int {
 }
 
 // reset stops the device and lets go of everything the front-end gave.
-func (b *Backend) reset() {
+func (b *backend) reset() {
 	b.stopAll()
 	for i := range b.queues {
 		q := &b.queues[i]
@@ -395,11 +394,11 @@ func (b *Backend) reset() {
 	b.mem = nil
 	b.log.unmap()
 	b.log = nil
-	b.features, b.featuresSet, b.protocol = 0, false, 0
+	b.features, b.protocol = 0, 0
 }
 
 // headerLen is the size of the virtio-net header before every frame.
-func (b *Backend) headerLen() int {
+func (b *backend) headerLen() int {
 	if b.features&(fVersion1|netFMrgRxbuf) != 0 {
 		return 12
 	}
